@@ -1,0 +1,63 @@
+"""SQL for the invoicing store. Every statement is scoped by tenant_id."""
+from __future__ import annotations
+
+import asyncpg
+
+from services.invoicing.domain.model import OpenInvoice
+
+
+async def get_customer(conn: asyncpg.Connection, tenant_id: str, customer_id: str) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        "SELECT * FROM customers WHERE tenant_id = $1 AND customer_id = $2", tenant_id, customer_id
+    )
+
+
+async def upsert_customer(conn: asyncpg.Connection, tenant_id: str, c: dict, placeholder: bool = False) -> None:
+    await conn.execute(
+        """INSERT INTO customers (tenant_id, customer_id, name, language, timezone, email, phone, billing_source, placeholder)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+           ON CONFLICT (tenant_id, customer_id) DO UPDATE SET
+             name = EXCLUDED.name, language = EXCLUDED.language, timezone = EXCLUDED.timezone,
+             email = EXCLUDED.email, phone = EXCLUDED.phone, billing_source = EXCLUDED.billing_source,
+             placeholder = EXCLUDED.placeholder, updated_at = now()""",
+        tenant_id, c["customer_id"], c["name"], c["language"], c["timezone"], c.get("email"), c.get("phone"),
+        c.get("billing_source"), placeholder,
+    )
+
+
+async def get_invoice_by_external(conn: asyncpg.Connection, tenant_id: str, source: str, external_id: str):
+    return await conn.fetchrow(
+        "SELECT * FROM invoices WHERE tenant_id = $1 AND billing_source = $2 AND external_id = $3",
+        tenant_id, source, external_id,
+    )
+
+
+async def get_invoice(conn: asyncpg.Connection | asyncpg.Pool, tenant_id: str, invoice_id) -> asyncpg.Record | None:
+    return await conn.fetchrow("SELECT * FROM invoices WHERE tenant_id = $1 AND invoice_id = $2", tenant_id, invoice_id)
+
+
+async def lock_open_invoices(conn: asyncpg.Connection, tenant_id: str, customer_id: str) -> list[OpenInvoice]:
+    rows = await conn.fetch(
+        "SELECT invoice_id, number, external_id, currency, open_minor, issue_date, due_date FROM invoices"
+        " WHERE tenant_id = $1 AND customer_id = $2 AND status = 'open' ORDER BY due_date FOR UPDATE",
+        tenant_id, customer_id,
+    )
+    return [
+        OpenInvoice(str(r["invoice_id"]), r["number"], r["external_id"], r["currency"], r["open_minor"],
+                    r["issue_date"], r["due_date"])
+        for r in rows
+    ]
+
+
+async def get_payment_by_external(conn: asyncpg.Connection, tenant_id: str, source: str, external_id: str):
+    return await conn.fetchrow(
+        "SELECT * FROM payments WHERE tenant_id = $1 AND billing_source = $2 AND external_id = $3",
+        tenant_id, source, external_id,
+    )
+
+
+async def allocations_of(conn: asyncpg.Connection | asyncpg.Pool, tenant_id: str, payment_id) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        "SELECT invoice_id, amount_minor FROM allocations WHERE tenant_id = $1 AND payment_id = $2 ORDER BY invoice_id",
+        tenant_id, payment_id,
+    )

@@ -1,0 +1,27 @@
+"""Composition root of the invoicing service."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from services.invoicing.entrypoints.api import router
+from services.invoicing.service_layer.handlers import Invoicing
+from services.invoicing.settings import InvoicingSettings
+from shared.clock import Clock
+from shared.host import ServiceHost
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def build(settings: InvoicingSettings, clock: Clock | None = None) -> FastAPI:
+    host = ServiceHost(settings, migrations=MIGRATIONS, clock=clock)
+
+    def wire(host: ServiceHost, app: FastAPI) -> None:
+        invoicing = Invoicing(host.pool, host.clock, host.topics, settings.overdue_grace_days)
+        app.state.invoicing = invoicing
+        host.every("overdue", lambda: invoicing.fire_overdue_timers(settings.timer_batch_size))
+
+    app = host.create_api("Tahsilat invoicing", "Invoices, payments, cash application, aging.", wire)
+    app.include_router(router)
+    return app

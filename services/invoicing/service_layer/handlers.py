@@ -1,0 +1,199 @@
+"""Invoicing use cases, one database transaction each; events go out through the outbox."""
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+from services.invoicing.adapters import repository as repo
+from services.invoicing.domain.model import allocate_payment, overdue_at
+from services.invoicing.service_layer.commands import IssueInvoice, RecordPayment
+from shared.clock import Clock
+from shared.contract import (
+    CustomerUpserted, Envelope, InvoiceIssued, InvoiceOverdue, InvoicePaid, PaymentReceived, Topics, new_envelope,
+)
+from shared.contract.events import Allocation
+from shared.http import DomainError
+from shared.outbox import add_events
+
+SOURCE = "invoicing"
+_NS = uuid.UUID("6f1c2a1e-3c39-4a8e-9d5e-0b7c1d1f2a11")
+
+
+def stable_id(*parts: str) -> uuid.UUID:
+    """The same (tenant, source, external id) always maps to the same id."""
+    return uuid.uuid5(_NS, "\x1f".join(parts))
+
+
+@dataclass
+class Outcome:
+    id: str
+    status: str  # created | unchanged
+    events: int = 0
+
+
+class Invoicing:
+    def __init__(self, pool: asyncpg.Pool, clock: Clock, topics: Topics, grace_days: int = 0) -> None:
+        self.pool, self.clock, self.topics, self.grace_days = pool, clock, topics, grace_days
+
+    def _envelope(self, payload, tenant_id: str, subject: str, now: datetime) -> Envelope:
+        return new_envelope(payload, source=SOURCE, tenant_id=tenant_id, subject=subject, time=now)
+
+    async def _customer_events(self, conn, tenant_id: str, cmd_customer, source: str, now: datetime) -> list[Envelope]:
+        wanted = {
+            "customer_id": cmd_customer.id, "name": cmd_customer.name, "language": cmd_customer.language,
+            "timezone": cmd_customer.timezone, "email": cmd_customer.email, "phone": cmd_customer.phone,
+            "billing_source": source,
+        }
+        current = await repo.get_customer(conn, tenant_id, cmd_customer.id)
+        if current is not None and not current["placeholder"] and all(current[k] == v for k, v in wanted.items()):
+            return []
+        await repo.upsert_customer(conn, tenant_id, wanted)
+        return [self._envelope(CustomerUpserted(**wanted), tenant_id, cmd_customer.id, now)]
+
+    async def issue_invoice(self, tenant_id: str, source: str, cmd: IssueInvoice) -> Outcome:
+        now = self.clock.now()
+        invoice_id = stable_id(tenant_id, source, cmd.external_id)
+        number = cmd.number or cmd.external_id
+        async with self.pool.acquire() as conn, conn.transaction():
+            existing = await repo.get_invoice_by_external(conn, tenant_id, source, cmd.external_id)
+            if existing is not None:
+                changed = [
+                    field
+                    for field, column, new in (
+                        ("customer.id", "customer_id", cmd.customer.id), ("number", "number", number),
+                        ("currency", "currency", cmd.currency), ("amount_minor", "amount_minor", cmd.amount_minor),
+                        ("issue_date", "issue_date", cmd.issue_date), ("due_date", "due_date", cmd.due_date),
+                    )
+                    if existing[column] != new
+                ]
+                if changed:
+                    raise DomainError(changed[0], "differs from the invoice already recorded under this external_id", 409)
+                return Outcome(str(existing["invoice_id"]), "unchanged")
+            events = await self._customer_events(conn, tenant_id, cmd.customer, source, now)
+            customer = await repo.get_customer(conn, tenant_id, cmd.customer.id)
+            await conn.execute(
+                """INSERT INTO invoices (tenant_id, invoice_id, billing_source, external_id, customer_id, number,
+                     currency, amount_minor, open_minor, issue_date, due_date, issued_at)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9, $10, $11)""",
+                tenant_id, invoice_id, source, cmd.external_id, cmd.customer.id, number, cmd.currency,
+                cmd.amount_minor, cmd.issue_date, cmd.due_date, now,
+            )
+            await conn.execute(
+                "INSERT INTO overdue_timers (tenant_id, invoice_id, due_at) VALUES ($1, $2, $3)",
+                tenant_id, invoice_id, overdue_at(cmd.due_date, customer["timezone"], self.grace_days),
+            )
+            events.append(self._envelope(
+                InvoiceIssued(
+                    customer_id=cmd.customer.id, invoice_id=str(invoice_id), billing_source=source,
+                    external_id=cmd.external_id, number=number, currency=cmd.currency,
+                    amount_minor=cmd.amount_minor, issue_date=cmd.issue_date, due_date=cmd.due_date,
+                ),
+                tenant_id, str(invoice_id), now,
+            ))
+            await add_events(conn, self.topics.invoicing, events)
+        return Outcome(str(invoice_id), "created", len(events))
+
+    async def record_payment(self, tenant_id: str, source: str, cmd: RecordPayment) -> tuple[Outcome, PaymentReceived | None]:
+        now = self.clock.now()
+        payment_id = stable_id(tenant_id, source, "payment", cmd.external_id)
+        async with self.pool.acquire() as conn, conn.transaction():
+            existing = await repo.get_payment_by_external(conn, tenant_id, source, cmd.external_id)
+            if existing is not None:
+                if (existing["customer_id"], existing["currency"], existing["amount_minor"]) != (
+                    cmd.customer_id, cmd.currency, cmd.amount_minor
+                ):
+                    raise DomainError("external_id", "a different payment is already recorded under this external_id", 409)
+                return Outcome(str(payment_id), "unchanged"), None
+            customer = await repo.get_customer(conn, tenant_id, cmd.customer_id)
+            open_invoices = await repo.lock_open_invoices(conn, tenant_id, cmd.customer_id) if customer else []
+            application = allocate_payment(open_invoices, cmd.amount_minor, cmd.currency, cmd.invoice_refs)
+            reason = None
+            if customer is None:
+                reason = "unknown customer"
+            elif application.unapplied_minor:
+                reason = "over-payment: no open invoice left in this currency"
+            received_at = cmd.received_at or now
+            await conn.execute(
+                """INSERT INTO payments (tenant_id, payment_id, billing_source, external_id, customer_id, currency,
+                     amount_minor, unapplied_minor, unapplied_reason, references_, received_at, recorded_at)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)""",
+                tenant_id, payment_id, source, cmd.external_id, cmd.customer_id, cmd.currency, cmd.amount_minor,
+                application.unapplied_minor, reason, cmd.invoice_refs, received_at, now,
+            )
+            if application.allocations:
+                await conn.executemany(
+                    "INSERT INTO allocations (tenant_id, payment_id, invoice_id, amount_minor, allocated_at)"
+                    " VALUES ($1, $2, $3, $4, $5)",
+                    [(tenant_id, payment_id, uuid.UUID(a.invoice_id), a.amount_minor, now) for a in application.allocations],
+                )
+                await conn.executemany(
+                    "UPDATE invoices SET open_minor = $3::bigint,"
+                    " status = CASE WHEN $3::bigint = 0 THEN 'paid' ELSE status END,"
+                    " paid_at = CASE WHEN $3::bigint = 0 THEN $4 ELSE paid_at END"
+                    " WHERE tenant_id = $1 AND invoice_id = $2",
+                    [(tenant_id, uuid.UUID(a.invoice_id), a.invoice_open_minor, received_at) for a in application.allocations],
+                )
+            received = PaymentReceived(
+                customer_id=cmd.customer_id, payment_id=str(payment_id), billing_source=source,
+                external_id=cmd.external_id, currency=cmd.currency, amount_minor=cmd.amount_minor,
+                received_at=received_at,
+                allocations=[Allocation(**vars(a)) for a in application.allocations],
+                unapplied_minor=application.unapplied_minor,
+            )
+            events = [self._envelope(received, tenant_id, str(payment_id), now)]
+            by_id = {i.invoice_id: i for i in open_invoices}
+            for invoice_id in application.settled:
+                inv = by_id[invoice_id]
+                full = await conn.fetchval(
+                    "SELECT amount_minor FROM invoices WHERE tenant_id = $1 AND invoice_id = $2",
+                    tenant_id, uuid.UUID(invoice_id),
+                )
+                events.append(self._envelope(
+                    InvoicePaid(
+                        customer_id=cmd.customer_id, invoice_id=invoice_id, currency=inv.currency, amount_minor=full,
+                        due_date=inv.due_date, paid_at=received_at,
+                        days_late=(received_at.date() - inv.due_date).days,
+                    ),
+                    tenant_id, invoice_id, now,
+                ))
+            await add_events(conn, self.topics.invoicing, events)
+        return Outcome(str(payment_id), "created", len(events)), received
+
+    async def fire_overdue_timers(self, limit: int = 500) -> int:
+        """Claim due timers (SKIP LOCKED: any replica may run this) and publish InvoiceOverdue
+        for invoices still open. Each timer fires once; late if the service was down."""
+        now = self.clock.now()
+        async with self.pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                """WITH due AS (
+                       SELECT tenant_id, invoice_id FROM overdue_timers
+                       WHERE fired_at IS NULL AND due_at <= $1 ORDER BY due_at LIMIT $2 FOR UPDATE SKIP LOCKED)
+                   UPDATE overdue_timers t SET fired_at = $1 FROM due
+                   WHERE t.tenant_id = due.tenant_id AND t.invoice_id = due.invoice_id
+                   RETURNING t.tenant_id, t.invoice_id, t.due_at""",
+                now, limit,
+            )
+            if not rows:
+                return 0
+            invoices = await conn.fetch(
+                "SELECT i.* FROM invoices i JOIN unnest($1::text[], $2::uuid[]) AS k(tenant_id, invoice_id)"
+                " USING (tenant_id, invoice_id) WHERE i.status = 'open' AND i.open_minor > 0",
+                [r["tenant_id"] for r in rows], [r["invoice_id"] for r in rows],
+            )
+            due_at = {(r["tenant_id"], r["invoice_id"]): r["due_at"] for r in rows}
+            events = [
+                self._envelope(
+                    InvoiceOverdue(
+                        customer_id=i["customer_id"], invoice_id=str(i["invoice_id"]), number=i["number"],
+                        currency=i["currency"], open_amount_minor=i["open_minor"], due_date=i["due_date"],
+                        overdue_since=due_at[(i["tenant_id"], i["invoice_id"])],
+                    ),
+                    i["tenant_id"], str(i["invoice_id"]), now,
+                )
+                for i in invoices
+            ]
+            await add_events(conn, self.topics.invoicing, events)
+            return len(rows)

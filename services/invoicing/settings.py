@@ -1,0 +1,12 @@
+from __future__ import annotations
+
+from pydantic import Field
+
+from shared.settings import ServiceSettings
+
+
+class InvoicingSettings(ServiceSettings):
+    service_name: str = "invoicing"
+    http_port: int = 8001
+    overdue_grace_days: int = Field(default=0, ge=0, le=60)
+    timer_batch_size: int = Field(default=500, ge=1)

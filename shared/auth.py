@@ -1,0 +1,89 @@
+"""API keys: `thk_<key id>_<secret>`, only a SHA-256 of the secret is stored. Each key is scoped
+to one tenant and one role; every query a request makes is filtered by that tenant."""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from typing import Annotated
+
+import asyncpg
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import APIKeyHeader
+
+ROLES = ("admin", "billing-source", "collector", "analytics")
+_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="Tahsilat API key")
+
+
+@dataclass(frozen=True)
+class Principal:
+    key_id: str
+    tenant_id: str
+    role: str
+    source_name: str | None
+
+
+def _hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def new_key() -> tuple[str, str, str]:
+    key_id = secrets.token_hex(6)
+    secret = secrets.token_urlsafe(24)
+    return key_id, secret, f"thk_{key_id}_{secret}"
+
+
+async def store_api_key(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    *,
+    key_id: str,
+    secret: str,
+    tenant_id: str,
+    role: str,
+    source_name: str | None = None,
+    label: str | None = None,
+) -> None:
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
+    await conn.execute(
+        "INSERT INTO api_keys (key_id, tenant_id, role, source_name, secret_hash, label)"
+        " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (key_id) DO NOTHING",
+        key_id, tenant_id, role, source_name, _hash(secret), label,
+    )
+
+
+async def authenticate(pool: asyncpg.Pool, token: str) -> Principal | None:
+    parts = token.split("_", 2)
+    if len(parts) != 3 or parts[0] != "thk":
+        return None
+    _, key_id, secret = parts
+    row = await pool.fetchrow(
+        "SELECT tenant_id, role, source_name, secret_hash FROM api_keys WHERE key_id = $1 AND revoked_at IS NULL",
+        key_id,
+    )
+    if row is None or not hmac.compare_digest(row["secret_hash"], _hash(secret)):
+        return None
+    return Principal(key_id=key_id, tenant_id=row["tenant_id"], role=row["role"], source_name=row["source_name"])
+
+
+async def current_principal(request: Request, api_key: Annotated[str | None, Depends(_header)]) -> Principal:
+    if not api_key:
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing API key: send it in the X-API-Key header")
+    principal = await authenticate(request.app.state.pool, api_key)
+    if principal is None:
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "invalid or revoked API key")
+    return principal
+
+
+def require_role(*roles: str):
+    """Dependency: the caller's key must have one of `roles` (admin may do everything)."""
+
+    async def check(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:
+        if principal.role != "admin" and principal.role not in roles:
+            raise HTTPException(
+                status.HTTP_403_FORBIDDEN, f"role {principal.role!r} may not do this; needs one of {', '.join(roles)}"
+            )
+        return principal
+
+    return check

@@ -1,0 +1,24 @@
+"""The event contract shared by every Tahsilat service: envelope, payload models, topics."""
+from shared.contract.envelope import Envelope, new_envelope, partition_key
+from shared.contract.events import (
+    CustomerUpserted,
+    DunningStepExecuted,
+    EventPayload,
+    InvoiceIssued,
+    InvoiceOverdue,
+    InvoicePaid,
+    NotificationFailed,
+    NotificationRequested,
+    NotificationSent,
+    PaymentReceived,
+    RiskAssessed,
+)
+from shared.contract.registry import REGISTRY, UnknownEventType, parse_payload
+from shared.contract.topics import Topics
+
+__all__ = [
+    "Envelope", "new_envelope", "partition_key", "EventPayload", "CustomerUpserted",
+    "InvoiceIssued", "PaymentReceived", "InvoicePaid", "InvoiceOverdue",
+    "NotificationRequested", "NotificationSent", "NotificationFailed", "RiskAssessed",
+    "DunningStepExecuted", "REGISTRY", "UnknownEventType", "parse_payload", "Topics",
+]

@@ -1,0 +1,153 @@
+"""Integration event payloads, one class per (type, version).
+
+Rules: add-only within a version (new optional fields only); a breaking change is a new
+version plus an upcaster in the registry. tests/contract snapshots every JSON Schema.
+"""
+from __future__ import annotations
+
+from datetime import date
+from typing import ClassVar, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from shared.contract.money import CurrencyCode
+from shared.contract.registry import REGISTRY
+
+Channel = Literal["email", "sms", "collector_call", "letter", "legal"]
+Language = Literal["en", "tr", "cs", "fa"]
+RiskSegment = Literal["low", "medium", "high"]
+
+
+class EventPayload(BaseModel):
+    # Consumers ignore fields they do not know yet, so producers may add fields within a version.
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    event_type: ClassVar[str]
+    event_version: ClassVar[int]
+
+    customer_id: str = Field(min_length=1, max_length=200)
+
+
+@REGISTRY.register("CustomerUpserted", 1)
+class CustomerUpserted(EventPayload):
+    name: str
+    language: Language = "en"
+    timezone: str = "UTC"
+    email: str | None = None
+    phone: str | None = None
+    billing_source: str | None = None
+
+
+@REGISTRY.register("InvoiceIssued", 1)
+class InvoiceIssued(EventPayload):
+    invoice_id: str
+    billing_source: str
+    external_id: str
+    number: str
+    currency: CurrencyCode
+    amount_minor: int = Field(gt=0)
+    issue_date: date
+    due_date: date
+
+
+class Allocation(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    invoice_id: str
+    amount_minor: int = Field(gt=0)
+    invoice_open_minor: int = Field(ge=0, description="what the invoice still owes after this allocation")
+
+
+@REGISTRY.register("PaymentReceived", 1)
+class PaymentReceived(EventPayload):
+    payment_id: str
+    billing_source: str
+    external_id: str
+    currency: CurrencyCode
+    amount_minor: int = Field(gt=0)
+    received_at: AwareDatetime
+    allocations: list[Allocation] = []
+    unapplied_minor: int = Field(ge=0, default=0)
+
+
+@REGISTRY.register("InvoicePaid", 1)
+class InvoicePaid(EventPayload):
+    invoice_id: str
+    currency: CurrencyCode
+    amount_minor: int = Field(gt=0)
+    due_date: date
+    paid_at: AwareDatetime
+    days_late: int = Field(description="days after the due date it was settled; negative if early")
+
+
+@REGISTRY.register("InvoiceOverdue", 1)
+class InvoiceOverdue(EventPayload):
+    invoice_id: str
+    number: str
+    currency: CurrencyCode
+    open_amount_minor: int = Field(gt=0)
+    due_date: date
+    overdue_since: AwareDatetime
+
+
+class NoticeItem(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    invoice_id: str
+    number: str
+    currency: CurrencyCode
+    open_amount_minor: int = Field(ge=0)
+    due_date: date
+
+
+@REGISTRY.register("NotificationRequested", 1)
+class NotificationRequested(EventPayload):
+    notification_key: str = Field(description="idempotency key: one notification per (case, step, channel)")
+    case_id: str
+    step: str
+    channel: Channel
+    template: str
+    items: list[NoticeItem]
+    requested_at: AwareDatetime
+
+
+@REGISTRY.register("NotificationSent", 1)
+class NotificationSent(EventPayload):
+    notification_key: str
+    channel: Channel
+    template: str
+    language: Language
+    sent_at: AwareDatetime
+    provider_message_id: str | None = None
+
+
+@REGISTRY.register("NotificationFailed", 1)
+class NotificationFailed(EventPayload):
+    notification_key: str
+    channel: Channel
+    reason: str
+    failed_at: AwareDatetime
+
+
+@REGISTRY.register("DunningStepExecuted", 1)
+class DunningStepExecuted(EventPayload):
+    case_id: str
+    invoice_id: str
+    step: str
+    channel: Channel
+    executed_at: AwareDatetime
+
+
+class RiskFactor(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    name: str
+    value: float
+    points: int = Field(description="contribution to the score (0-100, higher is riskier)")
+    explanation: str
+
+
+@REGISTRY.register("RiskAssessed", 1)
+class RiskAssessed(EventPayload):
+    score: int = Field(ge=0, le=100)
+    segment: RiskSegment
+    factors: list[RiskFactor]
+    assessed_at: AwareDatetime
+
+

@@ -1,0 +1,61 @@
+"""FastAPI pieces every service shares: health, readiness, metrics, uniform 4xx errors."""
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+
+class DomainError(Exception):
+    """A request that is well-formed but not allowed; becomes a 4xx naming the field."""
+
+    def __init__(self, field: str, reason: str, status_code: int = 422) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field, self.reason, self.status_code = field, reason, status_code
+
+
+def _field(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    return ".".join(parts) or "body"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = []
+        for err in exc.errors():
+            reason, field = err["msg"].removeprefix("Value error, "), _field(tuple(err["loc"]))
+            if err.get("type") == "json_invalid":
+                reason, field = f"invalid JSON: {err.get('ctx', {}).get('error', reason)}", "body"
+            problems.append({"field": field, "reason": reason})
+        return JSONResponse(status_code=422, content={"error": "invalid_request", "problems": problems})
+
+    @app.exception_handler(DomainError)
+    async def _domain(_request: Request, exc: DomainError) -> JSONResponse:
+        return JSONResponse(
+            status_code=exc.status_code,
+            content={"error": "rejected", "problems": [{"field": exc.field, "reason": exc.reason}]},
+        )
+
+
+ReadinessCheck = Callable[[], Awaitable[dict[str, bool]]]
+
+
+def install_health(app: FastAPI, readiness: ReadinessCheck) -> None:
+    @app.get("/health/live", tags=["ops"], summary="The process is up")
+    async def live() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/health/ready", tags=["ops"], summary="Dependencies reachable, consumers assigned")
+    async def ready() -> JSONResponse:
+        checks = await readiness()
+        ok = all(checks.values())
+        return JSONResponse(status_code=200 if ok else 503, content={"ready": ok, "checks": checks})
+
+    @app.get("/metrics", tags=["ops"], summary="Prometheus metrics")
+    async def metrics() -> PlainTextResponse:
+        return PlainTextResponse(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,52 @@
+"""Typed settings that fail fast with one clear line per problem."""
+from __future__ import annotations
+
+import sys
+from typing import Literal, TypeVar
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+S = TypeVar("S", bound="ServiceSettings")
+
+
+class ServiceSettings(BaseSettings):
+    """What every service process needs. Each field is read from the env var of the same
+    name in upper case (DATABASE_URL, KAFKA_BOOTSTRAP_SERVERS, ...)."""
+
+    model_config = SettingsConfigDict(extra="ignore", case_sensitive=False)
+
+    service_name: str
+    database_url: str = Field(pattern=r"^postgres(ql)?://", description="this service's own database")
+    kafka_bootstrap_servers: str = Field(min_length=1)
+    topic_prefix: str = ""
+    kafka_partitions: int = Field(default=6, ge=1)
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8000, ge=0, le=65535)
+    roles: str = Field(default="all", description="comma list of api, worker, relay, or all")
+    clock_file: str | None = Field(default=None, description="shared movable clock, for tests and demo only")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "console"] = "json"
+    db_pool_max: int = Field(default=10, ge=1)
+    poll_interval_seconds: float = Field(default=1.0, gt=0)
+    kafka_session_timeout_ms: int = 10_000
+    kafka_heartbeat_interval_ms: int = 3_000
+    kafka_fetch_max_wait_ms: int = 50
+
+    def has_role(self, role: str) -> bool:
+        roles = {r.strip() for r in self.roles.split(",")}
+        return "all" in roles or role in roles
+
+
+def load_settings(cls: type[S], **overrides) -> S:
+    try:
+        return cls(**overrides)
+    except ValidationError as exc:
+        lines = [f"{cls.__name__}: invalid configuration"]
+        for err in exc.errors():
+            name = ".".join(str(p) for p in err["loc"]).upper()
+            lines.append(f"  {name}: {err['msg']} (set the environment variable {name})")
+        raise SystemExit("\n".join(lines)) from None
+    except Exception as exc:  # noqa: BLE001 - e.g. unparsable JSON in an env var
+        print(f"{cls.__name__}: invalid configuration: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

