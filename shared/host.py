@@ -15,7 +15,7 @@ from shared.clock import Clock, clock_from
 from shared.contract import Topics
 from shared.db import create_pool, migrate
 from shared.http import install_error_handlers, install_health
-from shared.kafka import ConsumerConfig, EventConsumer, Handler, ensure_topics, start_producer
+from shared.kafka import ConsumerConfig, EventConsumer, Handler, RecordProcessor, ensure_topics, start_producer
 from shared.logging import configure_logging, get_logger
 from shared.metrics import TIMERS_FIRED
 from shared.outbox import OutboxRelay
@@ -40,6 +40,8 @@ class ServiceHost:
         self._consumer_specs: list[tuple[str, list[str], Mapping[str, Handler]]] = []
         self._timers: list[tuple[str, float, TimerFn]] = []
         self._tasks: list[asyncio.Task] = []
+        self._on_stop: list[Callable[[], Awaitable[None]]] = []
+        self._checks: dict[str, Callable[[], Awaitable[bool]]] = {}
 
     # -- composition -------------------------------------------------------------------
     def consume(self, name: str, topics: list[str], handlers: Mapping[str, Handler]) -> None:
@@ -49,6 +51,14 @@ class ServiceHost:
     def every(self, name: str, fn: TimerFn, interval: float | None = None) -> None:
         """Run `fn` forever (worker role); it returns how much it did, 0 means sleep a while."""
         self._timers.append((name, interval or self.settings.poll_interval_seconds, fn))
+
+    def add_check(self, name: str, fn: Callable[[], Awaitable[bool]]) -> None:
+        """An extra readiness check (e.g. a worker in another process is alive)."""
+        self._checks[name] = fn
+
+    def on_stop(self, fn: Callable[[], Awaitable[None]]) -> None:
+        """Close a resource the wiring opened (an HTTP client, ...) when the service stops."""
+        self._on_stop.append(fn)
 
     # -- lifecycle -----------------------------------------------------------------------
     async def open(self) -> None:
@@ -67,13 +77,8 @@ class ServiceHost:
         if s.has_role("worker"):
             for name, topics, handlers in self._consumer_specs:
                 consumer = EventConsumer(
-                    service=self.name,
-                    name=f"{self.name}.{name}",
                     topics=topics,
-                    handlers=handlers,
-                    pool=self.pool,
-                    producer=self.producer,
-                    dead_letter_topic=self.topics.dead_letter,
+                    processor=self.processor(name, handlers),
                     config=ConsumerConfig(
                         bootstrap=s.kafka_bootstrap_servers,
                         group_id=f"{s.topic_prefix}{self.name}.{name}",
@@ -97,6 +102,12 @@ class ServiceHost:
         if not task.cancelled() and task.exception() is not None:
             log.error("background task died", task=task.get_name(), error=repr(task.exception()))
 
+    def processor(self, name: str, handlers: Mapping[str, Handler]) -> RecordProcessor:
+        return RecordProcessor(
+            service=self.name, name=f"{self.name}.{name}", handlers=handlers, pool=self.pool,
+            producer=self.producer, dead_letter_topic=self.topics.dead_letter,
+        )
+
     async def _loop(self, name: str, interval: float, fn: TimerFn) -> None:
         while True:
             try:
@@ -115,6 +126,9 @@ class ServiceHost:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
+        for fn in self._on_stop:
+            with contextlib.suppress(Exception):
+                await fn()
         if self.producer is not None:
             with contextlib.suppress(Exception):
                 await self.producer.stop()
@@ -132,6 +146,11 @@ class ServiceHost:
         checks["tasks"] = bool(self._tasks) and not any(t.done() for t in self._tasks)
         for c in self.consumers:
             checks[f"consumer:{c.name}"] = c.ready.is_set()
+        for name, fn in self._checks.items():
+            try:
+                checks[name] = await fn()
+            except Exception:  # noqa: BLE001
+                checks[name] = False
         return checks
 
     # -- HTTP ----------------------------------------------------------------------------

@@ -3,7 +3,6 @@ after the handler's database transaction (with its inbox row) has committed."""
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -80,69 +79,34 @@ class ConsumerConfig:
     heartbeat_interval_ms: int = 3_000
     fetch_max_wait_ms: int = 50
     max_records: int = 200
-    max_attempts: int = 3
 
 
-class EventConsumer:
-    """Consumes envelopes from `topics` and dispatches them by type to `handlers`.
-
-    Per record: parse the envelope; in one transaction claim the inbox row and run the handler;
-    after the transaction commits, commit the offset. Unreadable records and records whose
-    handler keeps failing go to the dead-letter topic with the cause; transient failures
-    (database or broker down) are retried without moving on.
-    """
+class RecordProcessor:
+    """Handles one consumed record: parse the envelope; in one transaction claim the inbox row
+    and run the handler for its type. Unreadable records and records whose handler keeps
+    failing go to the dead-letter topic with the cause; transient failures (database down) are
+    retried without moving on. Used by the aiokafka consumer and by faust agents alike."""
 
     def __init__(
         self,
         *,
         service: str,
         name: str,
-        topics: list[str],
         handlers: Mapping[str, Handler],
         pool: asyncpg.Pool,
         producer: AIOKafkaProducer,
         dead_letter_topic: str,
-        config: ConsumerConfig,
+        max_attempts: int = 3,
     ) -> None:
         self.service = service
         self.name = name
-        self.topics = topics
         self.handlers = dict(handlers)
         self.pool = pool
         self.producer = producer
         self.dead_letter_topic = dead_letter_topic
-        self.config = config
-        self._consumer: AIOKafkaConsumer | None = None
-        self.ready = asyncio.Event()
+        self.max_attempts = max_attempts
 
-    async def run(self) -> None:
-        cfg = self.config
-        consumer = AIOKafkaConsumer(
-            *self.topics,
-            bootstrap_servers=cfg.bootstrap,
-            group_id=cfg.group_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            session_timeout_ms=cfg.session_timeout_ms,
-            heartbeat_interval_ms=cfg.heartbeat_interval_ms,
-            fetch_max_wait_ms=cfg.fetch_max_wait_ms,
-            max_partition_fetch_bytes=8 * 1024 * 1024,
-        )
-        self._consumer = consumer
-        await consumer.start()
-        try:
-            while True:
-                batches = await consumer.getmany(timeout_ms=500, max_records=cfg.max_records)
-                if consumer.assignment():
-                    self.ready.set()
-                for tp, records in batches.items():
-                    for record in records:
-                        await self._process(record)
-                    await consumer.commit({tp: records[-1].offset + 1})
-        finally:
-            await consumer.stop()
-
-    async def _process(self, record: ConsumerRecord) -> None:
+    async def process(self, record: ConsumerRecord) -> None:
         try:
             envelope = Envelope.model_validate_json(record.value or b"")
         except ValidationError as exc:
@@ -176,14 +140,15 @@ class EventConsumer:
                 log.warning("transient error handling event, retrying", event_id=str(envelope.id), error=str(exc), retry_in=delay)
                 await asyncio.sleep(delay)
             except Exception as exc:  # noqa: BLE001 - any other failure is about this record
-                if attempt >= self.config.max_attempts:
+                if attempt >= self.max_attempts:
                     log.error("handler failed, dead-lettering", event_id=str(envelope.id), type=envelope.type, error=repr(exc))
                     await self._dead_letter(record, f"handler failed after {attempt} attempts: {exc!r}")
                     return
                 await asyncio.sleep(0.1 * attempt)
 
     async def _dead_letter(self, record: ConsumerRecord, reason: str) -> None:
-        headers = list(record.headers or []) + [
+        original = record.headers or []
+        headers = list(original.items() if isinstance(original, Mapping) else original) + [
             ("dlq_reason", reason[:2000].encode()),
             ("dlq_consumer", self.name.encode()),
             ("dlq_original_topic", record.topic.encode()),
@@ -196,20 +161,51 @@ class EventConsumer:
         log.warning("record dead-lettered", topic=record.topic, offset=record.offset, reason=reason)
 
 
+class EventConsumer:
+    """An aiokafka consumer group member: records go through `processor`; a partition's offset
+    is committed only after its records' transactions have committed (at-least-once + inbox)."""
+
+    def __init__(self, *, topics: list[str], processor: RecordProcessor, config: ConsumerConfig) -> None:
+        self.topics = topics
+        self.processor = processor
+        self.name = processor.name
+        self.config = config
+        self.ready = asyncio.Event()
+
+    async def run(self) -> None:
+        cfg = self.config
+        consumer = AIOKafkaConsumer(
+            *self.topics,
+            bootstrap_servers=cfg.bootstrap,
+            group_id=cfg.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=cfg.session_timeout_ms,
+            heartbeat_interval_ms=cfg.heartbeat_interval_ms,
+            fetch_max_wait_ms=cfg.fetch_max_wait_ms,
+            max_partition_fetch_bytes=8 * 1024 * 1024,
+        )
+        await consumer.start()
+        try:
+            while True:
+                batches = await consumer.getmany(timeout_ms=500, max_records=cfg.max_records)
+                if consumer.assignment():
+                    self.ready.set()
+                for tp, records in batches.items():
+                    for record in records:
+                        await self.processor.process(record)
+                    await consumer.commit({tp: records[-1].offset + 1})
+        finally:
+            await consumer.stop()
+
+
 def _first_error(exc: ValidationError) -> str:
     err = exc.errors()[0]
     field = ".".join(str(p) for p in err["loc"]) or "(record)"
     return f"{field}: {err['msg']}"
 
 
-def decode_json(value: bytes | None) -> dict | None:
-    try:
-        return json.loads(value) if value else None
-    except json.JSONDecodeError:
-        return None
-
-
 __all__ = [
-    "BrokerUnavailable", "ConsumerConfig", "EventConsumer", "Handler", "TopicPartition",
-    "create_producer", "ensure_topics", "start_producer", "decode_json",
+    "BrokerUnavailable", "ConsumerConfig", "EventConsumer", "Handler", "RecordProcessor", "TopicPartition",
+    "create_producer", "ensure_topics", "start_producer",
 ]

@@ -9,7 +9,7 @@ from typing import Any
 import structlog
 
 _EMAIL = re.compile(r"([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9.-]+\.[A-Za-z]{2,})")
-_PHONE = re.compile(r"\+?\d[\d \-().]{6,}\d")
+_PHONE = re.compile(r"\+\d[\d \-().]{5,}\d")  # E.164-style numbers, the only ones stored
 _SECRET_KEYS = {"password", "secret", "api_key", "token", "authorization", "x-api-key"}
 
 
@@ -36,7 +36,7 @@ def redact(value: Any) -> Any:
 
 
 def _redact_processor(_logger: Any, _name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
-    return redact(event_dict)
+    return {k: (v if k == "timestamp" else redact(v)) for k, v in event_dict.items()}
 
 
 def configure_logging(service: str, level: str = "info", fmt: str = "json") -> None:

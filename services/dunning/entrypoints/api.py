@@ -1,0 +1,90 @@
+"""Dunning HTTP API: cases with their steps, and the policies in force."""
+from __future__ import annotations
+
+import uuid
+from dataclasses import asdict
+from datetime import date, datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from pydantic import BaseModel
+
+from services.dunning.domain.policy import DEFAULT_POLICIES
+from shared.auth import Principal, require_role
+
+router = APIRouter(prefix="/v1")
+Reader = Annotated[Principal, Depends(require_role("collector", "analytics"))]
+
+
+class StepOut(BaseModel):
+    step: str
+    channel: str
+    template: str
+    offset_days: int
+    due_at: datetime
+    status: str
+    executed_at: datetime | None
+
+
+class CaseOut(BaseModel):
+    case_id: str
+    customer_id: str
+    invoice_id: str
+    number: str
+    currency: str
+    amount_minor: int
+    open_minor: int
+    due_date: date
+    policy: str
+    status: str
+    closed_reason: str | None
+    overdue_since: datetime | None
+    steps: list[StepOut] = []
+
+
+async def _steps(pool, tenant_id: str, case_ids: list[uuid.UUID]) -> dict[uuid.UUID, list[StepOut]]:
+    rows = await pool.fetch(
+        "SELECT * FROM case_steps WHERE tenant_id = $1 AND case_id = ANY($2::uuid[]) ORDER BY due_at, channel",
+        tenant_id, case_ids,
+    )
+    out: dict[uuid.UUID, list[StepOut]] = {}
+    for r in rows:
+        out.setdefault(r["case_id"], []).append(StepOut(**{k: r[k] for k in StepOut.model_fields}))
+    return out
+
+
+def _case(r, steps) -> CaseOut:
+    return CaseOut(**{**{k: r[k] for k in CaseOut.model_fields if k not in ("steps", "case_id", "invoice_id")},
+                      "case_id": str(r["case_id"]), "invoice_id": str(r["invoice_id"]), "steps": steps})
+
+
+@router.get("/cases", response_model=list[CaseOut], tags=["cases"])
+async def list_cases(
+    principal: Reader, request: Request,
+    customer_id: Annotated[str | None, Query(max_length=200)] = None,
+    status: Annotated[str | None, Query(pattern="^(open|closed)$")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[CaseOut]:
+    pool = request.app.state.pool
+    rows = await pool.fetch(
+        "SELECT * FROM cases WHERE tenant_id = $1 AND ($2::text IS NULL OR customer_id = $2)"
+        " AND ($3::text IS NULL OR status = $3) ORDER BY due_date, case_id LIMIT $4",
+        principal.tenant_id, customer_id, status, limit,
+    )
+    steps = await _steps(pool, principal.tenant_id, [r["case_id"] for r in rows])
+    return [_case(r, steps.get(r["case_id"], [])) for r in rows]
+
+
+@router.get("/cases/{case_id}", response_model=CaseOut, tags=["cases"])
+async def get_case(case_id: uuid.UUID, principal: Reader, request: Request) -> CaseOut:
+    pool = request.app.state.pool
+    row = await pool.fetchrow("SELECT * FROM cases WHERE tenant_id = $1 AND case_id = $2", principal.tenant_id, case_id)
+    if row is None:
+        raise HTTPException(404, f"no case {case_id} in this tenant")
+    steps = await _steps(pool, principal.tenant_id, [case_id])
+    return _case(row, steps.get(case_id, []))
+
+
+@router.get("/policies", tags=["policies"])
+async def policies(principal: Reader) -> list[dict]:
+    return [asdict(p) for p in DEFAULT_POLICIES.values()]

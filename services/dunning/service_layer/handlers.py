@@ -1,0 +1,151 @@
+"""Dunning use cases: event handlers (run inside the consumer's inbox transaction) and the
+step timer that turns due steps into NotificationRequested."""
+from __future__ import annotations
+
+import uuid
+
+import asyncpg
+
+from services.dunning.domain.policy import notification_key, policy_for, schedule_case
+from shared.clock import Clock
+from shared.contract import (
+    CustomerUpserted, DunningStepExecuted, Envelope, InvoiceIssued, InvoiceOverdue, InvoicePaid,
+    NotificationRequested, PaymentReceived, RiskAssessed, Topics, new_envelope,
+)
+from shared.contract.events import NoticeItem
+from shared.outbox import add_events
+
+SOURCE = "dunning"
+
+
+class Dunning:
+    def __init__(self, pool: asyncpg.Pool, clock: Clock, topics: Topics) -> None:
+        self.pool, self.clock, self.topics = pool, clock, topics
+
+    def handlers(self) -> dict:
+        return {
+            "CustomerUpserted": self.on_customer_upserted,
+            "InvoiceIssued": self.on_invoice_issued,
+            "PaymentReceived": self.on_payment_received,
+            "InvoicePaid": self.on_invoice_paid,
+            "InvoiceOverdue": self.on_invoice_overdue,
+            "RiskAssessed": self.on_risk_assessed,
+        }
+
+    async def on_customer_upserted(self, conn: asyncpg.Connection, env: Envelope, p: CustomerUpserted) -> None:
+        await conn.execute(
+            "INSERT INTO dunning_customers (tenant_id, customer_id, timezone) VALUES ($1, $2, $3)"
+            " ON CONFLICT (tenant_id, customer_id) DO UPDATE SET timezone = EXCLUDED.timezone, updated_at = now()",
+            env.tenant_id, p.customer_id, p.timezone,
+        )
+
+    async def on_risk_assessed(self, conn: asyncpg.Connection, env: Envelope, p: RiskAssessed) -> None:
+        await conn.execute(
+            "INSERT INTO dunning_customers (tenant_id, customer_id, risk_segment, risk_score) VALUES ($1, $2, $3, $4)"
+            " ON CONFLICT (tenant_id, customer_id) DO UPDATE SET risk_segment = EXCLUDED.risk_segment,"
+            " risk_score = EXCLUDED.risk_score, updated_at = now()",
+            env.tenant_id, p.customer_id, p.segment, p.score,
+        )
+
+    async def on_invoice_issued(self, conn: asyncpg.Connection, env: Envelope, p: InvoiceIssued) -> None:
+        customer = await conn.fetchrow(
+            "SELECT timezone, risk_segment FROM dunning_customers WHERE tenant_id = $1 AND customer_id = $2",
+            env.tenant_id, p.customer_id,
+        )
+        timezone = customer["timezone"] if customer else "UTC"
+        policy = policy_for(customer["risk_segment"] if customer else None)
+        case_id = uuid.UUID(p.invoice_id)  # one case per invoice
+        now = self.clock.now()
+        inserted = await conn.fetchval(
+            """INSERT INTO cases (tenant_id, case_id, customer_id, invoice_id, number, currency, amount_minor,
+                 open_minor, due_date, policy, opened_at)
+               VALUES ($1, $2, $3, $2, $4, $5, $6, $6, $7, $8, $9) ON CONFLICT DO NOTHING RETURNING 1""",
+            env.tenant_id, case_id, p.customer_id, p.number, p.currency, p.amount_minor, p.due_date, policy.name, now,
+        )
+        if not inserted:
+            return
+        steps = schedule_case(policy, p.due_date, timezone, now)
+        await conn.executemany(
+            "INSERT INTO case_steps (tenant_id, case_id, step, channel, template, offset_days, due_at, status)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            [(env.tenant_id, case_id, s.name, s.channel, s.template, s.offset_days, s.due_at, s.status) for s in steps],
+        )
+
+    async def _reduce(self, conn: asyncpg.Connection, tenant_id: str, invoice_id: str, open_minor: int, reason: str) -> None:
+        """Payment stops dunning for what it covers: a settled invoice cancels its remaining steps."""
+        case_id = uuid.UUID(invoice_id)
+        now = self.clock.now()
+        closed = await conn.fetchval(
+            "UPDATE cases SET open_minor = LEAST(open_minor, $3::bigint),"
+            " status = CASE WHEN $3::bigint = 0 THEN 'closed' ELSE status END,"
+            " closed_reason = CASE WHEN $3::bigint = 0 THEN $4 ELSE closed_reason END,"
+            " closed_at = CASE WHEN $3::bigint = 0 THEN $5 ELSE closed_at END"
+            " WHERE tenant_id = $1 AND case_id = $2 RETURNING status = 'closed'",
+            tenant_id, case_id, open_minor, reason, now,
+        )
+        if closed:
+            await conn.execute(
+                "UPDATE case_steps SET status = 'cancelled' WHERE tenant_id = $1 AND case_id = $2 AND status = 'scheduled'",
+                tenant_id, case_id,
+            )
+
+    async def on_payment_received(self, conn: asyncpg.Connection, env: Envelope, p: PaymentReceived) -> None:
+        for a in p.allocations:
+            await self._reduce(conn, env.tenant_id, a.invoice_id, a.invoice_open_minor, "paid")
+
+    async def on_invoice_paid(self, conn: asyncpg.Connection, env: Envelope, p: InvoicePaid) -> None:
+        await self._reduce(conn, env.tenant_id, p.invoice_id, 0, "paid")
+
+    async def on_invoice_overdue(self, conn: asyncpg.Connection, env: Envelope, p: InvoiceOverdue) -> None:
+        await conn.execute(
+            "UPDATE cases SET overdue_since = $3 WHERE tenant_id = $1 AND case_id = $2 AND overdue_since IS NULL",
+            env.tenant_id, uuid.UUID(p.invoice_id), p.overdue_since,
+        )
+
+    async def claim_due_steps(self, limit: int = 200) -> int:
+        """Execute the steps that are due (any replica may run this; SKIP LOCKED keeps them apart).
+        A step of a closed case is cancelled instead of sent."""
+        now = self.clock.now()
+        async with self.pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                """SELECT s.tenant_id, s.case_id, s.step, s.channel, s.template, c.customer_id, c.invoice_id,
+                          c.number, c.currency, c.open_minor, c.due_date, c.status AS case_status
+                   FROM case_steps s JOIN cases c USING (tenant_id, case_id)
+                   WHERE s.status = 'scheduled' AND s.due_at <= $1
+                   ORDER BY s.due_at LIMIT $2 FOR UPDATE OF s SKIP LOCKED""",
+                now, limit,
+            )
+            if not rows:
+                return 0
+            events: list[Envelope] = []
+            executed, cancelled = [], []
+            for r in rows:
+                key = (r["tenant_id"], r["case_id"], r["step"], r["channel"])
+                if r["case_status"] != "open" or r["open_minor"] == 0:
+                    cancelled.append(key)
+                    continue
+                executed.append(key)
+                case_id = str(r["case_id"])
+                request = NotificationRequested(
+                    customer_id=r["customer_id"], notification_key=notification_key(case_id, r["step"], r["channel"]),
+                    case_id=case_id, step=r["step"], channel=r["channel"], template=r["template"],
+                    items=[NoticeItem(invoice_id=str(r["invoice_id"]), number=r["number"], currency=r["currency"],
+                                      open_amount_minor=r["open_minor"], due_date=r["due_date"])],
+                    requested_at=now,
+                )
+                requested = new_envelope(request, source=SOURCE, tenant_id=r["tenant_id"], subject=case_id, time=now)
+                step_done = DunningStepExecuted(
+                    customer_id=r["customer_id"], case_id=case_id, invoice_id=str(r["invoice_id"]),
+                    step=r["step"], channel=r["channel"], executed_at=now,
+                )
+                events += [requested, new_envelope(step_done, source=SOURCE, tenant_id=r["tenant_id"],
+                                                   subject=case_id, time=now, caused_by=requested)]
+            for keys, status in ((executed, "executed"), (cancelled, "cancelled")):
+                if keys:
+                    await conn.executemany(
+                        "UPDATE case_steps SET status = $5, executed_at = $6"
+                        " WHERE tenant_id = $1 AND case_id = $2 AND step = $3 AND channel = $4",
+                        [(*k, status, now) for k in keys],
+                    )
+            await add_events(conn, self.topics.dunning, events)
+            return len(rows)

@@ -1,0 +1,79 @@
+"""Renders notices with Jinja2 in the customer's language (en, tr, cs, fa; fa right-to-left)."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import date
+from functools import lru_cache
+from pathlib import Path
+
+from babel.dates import format_date
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+
+from shared.contract.money import format_money
+
+TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+LANGUAGES = ("en", "tr", "cs", "fa")
+RTL = {"fa"}
+
+
+@dataclass(frozen=True)
+class RenderedEmail:
+    subject: str
+    text: str
+    html: str
+
+
+@lru_cache(maxsize=1)
+def _env() -> Environment:
+    return Environment(
+        loader=FileSystemLoader(TEMPLATES),
+        autoescape=select_autoescape(["html", "html.j2"]),
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+
+
+@lru_cache(maxsize=None)
+def messages(language: str) -> dict:
+    return json.loads((TEMPLATES / "messages" / f"{language}.json").read_text(encoding="utf-8"))
+
+
+def _context(template: str, language: str, name: str, items: list[dict], unsubscribe_url: str) -> dict:
+    language = language if language in LANGUAGES else "en"
+    m = messages(language)
+    if template not in m:
+        raise KeyError(f"no template {template!r} in language {language!r}")
+    shown = [
+        {
+            "number": i["number"],
+            "amount": format_money(i["open_amount_minor"], i["currency"], language),
+            "due_date": format_date(date.fromisoformat(str(i["due_date"])), format="medium", locale=language),
+        }
+        for i in items
+    ]
+    totals: dict[str, int] = {}
+    for i in items:  # never add different currencies together
+        totals[i["currency"]] = totals.get(i["currency"], 0) + i["open_amount_minor"]
+    total = ", ".join(format_money(v, c, language) for c, v in sorted(totals.items()))
+    return {
+        "m": m, "template": template, "language": language, "direction": "rtl" if language in RTL else "ltr",
+        "name": name, "items": shown, "total": total, "unsubscribe_url": unsubscribe_url,
+        "subject": m[template]["subject"],
+    }
+
+
+def render_email(template: str, language: str, name: str, items: list[dict], unsubscribe_url: str) -> RenderedEmail:
+    ctx = _context(template, language, name, items, unsubscribe_url)
+    env = _env()
+    return RenderedEmail(
+        subject=ctx["subject"],
+        text=env.get_template("email.txt.j2").render(ctx),
+        html=env.get_template("email.html.j2").render(ctx),
+    )
+
+
+def render_sms(template: str, language: str, name: str, items: list[dict]) -> str:
+    ctx = _context(template, language, name, items, "")
+    return " ".join(_env().get_template("sms.txt.j2").render(ctx).split())

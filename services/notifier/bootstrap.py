@@ -1,0 +1,36 @@
+"""Composition root of the notifier service."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+from fastapi import FastAPI
+
+from services.notifier.adapters.providers import EmailSender, SmsSender
+from services.notifier.entrypoints.api import router
+from services.notifier.service_layer.handlers import Notifier
+from services.notifier.settings import NotifierSettings
+from shared.clock import Clock
+from shared.host import ServiceHost
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def build(settings: NotifierSettings, clock: Clock | None = None) -> FastAPI:
+    host = ServiceHost(settings, migrations=MIGRATIONS, clock=clock)
+
+    def wire(host: ServiceHost, app: FastAPI) -> None:
+        http = httpx.AsyncClient()
+        host.on_stop(http.aclose)
+        notifier = Notifier(
+            host.pool, host.clock, host.topics, settings,
+            EmailSender(settings.smtp_host, settings.smtp_port, settings.mail_from),
+            SmsSender(settings.sms_url, http),
+        )
+        app.state.notifier = notifier
+        host.consume("requests", [host.topics.invoicing, host.topics.dunning], notifier.handlers())
+        host.every("dispatch", notifier.dispatch_due)
+
+    app = host.create_api("Tahsilat notifier", "Email and SMS delivery, templates, opt-outs.", wire)
+    app.include_router(router)
+    return app

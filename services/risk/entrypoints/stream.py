@@ -1,0 +1,74 @@
+"""The risk stream processor: a faust-streaming app. Its agent hands each record to the shared
+RecordProcessor, so the inbox, the PostgreSQL transaction and dead-lettering are the same as in
+every other consumer; faust commits the offset after the agent has processed the record."""
+from __future__ import annotations
+
+import os
+import socket
+
+import asyncpg
+import faust
+
+from services.risk.service_layer.handlers import Risk
+from services.risk.settings import RiskSettings
+from shared.clock import Clock, clock_from
+from shared.contract import Topics
+from shared.db import create_pool
+from shared.kafka import RecordProcessor, start_producer
+from shared.logging import get_logger
+
+log = get_logger(__name__)
+
+
+def create_app(settings: RiskSettings, clock: Clock | None = None) -> faust.App:
+    topics = Topics(settings.topic_prefix)
+    clock = clock or clock_from(settings.clock_file)
+    app = faust.App(
+        f"{settings.topic_prefix}risk-stream",
+        broker=[f"kafka://{h.strip()}" for h in settings.kafka_bootstrap_servers.split(",")],
+        store="memory://",
+        datadir=settings.stream_data_dir,
+        processing_guarantee="at_least_once",
+        topic_partitions=settings.kafka_partitions,
+        topic_allow_declare=False,
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=settings.kafka_session_timeout_ms / 1000,
+        broker_heartbeat_interval=settings.kafka_heartbeat_interval_ms / 1000,
+        web_enabled=False,
+        producer_acks=-1,
+    )
+    source = app.topic(topics.invoicing, key_serializer="raw", value_serializer="raw")
+    risk = Risk(clock, topics)
+    worker_id = f"{socket.gethostname()}:{os.getpid()}"
+
+    @app.agent(source, name="assess-payment-behaviour")
+    async def assess_payment_behaviour(stream):
+        pool = await create_pool(settings.database_url, max_size=settings.db_pool_max)
+        producer = await start_producer(settings.kafka_bootstrap_servers)  # for the dead-letter topic
+        processor = RecordProcessor(
+            service=settings.service_name, name="risk.behaviour", handlers=risk.handlers(), pool=pool,
+            producer=producer, dead_letter_topic=topics.dead_letter,
+        )
+        log.info("risk stream agent started")
+        try:
+            async for event in stream.events():
+                await processor.process(event.message)
+        finally:
+            await producer.stop()
+            await pool.close()
+
+    @app.timer(interval=2.0)
+    async def heartbeat() -> None:
+        """Tell the API process (readiness) that a worker is alive and holds partitions."""
+        assigned = len(app.consumer.assignment()) if app.consumer else 0
+        conn = await asyncpg.connect(settings.database_url)
+        try:
+            await conn.execute(
+                "INSERT INTO stream_heartbeat (worker, assigned) VALUES ($1, $2) ON CONFLICT (worker)"
+                " DO UPDATE SET assigned = EXCLUDED.assigned, beat_at = now()",
+                worker_id, assigned,
+            )
+        finally:
+            await conn.close()
+
+    return app

@@ -1,0 +1,232 @@
+"""The demo: three billing sources, a few hundred customers (en and tr), a few thousand
+invoices due around today, most of them paid (some late, some partially). It replays the last
+weeks on the platform's clock so that reminders go out when they would have, then prints what
+happened."""
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+import time
+from collections import Counter
+from dataclasses import dataclass
+from datetime import date, datetime, time as dtime, timedelta, timezone
+
+import httpx
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from shared.clock import FileClock
+from shared.contract.money import format_money
+from tahsilat.platform import SERVICES, Platform
+from tahsilat.streams import read_events
+
+SOURCES = (("sap-erp", "EUR"), ("chargebee", "USD"), ("legacy-as400", "TRY"))
+EN_ZONES = ("Europe/London", "America/New_York", "Europe/Dublin")
+ROUND_DAYS = 7
+TENANT = "demo"
+
+
+@dataclass
+class Seed:
+    customers: list[dict]
+    invoices: list[dict]  # request bodies, plus "_source"
+    payments: list[dict]  # request bodies, plus "_source" and "_on" (the day it arrives)
+
+
+def make_seed(today: date, customers: int = 300, invoices_per_customer: int = 10, seed: int = 7) -> Seed:
+    rnd = random.Random(seed)
+    people, invoices, payments = [], [], []
+    for n in range(customers):
+        source, currency = SOURCES[n % len(SOURCES)]
+        turkish = rnd.random() < 0.5
+        cust = {
+            "id": f"CUST-{n:04d}",
+            "name": f"{rnd.choice(['Anadolu', 'Ege', 'Marmara', 'Karadeniz']) if turkish else rnd.choice(['Acme', 'Globex', 'Initech', 'Umbrella'])} {n}",
+            "language": "tr" if turkish else "en",
+            "timezone": "Europe/Istanbul" if turkish else rnd.choice(EN_ZONES),
+            "email": f"billing{n}@example.com",
+            "phone": f"+90555{n:07d}" if turkish else f"+44770090{n:04d}",
+            "_source": source,
+            "_currency": "TRY" if turkish and source != "sap-erp" else currency,
+        }
+        people.append(cust)
+        for k in range(invoices_per_customer):
+            due = today + timedelta(days=rnd.randint(-45, 10))
+            issue = due - timedelta(days=30)
+            amount = rnd.randint(50_00, 5_000_00)
+            ext = f"{source[:3].upper()}-{n:04d}-{k:02d}"
+            invoices.append({
+                "external_id": ext, "number": ext,
+                "customer": {k2: v for k2, v in cust.items() if not k2.startswith("_")},
+                "currency": cust["_currency"], "amount_minor": amount,
+                "issue_date": issue.isoformat(), "due_date": due.isoformat(), "_source": source,
+            })
+            r = rnd.random()
+            if r < 0.55:
+                on, paid = due - timedelta(days=rnd.randint(0, 5)), amount
+            elif r < 0.72:
+                on, paid = due + timedelta(days=rnd.randint(1, 20)), amount
+            elif r < 0.82:
+                on, paid = due + timedelta(days=rnd.randint(0, 10)), amount // 2
+            else:
+                continue
+            on = max(on, issue)
+            if on > today:
+                continue
+            payments.append({
+                "external_id": f"PAY-{ext}", "customer_id": cust["id"], "currency": cust["_currency"],
+                "amount_minor": paid, "invoice_refs": [ext],
+                "received_at": datetime.combine(on, dtime(12), timezone.utc).isoformat(),
+                "_source": source, "_on": on,
+            })
+    return Seed(people, invoices, payments)
+
+
+async def _post_all(client: httpx.AsyncClient, path: str, bodies: list[dict], keys: dict[str, str], progress, task) -> None:
+    queue: asyncio.Queue = asyncio.Queue()
+    for b in bodies:
+        queue.put_nowait(b)
+
+    async def worker() -> None:
+        while not queue.empty():
+            body = queue.get_nowait()
+            payload = {k: v for k, v in body.items() if not k.startswith("_")}
+            r = await client.post(path, json=payload, headers={"X-API-Key": keys[body["_source"]]})
+            if r.status_code >= 300:
+                raise RuntimeError(f"{path} rejected {payload.get('external_id')}: {r.status_code} {r.text}")
+            progress.advance(task)
+
+    await asyncio.gather(*(worker() for _ in range(12)))
+
+
+_METRIC = re.compile(r'^(tahsilat_(?:outbox_backlog|events_consumed_total|timers_fired_total))\{([^}]*)\} ([0-9.e+]+)$', re.M)
+
+
+async def settle(client: httpx.AsyncClient, platform: Platform, quiet_polls: int = 3, timeout: float = 120) -> None:
+    """Wait until no outbox has a backlog and no consumer or timer has done anything for a while."""
+    last, quiet = None, 0
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        backlog, activity = 0.0, 0.0
+        for s in SERVICES:
+            text = (await client.get(f"{platform.url(s)}/metrics")).text
+            for name, _labels, value in _METRIC.findall(text):
+                if name == "tahsilat_outbox_backlog":
+                    backlog += float(value)
+                else:
+                    activity += float(value)
+        quiet = quiet + 1 if (backlog == 0 and activity == last) else 0
+        last = activity
+        if quiet >= quiet_polls:
+            return
+        await asyncio.sleep(0.3)
+    raise TimeoutError("the pipeline did not settle")
+
+
+async def run_demo(platform: Platform, clock: FileClock, console: Console, *, customers: int = 300,
+                   invoices_per_customer: int = 10) -> dict:
+    from tahsilat.keys import create_key
+
+    started = time.monotonic()
+    today = datetime.now(timezone.utc).date()
+    seed = make_seed(today, customers, invoices_per_customer)
+    keys = {s: await create_key(platform.database_urls, tenant_id=TENANT, role="billing-source", source_name=s)
+            for s, _ in SOURCES}
+    admin_key = await create_key(platform.database_urls, tenant_id=TENANT, role="admin", label="demo admin")
+
+    first = min(date.fromisoformat(i["issue_date"]) for i in seed.invoices)
+    rounds = []
+    day = first
+    while day < today:
+        rounds.append(day)
+        day += timedelta(days=ROUND_DAYS)
+    rounds.append(today)
+    at_1400 = lambda d: datetime.combine(d, dtime(14), timezone.utc)  # noqa: E731 - business hours in TR, UK and US
+
+    posted_inv, posted_pay = set(), set()
+    async with httpx.AsyncClient(base_url=platform.url("invoicing"), timeout=30) as client:
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=console) as progress:
+            t_inv = progress.add_task("invoices", total=len(seed.invoices))
+            t_pay = progress.add_task("payments", total=len(seed.payments))
+            t_days = progress.add_task("days replayed", total=len(rounds))
+            clock.set(at_1400(first))
+            for day in rounds:
+                # Everything that happened up to `day` arrives, then the clock moves to `day`.
+                inv = [i for i in seed.invoices if date.fromisoformat(i["issue_date"]) <= day and i["external_id"] not in posted_inv]
+                pay = [p for p in seed.payments if p["_on"] <= day and p["external_id"] not in posted_pay]
+                await _post_all(client, "/v1/invoices", inv, keys, progress, t_inv)
+                posted_inv.update(i["external_id"] for i in inv)
+                await _post_all(client, "/v1/payments", pay, keys, progress, t_pay)
+                posted_pay.update(p["external_id"] for p in pay)
+                await settle(client, platform)
+                clock.set(at_1400(day))
+                await settle(client, platform)
+                progress.advance(t_days)
+        aging = (await client.get("/v1/reports/aging", headers={"X-API-Key": admin_key})).json()
+    summary = await summarize(platform, aging)
+    summary["seconds"] = time.monotonic() - started
+    summary["admin_key"] = admin_key
+    summary["source_keys"] = keys
+    return summary
+
+
+async def summarize(platform: Platform, aging: dict) -> dict:
+    t = platform.topics
+    invoicing = await read_events(platform.bootstrap, t.invoicing)
+    notifier = await read_events(platform.bootstrap, t.notifier)
+    risk = await read_events(platform.bootstrap, t.risk)
+    dead = await read_events(platform.bootstrap, t.dead_letter)
+    latest_segment = {e.data["customer_id"]: e.data["segment"] for e in risk}
+    async with httpx.AsyncClient(timeout=10) as c:
+        emails = len((await c.get(f"{platform.sinks_url}/emails")).json())
+        sms = len((await c.get(f"{platform.sinks_url}/sms")).json())
+    return {
+        "issued_by_source": Counter(e.data["billing_source"] for e in invoicing if e.type == "InvoiceIssued"),
+        "payments": sum(1 for e in invoicing if e.type == "PaymentReceived"),
+        "paid": sum(1 for e in invoicing if e.type == "InvoicePaid"),
+        "overdue": sum(1 for e in invoicing if e.type == "InvoiceOverdue"),
+        "sent": Counter((e.data["channel"], e.data["language"]) for e in notifier if e.type == "NotificationSent"),
+        "failed": sum(1 for e in notifier if e.type == "NotificationFailed"),
+        "segments": Counter(latest_segment.values()),
+        "dead_letters": len(dead),
+        "emails_in_sink": emails,
+        "sms_in_sink": sms,
+        "aging": aging,
+    }
+
+
+def print_summary(console: Console, summary: dict, platform: Platform) -> None:
+    t = Table(title="Invoices issued per billing source")
+    t.add_column("source")
+    t.add_column("invoices", justify="right")
+    for source, n in sorted(summary["issued_by_source"].items()):
+        t.add_row(source, str(n))
+    console.print(t)
+    console.print(f"Payments received: {summary['payments']}  invoices settled: {summary['paid']}  "
+                  f"invoices overdue: {summary['overdue']}  dead letters: {summary['dead_letters']}")
+    t = Table(title="Reminders sent")
+    for col in ("channel", "language", "sent"):
+        t.add_column(col, justify="right" if col == "sent" else "left")
+    for (channel, language), n in sorted(summary["sent"].items()):
+        t.add_row(channel, language, str(n))
+    console.print(t)
+    console.print(f"Captured: {summary['emails_in_sink']} emails, {summary['sms_in_sink']} SMS; "
+                  f"suppressed/failed: {summary['failed']}")
+    console.print("Risk segments: " + ", ".join(f"{k} {v}" for k, v in sorted(summary["segments"].items())))
+    aging = summary["aging"]
+    t = Table(title=f"AR aging as of {aging['as_of']}")
+    t.add_column("currency")
+    for b in [*aging["buckets"], "total"]:
+        t.add_column(b, justify="right")
+    for currency, row in sorted(aging["by_currency"].items()):
+        t.add_row(currency, *(format_money(row[b], currency) for b in [*aging["buckets"], "total"]))
+    console.print(t)
+    t = Table(title="Where to look", show_header=False)
+    for k, v in platform.describe().items():
+        t.add_row(k, v)
+    t.add_row("admin API key (tenant demo)", summary["admin_key"])
+    console.print(t)
+    console.print(f"Demo took {summary['seconds']:.0f} s.")

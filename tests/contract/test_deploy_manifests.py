@@ -1,0 +1,596 @@
+"""Offline checks of the deployment artefacts: deploy/k8s, docker-compose.yml and the Dockerfile.
+
+- Every Kubernetes manifest validates (strictly: unknown fields fail) against the OpenAPI
+  schemas that the `kubernetes-validate` package ships, for the oldest Kubernetes minor we
+  support and the newest one the installed package knows.
+- docker-compose.yml validates against the Compose Specification JSON Schema, which the
+  `check-jsonschema` package (a dev dependency) ships as
+  check_jsonschema/builtin_schemas/vendor/compose-spec.json.
+- On top of the schemas: the operational rules an operator relies on (probes, limits,
+  non-root, one database per service, the HPA, the start-up order of the compose file).
+
+No network, no Docker engine, no cluster: only files and schemas on disk.
+"""
+from __future__ import annotations
+
+import copy
+import importlib
+import json
+import re
+from importlib import metadata
+from pathlib import Path
+from urllib.parse import urlparse
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+K8S_DIR = ROOT / "deploy" / "k8s"
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+INIT_SQL = ROOT / "deploy" / "compose" / "init-databases.sql"
+DOCKERFILE = ROOT / "Dockerfile"
+
+SERVICES = {"invoicing": 8001, "dunning": 8002, "risk": 8003, "notifier": 8004}
+TOPICS = ["ar.invoicing.v1", "ar.dunning.v1", "ar.risk.v1", "ar.notifier.v1", "ar.ingest.v1", "ar.deadletter.v1"]
+
+# Deployment name -> (service, component, ROLES). risk-stream is the faust worker: no HTTP.
+DEPLOYMENTS = {
+    "invoicing-api": ("invoicing", "api", "api"),
+    "invoicing-worker": ("invoicing", "worker", "worker"),
+    "dunning-api": ("dunning", "api", "api"),
+    "dunning-worker": ("dunning", "worker", "worker"),
+    "risk-api": ("risk", "api", "api"),
+    "risk-stream": ("risk", "stream", None),
+    "notifier-api": ("notifier", "api", "api"),
+    "notifier-worker": ("notifier", "worker", "worker"),
+}
+NO_HTTP = {"risk-stream"}
+
+# The oldest Kubernetes minor the manifests must work on, and the newest the installed
+# kubernetes-validate has schemas for.
+K8S_VERSIONS = sorted({"1.29.0", kubernetes_validate.latest_version()})
+
+NAME_LABEL = "app.kubernetes.io/name"
+COMPONENT_LABEL = "app.kubernetes.io/component"
+NAMESPACE = "tahsilat"
+SECRET_NAME = "tahsilat-db"
+
+
+# --------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------
+def _manifest_files() -> list[Path]:
+    return sorted(p for p in K8S_DIR.glob("*.yaml") if p.name != "kustomization.yaml")
+
+
+def _load_documents() -> list[tuple[str, dict]]:
+    docs = []
+    for path in _manifest_files():
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc is not None:  # a comment-only header before the first '---'
+                docs.append((path.name, doc))
+    return docs
+
+
+DOCS = _load_documents()
+
+
+def _doc_id(item: tuple[str, dict]) -> str:
+    filename, doc = item
+    return f"{filename}:{doc.get('kind')}/{doc.get('metadata', {}).get('name')}"
+
+
+def _of_kind(kind: str) -> dict[str, dict]:
+    return {doc["metadata"]["name"]: doc for _, doc in DOCS if doc.get("kind") == kind}
+
+
+def _env(container: dict) -> dict[str, dict]:
+    return {e["name"]: e for e in container.get("env", [])}
+
+
+def _pod_spec(workload: dict) -> dict:
+    return workload["spec"]["template"]["spec"]
+
+
+# --------------------------------------------------------------------------------------
+# (a) every manifest is a valid Kubernetes object
+# --------------------------------------------------------------------------------------
+def test_manifests_exist() -> None:
+    assert K8S_DIR.is_dir(), K8S_DIR
+    names = {p.name for p in _manifest_files()}
+    for required in ("namespace.yaml", "configmap.yaml", "secret.example.yaml", "migrate-job.yaml",
+                     *(f"{s}.yaml" for s in SERVICES)):
+        assert required in names, f"deploy/k8s/{required} is missing"
+    assert DOCS, "no Kubernetes documents found"
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+@pytest.mark.parametrize("item", DOCS, ids=_doc_id)
+def test_manifest_validates_against_kubernetes_schema(item: tuple[str, dict], version: str) -> None:
+    _, doc = item
+    try:
+        kubernetes_validate.validate(doc, version, strict=True)
+    except kubernetes_validate.ValidationError as exc:
+        path = "/".join(str(p) for p in exc.absolute_path)
+        pytest.fail(f"{_doc_id(item)} invalid for Kubernetes {exc.version} at {path or '<root>'}: {exc.message}")
+    except kubernetes_validate.SchemaNotFoundError as exc:
+        pytest.fail(exc.message)
+
+
+def test_strict_validation_rejects_unknown_fields() -> None:
+    """Control: the validator really is strict, so a typo in a manifest cannot pass."""
+    deployment = copy.deepcopy(_of_kind("Deployment")["invoicing-api"])
+    _pod_spec(deployment)["containers"][0]["livenessprobe"] = {}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, K8S_VERSIONS[0], strict=True)
+
+
+def test_kustomization_lists_existing_resources() -> None:
+    kustomization = yaml.safe_load((K8S_DIR / "kustomization.yaml").read_text())
+    assert kustomization["apiVersion"].startswith("kustomize.config.k8s.io/")
+    assert kustomization["kind"] == "Kustomization"
+    resources = kustomization["resources"]
+    assert len(resources) == len(set(resources)), "a resource is listed twice"
+    for resource in resources:
+        assert (K8S_DIR / resource).is_file(), f"kustomization.yaml lists {resource}, which does not exist"
+    # Everything but the example Secret is deployed; the placeholder Secret never is.
+    expected = {p.name for p in _manifest_files()} - {"secret.example.yaml"}
+    assert set(resources) == expected
+    images = {i["name"] for i in kustomization.get("images", [])}
+    used = {c["image"].split(":")[0] for d in _workloads().values() for c in _pod_spec(d)["containers"]}
+    assert used <= images, f"images {used - images} are not pinned in kustomization.yaml"
+
+
+def test_every_namespaced_object_is_in_the_tahsilat_namespace() -> None:
+    for item in DOCS:
+        _, doc = item
+        if doc["kind"] == "Namespace":
+            assert doc["metadata"]["name"] == NAMESPACE
+        else:
+            assert doc["metadata"].get("namespace") == NAMESPACE, _doc_id(item)
+
+
+def test_every_object_has_name_and_component_labels() -> None:
+    for item in DOCS:
+        _, doc = item
+        labels = doc["metadata"].get("labels", {})
+        assert labels.get(NAME_LABEL) and labels.get(COMPONENT_LABEL), f"{_doc_id(item)} lacks labels"
+
+
+def test_namespace_enforces_restricted_pod_security() -> None:
+    (namespace,) = _of_kind("Namespace").values()
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+
+
+# --------------------------------------------------------------------------------------
+# (b) Deployments: one per service role, hardened, probed, limited
+# --------------------------------------------------------------------------------------
+def _workloads() -> dict[str, dict]:
+    return {**_of_kind("Deployment"), **_of_kind("Job")}
+
+
+def test_one_deployment_per_service_role() -> None:
+    assert set(_of_kind("Deployment")) == set(DEPLOYMENTS)
+
+
+def _assert_hardened(where: str, pod: dict) -> None:
+    pod_sc = pod.get("securityContext", {})
+    assert pod_sc.get("runAsNonRoot") is True, f"{where}: pod securityContext.runAsNonRoot"
+    assert pod_sc.get("seccompProfile", {}).get("type") == "RuntimeDefault", f"{where}: pod seccompProfile"
+    assert pod.get("automountServiceAccountToken") is False, f"{where}: mounts a service-account token"
+    assert pod.get("initContainers", []) == [], f"{where}: unexpected initContainers"
+    for container in pod["containers"]:
+        name = f"{where}/{container['name']}"
+        sc = container.get("securityContext", {})
+        assert sc.get("runAsNonRoot") is True, f"{name}: runAsNonRoot"
+        assert sc.get("runAsUser") == 10001, f"{name}: runAsUser"
+        assert sc.get("allowPrivilegeEscalation") is False, f"{name}: allowPrivilegeEscalation"
+        assert sc.get("readOnlyRootFilesystem") is True, f"{name}: readOnlyRootFilesystem"
+        assert sc.get("privileged", False) is False, f"{name}: privileged"
+        assert sc.get("capabilities", {}).get("drop") == ["ALL"], f"{name}: capabilities.drop"
+        assert sc.get("seccompProfile", {}).get("type") == "RuntimeDefault", f"{name}: seccompProfile"
+        resources = container.get("resources", {})
+        for kind in ("requests", "limits"):
+            for resource in ("cpu", "memory"):
+                assert resources.get(kind, {}).get(resource), f"{name}: resources.{kind}.{resource}"
+        # A read-only root filesystem needs a writable /tmp.
+        mounts = {m["mountPath"] for m in container.get("volumeMounts", [])}
+        assert "/tmp" in mounts, f"{name}: no writable /tmp"
+        image = container["image"]
+        assert ":" in image and not image.endswith(":latest"), f"{name}: image {image} is not pinned"
+
+
+def _assert_database_from_secret(where: str, container: dict, service: str) -> None:
+    env = _env(container)
+    assert "DATABASE_URL" in env, f"{where}: no DATABASE_URL"
+    assert "value" not in env["DATABASE_URL"], f"{where}: DATABASE_URL is a literal, not a Secret"
+    ref = env["DATABASE_URL"]["valueFrom"]["secretKeyRef"]
+    assert ref == {"name": SECRET_NAME, "key": f"{service}-database-url"}, \
+        f"{where}: DATABASE_URL must be the {service} service's own database key"
+    for name, entry in env.items():
+        if re.search(r"PASSWORD|SECRET|TOKEN", name):
+            assert "value" not in entry, f"{where}: {name} is a literal value"
+    config_maps = {s["configMapRef"]["name"] for s in container.get("envFrom", []) if "configMapRef" in s}
+    assert "tahsilat-config" in config_maps, f"{where}: does not read tahsilat-config"
+
+
+@pytest.mark.parametrize("name", sorted(DEPLOYMENTS))
+def test_deployment_is_hardened_and_probed(name: str) -> None:
+    deployment = _of_kind("Deployment")[name]
+    service, component, roles = DEPLOYMENTS[name]
+
+    # Labels: the selector picks exactly this role's pods.
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    assert selector == {NAME_LABEL: service, COMPONENT_LABEL: component}
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert selector.items() <= pod_labels.items(), f"{name}: template labels do not match the selector"
+    assert deployment["metadata"]["labels"][NAME_LABEL] == service
+    assert deployment["metadata"]["labels"][COMPONENT_LABEL] == component
+
+    pod = _pod_spec(deployment)
+    _assert_hardened(name, pod)
+    (container,) = pod["containers"]
+    _assert_database_from_secret(name, container, service)
+    env = _env(container)
+
+    if name in NO_HTTP:
+        assert container["command"] == ["python", "-m", f"services.{service}", "stream"]
+        liveness = container["livenessProbe"]
+        assert liveness["exec"]["command"][0] == "python", f"{name}: exec liveness probe expected"
+        assert "httpGet" not in liveness
+        assert "ports" not in container
+        # faust's local state must land on a writable volume, not the read-only root.
+        data_dir = env["STREAM_DATA_DIR"]["value"]
+        mounts = [m["mountPath"] for m in container["volumeMounts"]]
+        assert any(data_dir == m or data_dir.startswith(m + "/") for m in mounts), f"{name}: {data_dir} not mounted"
+        return
+
+    port = SERVICES[service]
+    assert container["command"] == ["python", "-m", f"services.{service}", "serve"]
+    assert env["ROLES"]["value"] == roles
+    assert env["HTTP_PORT"]["value"] == str(port)
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"http": port}
+
+    for probe_name, path in (("readinessProbe", "/health/ready"), ("livenessProbe", "/health/live")):
+        probe = container.get(probe_name)
+        assert probe, f"{name}: no {probe_name}"
+        assert probe["httpGet"]["path"] == path, f"{name}: {probe_name} path"
+        assert probe["httpGet"]["port"] in ("http", port), f"{name}: {probe_name} port"
+
+    annotations = deployment["spec"]["template"]["metadata"].get("annotations", {})
+    assert annotations.get("prometheus.io/port") == str(port)
+    assert annotations.get("prometheus.io/path") == "/metrics"
+
+
+def test_notifier_reads_its_own_config() -> None:
+    for name in ("notifier-api", "notifier-worker"):
+        (container,) = _pod_spec(_of_kind("Deployment")[name])["containers"]
+        refs = {s["configMapRef"]["name"] for s in container["envFrom"]}
+        assert "notifier-config" in refs, name
+    notifier_config = _of_kind("ConfigMap")["notifier-config"]["data"]
+    assert {"SMTP_HOST", "SMTP_PORT", "SMS_URL", "PUBLIC_BASE_URL"} <= set(notifier_config)
+
+
+def test_configmap_holds_no_credentials() -> None:
+    config = _of_kind("ConfigMap")["tahsilat-config"]["data"]
+    for key in ("KAFKA_BOOTSTRAP_SERVERS", "TOPIC_PREFIX", "HTTP_HOST", "LOG_LEVEL", "LOG_FORMAT"):
+        assert key in config, key
+    assert config["HTTP_HOST"] == "0.0.0.0"
+    assert config["LOG_FORMAT"] == "json"
+    for data in (cm["data"] for cm in _of_kind("ConfigMap").values()):
+        for key, value in data.items():
+            assert "DATABASE_URL" not in key and "PASSWORD" not in key, key
+            assert not re.search(r"://[^/@\s]+:[^/@\s]+@", value), f"{key} carries credentials"
+
+
+def test_example_secret_has_a_placeholder_url_per_service_database() -> None:
+    text = (K8S_DIR / "secret.example.yaml").read_text()
+    assert "example" in text.lower().split("apiversion")[0], "say in a comment that it is an example"
+    secret = _of_kind("Secret")[SECRET_NAME]
+    data = secret["stringData"]
+    assert set(data) == {f"{s}-database-url" for s in SERVICES}
+    for service in SERVICES:
+        url = urlparse(data[f"{service}-database-url"])
+        assert url.scheme in ("postgres", "postgresql")
+        assert url.path == f"/{service}", f"{service} must use its own database"
+        assert "CHANGE-ME" in url.password, "example values must be placeholders"
+
+
+# --------------------------------------------------------------------------------------
+# (c) the HPA and the Services
+# --------------------------------------------------------------------------------------
+def test_hpa_scales_dunning_worker_on_cpu() -> None:
+    hpas = [doc for _, doc in DOCS if doc["kind"] == "HorizontalPodAutoscaler"]
+    targeting = [h for h in hpas if h["spec"]["scaleTargetRef"]["name"] == "dunning-worker"]
+    assert len(targeting) == 1, "exactly one HPA must target dunning-worker"
+    (hpa,) = targeting
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert hpa["spec"]["scaleTargetRef"]["kind"] == "Deployment"
+    assert hpa["spec"]["scaleTargetRef"]["apiVersion"] == "apps/v1"
+    metrics = hpa["spec"]["metrics"]
+    assert any(m["type"] == "Resource" and m["resource"]["name"] == "cpu" for m in metrics)
+    assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"] <= 6, "more consumers than partitions"
+    # The HPA owns the replica count; a replicas field would fight it on every apply.
+    assert "replicas" not in _of_kind("Deployment")["dunning-worker"]["spec"]
+    # CPU utilisation is relative to the request.
+    (container,) = _pod_spec(_of_kind("Deployment")["dunning-worker"])["containers"]
+    assert container["resources"]["requests"]["cpu"]
+
+
+def test_one_service_per_api_deployment() -> None:
+    services = _of_kind("Service")
+    deployments = _of_kind("Deployment")
+    api_deployments = {n for n, (_, component, _) in DEPLOYMENTS.items() if component == "api"}
+    assert set(services) == api_deployments
+    for name, svc in services.items():
+        pod_labels = deployments[name]["spec"]["template"]["metadata"]["labels"]
+        assert svc["spec"]["selector"].items() <= pod_labels.items(), f"{name}: selector matches no pod"
+        for other, deployment in deployments.items():
+            if other != name:
+                labels = deployment["spec"]["template"]["metadata"]["labels"]
+                assert not svc["spec"]["selector"].items() <= labels.items(), f"{name} also selects {other}"
+        (container,) = _pod_spec(deployments[name])["containers"]
+        port_names = {p["name"] for p in container["ports"]}
+        for port in svc["spec"]["ports"]:
+            assert port["targetPort"] in port_names or port["targetPort"] == port["port"]
+
+
+# --------------------------------------------------------------------------------------
+# Migration Jobs
+# --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("service", sorted(SERVICES))
+def test_migration_job_per_service(service: str) -> None:
+    jobs = [
+        job for job in _of_kind("Job").values()
+        if any(c["command"] == ["python", "-m", f"services.{service}", "migrate"] for c in _pod_spec(job)["containers"])
+    ]
+    assert len(jobs) == 1, f"exactly one Job must migrate {service}"
+    (job,) = jobs
+    pod = _pod_spec(job)
+    assert pod["restartPolicy"] in ("Never", "OnFailure")
+    _assert_hardened(job["metadata"]["name"], pod)
+    for container in pod["containers"]:
+        _assert_database_from_secret(job["metadata"]["name"], container, service)
+
+
+# --------------------------------------------------------------------------------------
+# (d) docker-compose.yml
+# --------------------------------------------------------------------------------------
+_DRAFTS = {
+    "draft-07": jsonschema.Draft7Validator,
+    "draft/2019-09": jsonschema.Draft201909Validator,
+    "draft/2020-12": jsonschema.Draft202012Validator,
+}
+
+
+@pytest.fixture(scope="module")
+def compose_validator() -> jsonschema.protocols.Validator:
+    """The Compose Specification schema as shipped by check-jsonschema (no import of the
+    package itself: only its data file is needed)."""
+    try:
+        dist = metadata.distribution("check-jsonschema")
+    except metadata.PackageNotFoundError:
+        pytest.fail("check-jsonschema is not installed: pip install -e '.[dev]'")
+    path = Path(dist.locate_file("check_jsonschema/builtin_schemas/vendor/compose-spec.json"))
+    assert path.is_file(), f"check-jsonschema {dist.version} ships no compose-spec.json"
+    schema = json.loads(path.read_text())
+    draft = next((cls for key, cls in _DRAFTS.items() if key in schema.get("$schema", "")), None)
+    assert draft is not None, f"unexpected JSON Schema draft {schema.get('$schema')!r}"
+    draft.check_schema(schema)
+    return draft(schema, format_checker=draft.FORMAT_CHECKER)
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load(COMPOSE_FILE.read_text())
+
+
+def test_compose_validates_against_compose_spec(compose_validator, compose: dict) -> None:
+    errors = sorted(compose_validator.iter_errors(compose), key=lambda e: list(e.absolute_path))
+    assert not errors, "\n".join(
+        f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}" for e in errors)
+
+
+def test_compose_schema_rejects_unknown_keys(compose_validator, compose: dict) -> None:
+    """Control: the schema is strict enough to catch a misspelt key."""
+    broken = copy.deepcopy(compose)
+    broken["services"]["invoicing"]["helthcheck"] = broken["services"]["invoicing"]["healthcheck"]
+    assert not compose_validator.is_valid(broken)
+
+
+def test_compose_top_level(compose: dict) -> None:
+    assert "version" not in compose, "the version key is obsolete"
+    assert compose["name"] == "tahsilat"
+
+
+def _service_env(svc: dict) -> dict[str, str]:
+    env = svc.get("environment", {})
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) for item in env)
+    return {k: str(v) for k, v in env.items()}
+
+
+def _mail_catcher(compose: dict) -> str:
+    names = [n for n, s in compose["services"].items() if str(s.get("image", "")).startswith("axllent/mailpit")]
+    assert len(names) == 1, "exactly one mailpit service expected"
+    return names[0]
+
+
+def test_compose_has_platform_and_infrastructure(compose: dict) -> None:
+    services = compose["services"]
+    for name in (*SERVICES, "risk-stream", "kafka", "postgres", "sms-sink"):
+        assert name in services, f"compose service {name} is missing"
+    _mail_catcher(compose)
+    assert services["kafka"]["image"].startswith(("apache/kafka:", "bitnami/kafka:"))
+    assert "zookeeper" not in services
+    kafka_env = _service_env(services["kafka"])
+    roles = kafka_env.get("KAFKA_PROCESS_ROLES") or kafka_env.get("KAFKA_CFG_PROCESS_ROLES", "")
+    assert "controller" in roles and "broker" in roles, "Kafka must run in KRaft mode"
+    assert re.match(r"postgres:16(\b|[.-])", services["postgres"]["image"])
+
+
+def test_compose_depends_on_targets_exist(compose: dict) -> None:
+    services = compose["services"]
+    for name, svc in services.items():
+        depends_on = svc.get("depends_on", {})
+        for dep in depends_on:
+            assert dep in services, f"{name} depends on unknown service {dep}"
+
+
+def test_compose_postgres_creates_one_database_per_service(compose: dict) -> None:
+    postgres = compose["services"]["postgres"]
+    mounts = [str(v) for v in postgres.get("volumes", [])]
+    init = [m for m in mounts if "/docker-entrypoint-initdb.d" in m]
+    assert init, "postgres does not mount an init script"
+    assert any("deploy/compose/init-databases.sql" in m for m in init)
+    created = set(re.findall(r"CREATE\s+DATABASE\s+\"?(\w+)\"?", INIT_SQL.read_text(), re.IGNORECASE))
+    assert created == set(SERVICES)
+    assert "healthcheck" in postgres
+
+
+@pytest.mark.parametrize("name", [*sorted(SERVICES), "risk-stream"])
+def test_compose_service_uses_its_own_database_and_waits_for_dependencies(compose: dict, name: str) -> None:
+    svc = compose["services"][name]
+    service = "risk" if name == "risk-stream" else name
+    env = _service_env(svc)
+
+    url = urlparse(env["DATABASE_URL"])
+    assert url.scheme in ("postgres", "postgresql") and url.hostname == "postgres"
+    assert url.path == f"/{service}", f"{name} must use the {service} database"
+    assert env["KAFKA_BOOTSTRAP_SERVERS"] == "kafka:9092"
+    assert env["LOG_FORMAT"] == "json"
+
+    assert svc.get("restart") in ("always", "unless-stopped", "on-failure"), f"{name}: restart policy"
+    assert "healthcheck" in svc and svc["healthcheck"].get("test"), f"{name}: healthcheck"
+    depends_on = svc["depends_on"]
+    assert isinstance(depends_on, dict), f"{name}: depends_on needs conditions"
+    assert all("condition" in d for d in depends_on.values())
+    assert depends_on[f"migrate-{service}"]["condition"] == "service_completed_successfully"
+    assert depends_on["kafka"]["condition"] == "service_healthy"
+
+    if name == "risk-stream":
+        assert svc["command"] == ["python", "-m", "services.risk", "stream"]
+    else:
+        assert svc["command"] == ["python", "-m", f"services.{service}", "serve"]
+        assert env["HTTP_PORT"] == str(SERVICES[service])
+        assert env["HTTP_HOST"] == "0.0.0.0"
+        assert "/health/ready" in " ".join(map(str, svc["healthcheck"]["test"]))
+
+
+def test_compose_each_service_database_is_distinct(compose: dict) -> None:
+    databases = {name: urlparse(_service_env(compose["services"][name])["DATABASE_URL"]).path for name in SERVICES}
+    assert len(set(databases.values())) == len(SERVICES), databases
+
+
+@pytest.mark.parametrize("service", sorted(SERVICES))
+def test_compose_migration_one_shot(compose: dict, service: str) -> None:
+    migrate = compose["services"][f"migrate-{service}"]
+    assert migrate["command"] == ["python", "-m", f"services.{service}", "migrate"]
+    assert migrate["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert str(migrate.get("restart", "no")) == "no"
+    assert urlparse(_service_env(migrate)["DATABASE_URL"]).path == f"/{service}"
+
+
+def test_compose_notifier_talks_to_the_sinks(compose: dict) -> None:
+    services = compose["services"]
+    env = _service_env(services["notifier"])
+    mail = _mail_catcher(compose)
+    assert env["SMTP_HOST"] == mail and env["SMTP_PORT"] == "1025"
+    sms = urlparse(env["SMS_URL"])
+    assert sms.hostname == "sms-sink" and sms.path == "/sms"
+    assert "tahsilat.sinks" in services["sms-sink"]["command"]
+    assert "--http-port" in services["sms-sink"]["command"]
+    assert str(sms.port) == services["sms-sink"]["command"][services["sms-sink"]["command"].index("--http-port") + 1]
+    assert env["PUBLIC_BASE_URL"].startswith(("http://", "https://"))
+    for dep in (mail, "sms-sink"):
+        assert services["notifier"]["depends_on"][dep]["condition"] == "service_healthy"
+
+
+def test_compose_creates_the_topics(compose: dict) -> None:
+    init = [s for s in compose["services"].values() if "kafka-topics.sh" in json.dumps(s.get("command", ""))]
+    assert init, "no topic-creation one-shot"
+    command = json.dumps(init[0]["command"])
+    for topic in TOPICS:
+        assert topic in command, topic
+    assert "--partitions 6" in command
+
+
+# --------------------------------------------------------------------------------------
+# The settings the manifests give are accepted by the services' own settings classes
+# --------------------------------------------------------------------------------------
+def _settings_class(service: str) -> type:
+    from shared.settings import ServiceSettings
+
+    module = importlib.import_module(f"services.{service}.settings")
+    classes = [c for c in vars(module).values()
+               if isinstance(c, type) and issubclass(c, ServiceSettings) and c is not ServiceSettings]
+    assert len(classes) == 1, f"services.{service}.settings: expected one settings class, found {classes}"
+    return classes[0]
+
+
+def _load_service_settings(service: str, env: dict[str, str]):
+    """Build the service's settings from exactly these variables (init arguments win over
+    anything in this process's environment)."""
+    return _settings_class(service)(**{key.lower(): value for key, value in env.items()})
+
+
+def _interpolate(value: str) -> str:
+    """Compose's ${VAR:-default} / ${VAR-default} / ${VAR} with no variables set."""
+    return re.sub(r"\$\{\w+(?::?-([^}]*))?\}", lambda m: m.group(1) or "", value)
+
+
+@pytest.mark.parametrize("name", [*sorted(SERVICES), "risk-stream", *(f"migrate-{s}" for s in sorted(SERVICES))])
+def test_compose_environment_is_accepted_by_the_service(compose: dict, name: str) -> None:
+    service = name.removeprefix("migrate-").removesuffix("-stream")
+    env = {k: _interpolate(v) for k, v in _service_env(compose["services"][name]).items()}
+    settings = _load_service_settings(service, env)
+    assert settings.service_name == service
+    assert settings.http_host == "0.0.0.0"
+    if "HTTP_PORT" in env:
+        assert settings.http_port == SERVICES[service]
+
+
+@pytest.mark.parametrize("name", sorted({*DEPLOYMENTS, *(f"{s}-migrate" for s in SERVICES)}))
+def test_kubernetes_environment_is_accepted_by_the_service(name: str) -> None:
+    workload = _workloads()[name]
+    service = workload["metadata"]["labels"][NAME_LABEL]
+    (container,) = _pod_spec(workload)["containers"]
+    config_maps = _of_kind("ConfigMap")
+    secret = _of_kind("Secret")[SECRET_NAME]["stringData"]
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        env.update(config_maps[source["configMapRef"]["name"]]["data"])
+    for entry in container.get("env", []):
+        if "value" in entry:
+            env[entry["name"]] = entry["value"]
+        else:
+            ref = entry["valueFrom"]["secretKeyRef"]
+            assert ref["name"] == SECRET_NAME
+            env[entry["name"]] = secret[ref["key"]]
+    settings = _load_service_settings(service, env)
+    assert settings.service_name == service
+    assert settings.log_format == "json"
+    if name in DEPLOYMENTS and name not in NO_HTTP:
+        _, component, roles = DEPLOYMENTS[name]
+        assert settings.http_port == SERVICES[service]
+        assert settings.has_role(roles) and not settings.has_role("all")
+        assert settings.has_role("worker") is (component == "worker")
+
+
+# --------------------------------------------------------------------------------------
+# Dockerfile
+# --------------------------------------------------------------------------------------
+def test_dockerfile_builds_a_non_root_python_311_slim_image() -> None:
+    text = DOCKERFILE.read_text()
+    assert "python:3.11-slim" in text
+    stages = re.split(r"^FROM\s", text, flags=re.MULTILINE)[1:]
+    assert stages, "no FROM"
+    final = stages[-1]
+    users = re.findall(r"^USER\s+(\S+)", final, flags=re.MULTILINE)
+    assert users and users[-1].split(":")[0] not in ("root", "0"), "the runtime stage must not run as root"
+    assert "10001" in users[-1]
+    assert re.search(r"pip install\s+(--\S+\s+)*\.(\s|$)", text), "the project must be installed with pip install ."
+    assert re.search(r"^CMD\s", final, flags=re.MULTILINE)
