@@ -17,6 +17,8 @@ import copy
 import importlib
 import json
 import re
+import shutil
+import subprocess
 from importlib import metadata
 from pathlib import Path
 from urllib.parse import urlparse
@@ -141,6 +143,16 @@ def test_kustomization_lists_existing_resources() -> None:
     images = {i["name"] for i in kustomization.get("images", [])}
     used = {c["image"].split(":")[0] for d in _workloads().values() for c in _pod_spec(d)["containers"]}
     assert used <= images, f"images {used - images} are not pinned in kustomization.yaml"
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (with its built-in kustomize) not installed")
+def test_kustomize_builds_offline() -> None:
+    """`kubectl kustomize` renders without a cluster: the same objects, the image pinned."""
+    built = subprocess.run(["kubectl", "kustomize", str(K8S_DIR)], capture_output=True, text=True, timeout=60)
+    assert built.returncode == 0, built.stderr
+    objects = [d for d in yaml.safe_load_all(built.stdout) if d]
+    expected = {(d["kind"], d["metadata"]["name"]) for f, d in DOCS if f != "secret.example.yaml"}
+    assert {(d["kind"], d["metadata"]["name"]) for d in objects} == expected
 
 
 def test_every_namespaced_object_is_in_the_tahsilat_namespace() -> None:

@@ -1,0 +1,74 @@
+"""Helpers for tests: run a service in-process on a free port, wait on conditions, read topics."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import httpx
+import uvicorn
+from fastapi import FastAPI
+
+from shared.auth import new_key, store_api_key
+from tahsilat.embedded import free_port
+
+T = TypeVar("T")
+
+FAST_KAFKA = {"kafka_session_timeout_ms": 2000, "kafka_heartbeat_interval_ms": 500, "kafka_fetch_max_wait_ms": 20}
+
+
+def docker_available() -> bool:
+    try:
+        import docker
+
+        docker.from_env(timeout=2).ping()
+        return True
+    except Exception:  # noqa: BLE001 - no engine, no socket, no permission: all mean "no"
+        return False
+
+
+async def wait_for(condition: Callable[[], Awaitable[T]], timeout: float = 20.0, interval: float = 0.1,
+                   message: str = "condition") -> T:
+    """Poll `condition` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = await condition()
+        if last:
+            return last
+        await asyncio.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {message} (last value: {last!r})")
+
+
+@contextlib.asynccontextmanager
+async def running(app: FastAPI) -> AsyncIterator[str]:
+    """Serve `app` (lifespan included) on a free port; yields its base URL."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on"))
+    task = asyncio.create_task(server.serve())
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if task.done():
+            task.result()
+            raise RuntimeError("server stopped during start-up")
+        if time.monotonic() > deadline:
+            raise TimeoutError("server did not start")
+        await asyncio.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 30)
+
+
+async def api_key(app: FastAPI, tenant_id: str, role: str, source_name: str | None = None) -> str:
+    key_id, secret, token = new_key()
+    await store_api_key(app.state.pool, key_id=key_id, secret=secret, tenant_id=tenant_id, role=role,
+                        source_name=source_name)
+    return token
+
+
+def client(base_url: str, token: str | None = None) -> httpx.AsyncClient:
+    return httpx.AsyncClient(base_url=base_url, headers={"X-API-Key": token} if token else {}, timeout=30)
