@@ -1,0 +1,165 @@
+"""Dunning against real PostgreSQL and the real broker: events in, durable step timers,
+NotificationRequested out, redelivery harmless, poison records dead-lettered."""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from datetime import date, datetime, timedelta, timezone
+
+import pytest
+
+from services.dunning.bootstrap import build
+from services.dunning.settings import DunningSettings
+from shared.clock import ManualClock
+from shared.contract import CustomerUpserted, InvoiceIssued, InvoicePaid, PaymentReceived, Topics, new_envelope
+from shared.contract.events import Allocation
+from shared.kafka import start_producer
+from tahsilat.streams import read_events, read_topic
+from tests.support import FAST_KAFKA, api_key, client, running, wait_for
+
+pytestmark = pytest.mark.integration
+
+T0 = datetime(2026, 3, 1, 10, 0, tzinfo=timezone.utc)
+DUE = date(2026, 3, 10)
+
+
+@pytest.fixture
+async def dunning(database, kafka_bootstrap, topic_prefix):
+    clock = ManualClock(T0)
+    settings = DunningSettings(database_url=database, kafka_bootstrap_servers=kafka_bootstrap, topic_prefix=topic_prefix,
+                               kafka_partitions=2, poll_interval_seconds=0.1, **FAST_KAFKA)
+    app = build(settings, clock)
+    producer = await start_producer(kafka_bootstrap)
+    async with running(app) as url:
+        async with client(url, await api_key(app, "t1", "collector")) as http:
+            yield app, http, clock, Topics(topic_prefix), producer
+    await producer.stop()
+
+
+def env(payload, subject, clock):
+    return new_envelope(payload, source="invoicing", tenant_id="t1", subject=subject, time=clock.now())
+
+
+async def send(producer, topic, *envelopes):
+    for e in envelopes:
+        await producer.send_and_wait(topic, e.model_dump_json().encode(), key=e.key.encode())
+
+
+def issued(invoice_id: str, customer="C1", amount=50_000, due=DUE):
+    return InvoiceIssued(customer_id=customer, invoice_id=invoice_id, billing_source="erp", external_id=f"X-{invoice_id[-4:]}",
+                         number=f"N-{invoice_id[-4:]}", currency="EUR", amount_minor=amount,
+                         issue_date=due - timedelta(days=30), due_date=due)
+
+
+INV_A = "00000000-0000-0000-0000-00000000000a"
+INV_B = "00000000-0000-0000-0000-00000000000b"
+
+
+async def cases(http, **params):
+    r = await http.get("/v1/cases", params=params)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+async def requested(kafka_bootstrap, topics):
+    return [e for e in await read_events(kafka_bootstrap, topics.dunning) if e.type == "NotificationRequested"]
+
+
+async def test_steps_fire_at_their_time_once_and_payment_cancels_the_rest(dunning, kafka_bootstrap):
+    app, http, clock, topics, producer = dunning
+    customer = env(CustomerUpserted(customer_id="C1", name="Globex", timezone="Europe/London"), "C1", clock)
+    a, b = env(issued(INV_A), INV_A, clock), env(issued(INV_B), INV_B, clock)
+    await send(producer, topics.invoicing, customer, a, b)
+    found = await wait_for(lambda: _n(cases(http, customer_id="C1"), 2), message="two cases")
+    case_a = next(c for c in found if c["invoice_id"] == INV_A)
+    assert [(s["step"], s["channel"], s["status"]) for s in case_a["steps"]][:2] == [
+        ("pre_due", "email", "scheduled"), ("due", "email", "scheduled")]
+    # 09:00 London on the due date minus 3 days.
+    assert case_a["steps"][0]["due_at"] == "2026-03-07T09:00:00Z"
+
+    clock.set(datetime(2026, 3, 7, 9, 1, tzinfo=timezone.utc))
+    got = await wait_for(lambda: _n(requested(kafka_bootstrap, topics), 2), message="pre-due requests")
+    assert {(e.data["case_id"], e.data["step"], e.data["channel"]) for e in got} == {
+        (INV_A, "pre_due", "email"), (INV_B, "pre_due", "email")}
+    item = got[0].data["items"][0]
+    assert item["open_amount_minor"] == 50_000 and item["currency"] == "EUR"
+
+    # B is paid in full: its later steps are cancelled. A is paid in part: the amount shrinks.
+    payment = env(PaymentReceived(customer_id="C1", payment_id="P1", billing_source="erp", external_id="P1",
+                                  currency="EUR", amount_minor=70_000, received_at=clock.now(),
+                                  allocations=[Allocation(invoice_id=INV_B, amount_minor=50_000, invoice_open_minor=0),
+                                               Allocation(invoice_id=INV_A, amount_minor=20_000, invoice_open_minor=30_000)]),
+                  "P1", clock)
+    await send(producer, topics.invoicing, payment)
+    await wait_for(lambda: _case_status(http, INV_B, "closed"), message="case B closed")
+
+    clock.set(datetime(2026, 3, 25, 10, 0, tzinfo=timezone.utc))  # past +7 and +14
+    got = await wait_for(lambda: _n(requested(kafka_bootstrap, topics), 7), message="later requests for A")
+    later = [e.data for e in got if e.data["step"] != "pre_due"]
+    assert {d["case_id"] for d in later} == {INV_A}
+    assert Counter((d["step"], d["channel"]) for d in later) == {
+        ("due", "email"): 1, ("overdue_7", "email"): 1, ("overdue_7", "sms"): 1,
+        ("final_14", "email"): 1, ("final_14", "sms"): 1}
+    assert all(d["items"][0]["open_amount_minor"] == 30_000 for d in later)
+    case_b = (await http.get(f"/v1/cases/{INV_B}")).json()
+    assert {s["status"] for s in case_b["steps"]} == {"executed", "cancelled"}
+    assert case_b["closed_reason"] == "paid"
+
+
+async def _n(coro, n):
+    items = await coro
+    return items if len(items) >= n else None
+
+
+async def _case_status(http, case_id, status):
+    r = await http.get(f"/v1/cases/{case_id}")
+    return r.status_code == 200 and r.json()["status"] == status
+
+
+async def test_redelivered_events_change_nothing(dunning, kafka_bootstrap):
+    app, http, clock, topics, producer = dunning
+    customer = env(CustomerUpserted(customer_id="C1", name="Globex"), "C1", clock)
+    a = env(issued(INV_A), INV_A, clock)
+    paid = env(InvoicePaid(customer_id="C1", invoice_id=INV_B, currency="EUR", amount_minor=1, due_date=DUE,
+                           paid_at=clock.now(), days_late=0), INV_B, clock)
+    await send(producer, topics.invoicing, customer, a, a, paid)
+    clock.set(datetime(2026, 3, 7, 12, 0, tzinfo=timezone.utc))
+    await wait_for(lambda: _n(requested(kafka_bootstrap, topics), 1), message="the pre-due request")
+    # Redeliver everything (what a consumer restart before its commit would do), then a sentinel.
+    sentinel = env(issued(INV_B, customer="C2"), INV_B, clock)
+    await send(producer, topics.invoicing, customer, a, a, paid, sentinel)
+    await wait_for(lambda: cases(http, customer_id="C2"), message="the sentinel case")
+
+    pool = app.state.pool
+    assert await pool.fetchval("SELECT count(*) FROM cases WHERE customer_id = 'C1'") == 1
+    assert await pool.fetchval("SELECT count(*) FROM case_steps WHERE case_id = $1::uuid", INV_A) == 6
+    assert await pool.fetchval("SELECT count(*) FROM inbox") == 4  # customer, A, paid, sentinel
+    got = await requested(kafka_bootstrap, topics)
+    keys = [e.data["notification_key"] for e in got if e.data["customer_id"] == "C1"]
+    assert keys == [f"{INV_A}:pre_due:email"]
+
+
+async def test_poison_records_go_to_the_dead_letter_topic_and_the_consumer_carries_on(dunning, kafka_bootstrap):
+    app, http, clock, topics, producer = dunning
+    await producer.send_and_wait(topics.invoicing, b"{not json", key=b"t1:C1")
+    broken = env(issued(INV_A), INV_A, clock).model_dump(mode="json")
+    broken["data"]["amount_minor"] = -5
+    await producer.send_and_wait(topics.invoicing, json.dumps(broken).encode(), key=b"t1:C1")
+    await send(producer, topics.invoicing, env(issued(INV_B), INV_B, clock))
+    await wait_for(lambda: cases(http, customer_id="C1"), message="the valid invoice after the poison")
+    dead = await wait_for(lambda: _n(read_topic(kafka_bootstrap, topics.dead_letter), 2), message="two dead letters")
+    reasons = sorted(h["dlq_reason"] for _, h in dead)
+    assert reasons[0].startswith("invalid InvoiceIssued v1 payload: amount_minor")
+    assert reasons[1].startswith("unreadable envelope")
+    assert all(h["dlq_original_topic"] == topics.invoicing and h["dlq_consumer"] == "dunning.events" for _, h in dead)
+
+
+async def test_another_tenant_sees_no_cases(dunning):
+    app, http, clock, topics, producer = dunning
+    await send(producer, topics.invoicing, env(issued(INV_A), INV_A, clock))
+    await wait_for(lambda: cases(http), message="a case")
+    async with client(str(http.base_url), await api_key(app, "t2", "collector")) as other:
+        assert (await other.get("/v1/cases")).json() == []
+        assert (await other.get(f"/v1/cases/{INV_A}")).status_code == 404
+    async with client(str(http.base_url), await api_key(app, "t1", "billing-source")) as wrong_role:
+        assert (await wrong_role.get("/v1/cases")).status_code == 403
