@@ -41,6 +41,8 @@ class PlatformOptions:
     partitions: int = 6
     poll_interval: float = 0.5
     log_level: str = "info"
+    kafka_bootstrap: str | None = None  # else KAFKA_BOOTSTRAP_SERVERS, else the embedded broker
+    database_url: str | None = None  # a server to create the databases on; else DATABASE_URL, else local/embedded
     extra_env: dict[str, str] = field(default_factory=dict)
 
 
@@ -93,10 +95,10 @@ class Platform:
         for name in (*SERVICES, "sinks", "smtp"):
             require_free(self.ports[name], f"the {name} {'server' if name in ('sinks', 'smtp') else 'service'}")
 
-        external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+        external = o.kafka_bootstrap or os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
         if external:
             self.bootstrap = external
-            self.say(f"Kafka: {external} (KAFKA_BOOTSTRAP_SERVERS)")
+            self.say(f"Kafka: {external}")
         else:
             self.broker = Broker(self.ports["broker"], log_file=self.log_dir / "broker.log")
             self.bootstrap = self.broker.start()
@@ -112,7 +114,10 @@ class Platform:
 
     async def _prepare_storage(self) -> None:
         o = self.options
-        self.server_url, origin = await resolve_postgres(self.base_dir)
+        if o.database_url:
+            self.server_url, origin = o.database_url, redact_url(o.database_url)
+        else:
+            self.server_url, origin = await resolve_postgres(self.base_dir)
         self.say(f"PostgreSQL: {origin}")
         for service in SERVICES:
             name = f"{o.db_prefix}_{service}"
@@ -198,6 +203,10 @@ class Platform:
         for p in self.processes:
             if p.name == name and p.proc is not None:
                 stop_process(p.proc, grace=8)
+
+    async def drop_databases(self) -> None:
+        for url in self.database_urls.values():
+            await drop_database(self.server_url, url.rsplit("/", 1)[-1].split("?")[0])
 
     def stop(self) -> None:
         # Services first, the broker last, so no client is left looping on a dead broker.

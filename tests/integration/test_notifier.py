@@ -160,7 +160,8 @@ async def test_email_in_customers_language_sent_once_despite_redelivery(database
         assert mail["headers"]["Content-Language"] == "tr"
         assert mail["language"] == "tr"
         token = (await n.contact("c1"))["unsubscribe_token"]
-        assert mail["headers"]["List-Unsubscribe"] == f"<http://127.0.0.1:8004/v1/unsubscribe/{token}>"
+        # .strip(): the long header is folded on the wire and the sink keeps the unfolded leading space
+        assert mail["headers"]["List-Unsubscribe"].strip() == f"<http://127.0.0.1:8004/v1/unsubscribe/{token}>"
         assert "INV-2026-001" in mail["text"] and TR["greeting"] in mail["text"]
 
         sent = await wait_for(lambda: n.events("NotificationSent", key), message="NotificationSent on the notifier topic")

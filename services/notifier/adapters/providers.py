@@ -26,12 +26,12 @@ class EmailSender:
         msg["To"] = to
         msg["Subject"] = email.subject
         msg["Message-ID"] = message_id
-        msg["Content-Language"] = language
         msg["List-Unsubscribe"] = f"<{unsubscribe_url}>"
         msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
         msg["X-Tahsilat-Notification-Key"] = key
         msg.set_content(email.text)
         msg.add_alternative(email.html, subtype="html")
+        msg["Content-Language"] = language  # after set_content: it drops every Content-* header set before it
         try:
             await aiosmtplib.send(msg, hostname=self.host, port=self.port, timeout=15)
         except (aiosmtplib.SMTPException, OSError) as exc:

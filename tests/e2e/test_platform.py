@@ -1,0 +1,132 @@
+"""The whole platform as separate processes, driven only through its HTTP APIs, its topics and
+the SMTP/SMS sinks: two customers (tr and en), the clock moves, reminders arrive in the right
+language, a payment cancels the later steps, and risk assesses both customers."""
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import httpx
+import pytest
+
+from shared.clock import FileClock
+from tahsilat.keys import create_key
+from tahsilat.platform import Platform, PlatformOptions
+from tahsilat.streams import read_events
+from tests.support import wait_for
+
+pytestmark = pytest.mark.e2e
+
+START = datetime(2026, 3, 1, 10, 0, tzinfo=timezone.utc)
+
+
+@pytest.fixture(scope="module")
+def platform(kafka_bootstrap, pg_server, tmp_path_factory):
+    base = tmp_path_factory.mktemp("platform")
+    clock_file = base / "clock.json"
+    FileClock(clock_file).set(START)
+    run = uuid.uuid4().hex[:8]
+    p = Platform(PlatformOptions(base_dir=base, topic_prefix=f"e2e{run}.", db_prefix=f"e2e_{run}", fresh=True,
+                                 free_ports=True, clock_file=clock_file, partitions=3, poll_interval=0.2,
+                                 kafka_bootstrap=kafka_bootstrap, database_url=pg_server))
+    p.start()
+    yield p, FileClock(clock_file)
+    p.stop()
+    import asyncio
+
+    asyncio.run(p.drop_databases())
+
+
+def customer(cid: str, language: str, tz: str) -> dict:
+    n = sum(map(ord, cid))
+    return {"id": cid, "name": f"Customer {cid}", "language": language, "timezone": tz,
+            "email": f"{cid.lower()}@example.com", "phone": f"+90555{n:07d}"}
+
+
+async def emails_to(http: httpx.AsyncClient, sinks: str, address: str) -> list[dict]:
+    return (await http.get(f"{sinks}/emails", params={"to": address})).json()
+
+
+async def at_least(coro, n):
+    items = await coro
+    return items if len(items) >= n else None
+
+
+async def test_reminders_payment_and_risk_end_to_end(platform):
+    p, clock = platform
+    source_key = await create_key(p.database_urls, tenant_id="acme", role="billing-source", source_name="erp")
+    admin_key = await create_key(p.database_urls, tenant_id="acme", role="admin")
+    tr = customer("TR1", "tr", "Europe/Istanbul")
+    en = customer("EN1", "en", "Europe/London")
+    async with httpx.AsyncClient(timeout=30) as http:
+        billing = {"X-API-Key": source_key}
+        admin = {"X-API-Key": admin_key}
+        inv = p.url("invoicing")
+        ids = {}
+        for c in (tr, en):
+            r = await http.post(f"{inv}/v1/invoices", headers=billing, json={
+                "external_id": f"INV-{c['id']}", "customer": c, "currency": "EUR", "amount_minor": 125_050,
+                "issue_date": "2026-02-08", "due_date": "2026-03-10"})
+            assert r.status_code == 201, r.text
+            ids[c["id"]] = r.json()["id"]
+
+        # Three days before the due date, both get the pre-due reminder, each in their language.
+        clock.set(datetime(2026, 3, 7, 10, 0, tzinfo=timezone.utc))
+        tr_mail = await wait_for(lambda: emails_to(http, p.sinks_url, tr["email"]), 60, 0.2, "the Turkish pre-due email")
+        en_mail = await wait_for(lambda: emails_to(http, p.sinks_url, en["email"]), 60, 0.2, "the English pre-due email")
+        assert tr_mail[0]["subject"] == "Yaklaşan ödeme hatırlatması" and tr_mail[0]["language"] == "tr"
+        assert "€1.250,50" in tr_mail[0]["text"] or "1.250,50 €" in tr_mail[0]["text"]
+        assert en_mail[0]["subject"] == "Upcoming payment reminder" and en_mail[0]["language"] == "en"
+        assert "€1,250.50" in en_mail[0]["text"]
+        assert "List-Unsubscribe" in en_mail[0]["headers"]
+
+        # The English customer pays in full; the Turkish one does not.
+        r = await http.post(f"{inv}/v1/payments", headers=billing, json={
+            "external_id": "PAY-EN1", "customer_id": "EN1", "currency": "EUR", "amount_minor": 125_050})
+        assert r.status_code == 201, r.text
+
+        async def en_case_closed():
+            r = await http.get(f"{p.url('dunning')}/v1/cases", headers=admin, params={"customer_id": "EN1"})
+            cases = r.json()
+            return cases if cases and cases[0]["status"] == "closed" else None
+
+        en_case = (await wait_for(en_case_closed, 60, 0.2, "the paid case closed"))[0]
+        assert {(s["step"], s["status"]) for s in en_case["steps"]} >= {("pre_due", "executed"), ("due", "cancelled"),
+                                                                          ("final_14", "cancelled")}
+
+        # A week after the due date: the Turkish customer gets due and overdue notices, email and SMS.
+        clock.set(datetime(2026, 3, 17, 10, 0, tzinfo=timezone.utc))
+        tr_mail = await wait_for(lambda: at_least(emails_to(http, p.sinks_url, tr["email"]), 3), 60, 0.2,
+                                 "three Turkish emails")
+        assert [m["subject"] for m in tr_mail] == ["Yaklaşan ödeme hatırlatması", "Bugün vadesi dolan ödeme",
+                                                   "Vadesi geçmiş fatura hatırlatması"]
+        sms = await wait_for(lambda: _sms_to(http, p.sinks_url, tr["phone"]), 60, 0.2, "the Turkish SMS")
+        assert "Vadesi geçmiş" in sms[0]["text"] and "STOP" in sms[0]["text"]
+        assert len(await emails_to(http, p.sinks_url, en["email"])) == 1  # nothing after the payment
+
+        # The backbone events, read as an analytics consumer would.
+        invoicing = await read_events(p.bootstrap, p.topics.invoicing)
+        overdue = [e for e in invoicing if e.type == "InvoiceOverdue"]
+        assert [e.data["invoice_id"] for e in overdue] == [ids["TR1"]]
+        assert {e.data["invoice_id"] for e in invoicing if e.type == "InvoicePaid"} == {ids["EN1"]}
+
+        async def assessed_both():
+            risk = await read_events(p.bootstrap, p.topics.risk)
+            return risk if {e.data["customer_id"] for e in risk} >= {"TR1", "EN1"} else None
+
+        risk = await wait_for(assessed_both, 60, 0.3, "RiskAssessed for both customers")
+        assert all(e.tenant_id == "acme" and 0 <= e.data["score"] <= 100 for e in risk)
+        r = await http.get(f"{p.url('risk')}/v1/customers/TR1/risk", headers=admin)
+        assert r.status_code == 200 and r.json()["factors"]
+
+        sent = [e for e in await read_events(p.bootstrap, p.topics.notifier) if e.type == "NotificationSent"]
+        assert len({e.data["notification_key"] for e in sent}) == len(sent)  # one per key, never two
+
+        # Every service is ready and exports its metrics.
+        for s in ("invoicing", "dunning", "risk", "notifier"):
+            assert (await http.get(f"{p.url(s)}/health/ready")).status_code == 200
+            assert "tahsilat_outbox_backlog" in (await http.get(f"{p.url(s)}/metrics")).text
+
+
+async def _sms_to(http, sinks, phone):
+    return (await http.get(f"{sinks}/sms", params={"to": phone})).json()
