@@ -1,0 +1,69 @@
+"""Start-up problems give one clear line saying what and how to fix it."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from tahsilat.embedded import Broker, StartupError, free_port
+from tahsilat.platform import Platform, PlatformOptions
+
+pytestmark = pytest.mark.integration
+
+
+def test_a_port_in_use_names_the_port_and_the_fix(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(StartupError, match=f"port {port} for the Kafka broker is already in use"):
+            Broker(port).start()
+
+
+def test_an_unreachable_broker_is_reported(tmp_path, pg_server):
+    dead = f"127.0.0.1:{free_port()}"
+    platform = Platform(PlatformOptions(base_dir=tmp_path, free_ports=True, kafka_bootstrap=dead,
+                                        database_url=pg_server, db_prefix=f"err_{os.getpid()}"))
+    try:
+        with pytest.raises(StartupError, match=f"cannot reach the Kafka broker at {dead}"):
+            platform.start(timeout=20)
+    finally:
+        import asyncio
+
+        asyncio.run(platform.drop_databases())
+
+
+def test_an_unreachable_database_is_reported(tmp_path, monkeypatch):
+    monkeypatch.setenv("DATABASE_URL", f"postgresql://nobody@127.0.0.1:{free_port()}/x")
+    platform = Platform(PlatformOptions(base_dir=tmp_path, free_ports=True, kafka_bootstrap="127.0.0.1:1"))
+    with pytest.raises(StartupError, match="cannot connect to DATABASE_URL"):
+        platform.start(timeout=20)
+
+
+def test_a_service_without_configuration_says_which_setting_is_missing():
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS")}
+    result = subprocess.run([sys.executable, "-m", "services.invoicing"], env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode != 0
+    assert "DATABASE_URL: Field required" in result.stderr
+    assert "KAFKA_BOOTSTRAP_SERVERS: Field required" in result.stderr
+
+
+def test_the_cli_reports_a_bad_role_clearly():
+    result = subprocess.run([sys.executable, "-m", "tahsilat.cli", "keys", "create", "--tenant", "t", "--role", "boss"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "role" in result.stdout and "boss" in result.stdout
+
+
+def test_a_service_that_cannot_reach_its_database_says_so_in_one_line():
+    env = dict(os.environ, DATABASE_URL=f"postgresql://postgres@127.0.0.1:{free_port()}/x",
+               KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:1")
+    result = subprocess.run([sys.executable, "-m", "services.dunning"], env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode != 0
+    assert "dunning: cannot reach the database at postgresql://postgres@127.0.0.1:" in result.stderr
+    assert "Traceback" not in result.stderr
