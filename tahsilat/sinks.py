@@ -253,7 +253,9 @@ async def _serve_until_signal(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m tahsilat.sinks", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m tahsilat.sinks", description="Local email (SMTP) and SMS (HTTP) provider sinks."
+    )
     parser.add_argument("--smtp-port", type=int, required=True)
     parser.add_argument("--http-port", type=int, required=True)
     parser.add_argument("--host", default="127.0.0.1")

@@ -78,8 +78,9 @@ def _reminder() -> EmailMessage:
 async def test_sinks_capture_email_and_sms_and_stop_on_sigterm(sinks: Sinks) -> None:
     await aiosmtplib.send(_reminder(), hostname="127.0.0.1", port=sinks.smtp_port, start_tls=False)
 
-    first = await sinks.http.post("/sms", json={"to": "+905321234567", "text": "Ödeme hatırlatması", "message_id": "k1"})
-    again = await sinks.http.post("/sms", json={"to": "+905321234567", "text": "Ödeme hatırlatması", "message_id": "k1"})
+    reminder = {"to": "+905321234567", "text": "Ödeme hatırlatması", "message_id": "k1"}
+    first = await sinks.http.post("/sms", json=reminder)
+    again = await sinks.http.post("/sms", json=reminder)
     other = await sinks.http.post("/sms", json={"to": "+905329876543", "text": "Son uyarı", "message_id": "k2"})
     assert first.status_code == again.status_code == other.status_code == 202
     assert first.json() == {"id": 1, "status": "accepted"}

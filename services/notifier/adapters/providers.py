@@ -31,6 +31,7 @@ class EmailSender:
         msg["X-Tahsilat-Notification-Key"] = key
         msg.set_content(email.text)
         msg.add_alternative(email.html, subtype="html")
+        msg["Content-Language"] = language  # after set_content, which drops Content-* headers
         msg["Content-Language"] = language  # after set_content: it drops every Content-* header set before it
         try:
             await aiosmtplib.send(msg, hostname=self.host, port=self.port, timeout=15)
