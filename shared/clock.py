@@ -39,22 +39,18 @@ class FileClock:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self._mtime: int | None = None
         self._offset = timedelta(0)
 
     def _load(self) -> None:
+        # Read every time: modification times are too coarse to tell two quick moves apart.
         try:
-            mtime = os.stat(self.path).st_mtime_ns
+            data = json.loads(self.path.read_text() or "{}")
         except FileNotFoundError:
-            self._mtime, self._offset = None, timedelta(0)
+            self._offset = timedelta(0)
             return
-        if mtime != self._mtime:
-            try:
-                data = json.loads(self.path.read_text() or "{}")
-            except json.JSONDecodeError:  # half-written by the writer; keep the last value
-                return
-            self._offset = timedelta(seconds=float(data.get("offset_seconds", 0)))
-            self._mtime = mtime
+        except json.JSONDecodeError:  # cannot happen with os.replace, but keep the last value
+            return
+        self._offset = timedelta(seconds=float(data.get("offset_seconds", 0)))
 
     def now(self) -> datetime:
         self._load()

@@ -10,7 +10,13 @@ import structlog
 
 _EMAIL = re.compile(r"([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9.-]+\.[A-Za-z]{2,})")
 _PHONE = re.compile(r"\+\d[\d \-().]{5,}\d")  # E.164-style numbers, the only ones stored
-_SECRET_KEYS = {"password", "secret", "api_key", "token", "authorization", "x-api-key"}
+_SECRET_PARTS = ("password", "secret", "api_key", "apikey", "token", "authorization", "x-api-key")
+_DSN_PASSWORD = re.compile(r"(://[^:/@\s]+:)[^@\s]+@")
+
+
+def _is_secret(key: object) -> bool:
+    k = str(key).lower()
+    return any(part in k for part in _SECRET_PARTS)
 
 
 def mask_email(value: str) -> str:
@@ -27,16 +33,20 @@ def mask_phone(value: str) -> str:
 
 def redact(value: Any) -> Any:
     if isinstance(value, str):
-        return mask_phone(mask_email(value))
+        return mask_phone(mask_email(_DSN_PASSWORD.sub(r"\1***@", value)))
     if isinstance(value, dict):
-        return {k: ("***" if str(k).lower() in _SECRET_KEYS else redact(v)) for k, v in value.items()}
+        return {k: ("***" if _is_secret(k) else redact(v)) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return type(value)(redact(v) for v in value)
     return value
 
 
 def _redact_processor(_logger: Any, _name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
-    return {k: (v if k == "timestamp" else redact(v)) for k, v in event_dict.items()}
+    timestamp = event_dict.pop("timestamp", None)
+    out = redact(event_dict)
+    if timestamp is not None:
+        out["timestamp"] = timestamp
+    return out
 
 
 def configure_logging(service: str, level: str = "info", fmt: str = "json") -> None:

@@ -140,3 +140,13 @@ def test_score_in_range_for_any_event_sequence(events):
     a = assess(b)
     assert 0 <= a.score <= 100
     assert a.segment in ("low", "medium", "high")
+
+
+def test_overdue_with_nothing_paid_is_at_least_medium_and_says_why():
+    from services.risk.domain.scoring import PaymentBehaviour, assess
+
+    result = assess(PaymentBehaviour().issued().overdue())
+    assert result.segment in ("medium", "high")
+    names = {f.name: f for f in result.factors}
+    assert names["nothing_paid"].explanation == "1 invoice(s) overdue and none paid yet"
+    assert "late_payment_ratio" not in names

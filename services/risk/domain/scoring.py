@@ -52,10 +52,14 @@ def assess(b: PaymentBehaviour) -> Assessment:
     if b.invoices_paid == 0 and b.overdue_events == 0:
         factors.append(RiskFactor(name="no_history", value=b.invoices_issued, points=NEW_CUSTOMER_SCORE,
                                   explanation="no payment history yet"))
+    elif b.invoices_paid == 0:
+        factors.append(RiskFactor(name="nothing_paid", value=b.overdue_events, points=40,
+                                  explanation=f"{b.overdue_events} invoice(s) overdue and none paid yet"))
     else:
-        late_ratio = b.paid_late / b.invoices_paid if b.invoices_paid else 1.0
+        late_ratio = b.paid_late / b.invoices_paid
         factors.append(RiskFactor(name="late_payment_ratio", value=round(late_ratio, 3), points=round(40 * late_ratio),
                                   explanation=f"{b.paid_late} of {b.invoices_paid} paid invoices were paid late"))
+    if b.invoices_paid or b.overdue_events:
         avg_late = b.days_late_total / b.paid_late if b.paid_late else 0.0
         factors.append(RiskFactor(name="average_days_late", value=round(avg_late, 1), points=min(25, round(avg_late)),
                                   explanation=f"late payments came {avg_late:.1f} days after the due date on average"))
