@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from shared.clock import FileClock
-from shared.contract.money import format_money
+from shared.contract.money import to_major
 from tahsilat.platform import SERVICES, Platform
 from tahsilat.streams import read_events
 
@@ -217,12 +217,12 @@ def print_summary(console: Console, summary: dict, platform: Platform) -> None:
                   f"suppressed/failed: {summary['failed']}")
     console.print("Risk segments: " + ", ".join(f"{k} {v}" for k, v in sorted(summary["segments"].items())))
     aging = summary["aging"]
-    t = Table(title=f"AR aging as of {aging['as_of']}")
+    t = Table(title=f"AR aging as of {aging['as_of']} (open amounts, days past due)")
     t.add_column("currency")
     for b in [*aging["buckets"], "total"]:
         t.add_column(b, justify="right")
     for currency, row in sorted(aging["by_currency"].items()):
-        t.add_row(currency, *(format_money(row[b], currency) for b in [*aging["buckets"], "total"]))
+        t.add_row(currency, *(f"{to_major(row[b], currency):,}" for b in [*aging["buckets"], "total"]))
     console.print(t)
     t = Table(title="Where to look", show_header=False)
     for k, v in platform.describe().items():
