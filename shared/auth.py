@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import time
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -53,18 +54,33 @@ async def store_api_key(
     )
 
 
+# Verified keys are remembered briefly (by hash, never the secret): a revocation takes effect
+# within this many seconds, and a busy API does not look up its key on every request.
+AUTH_CACHE_SECONDS = 10.0
+_verified: dict[tuple[int, str], tuple[float, Principal]] = {}
+
+
 async def authenticate(pool: asyncpg.Pool, token: str) -> Principal | None:
     parts = token.split("_", 2)
     if len(parts) != 3 or parts[0] != "thk":
         return None
     _, key_id, secret = parts
+    digest = _hash(secret)
+    cached = _verified.get((id(pool), digest))
+    now = time.monotonic()
+    if cached and cached[0] > now and cached[1].key_id == key_id:
+        return cached[1]
     row = await pool.fetchrow(
         "SELECT tenant_id, role, source_name, secret_hash FROM api_keys WHERE key_id = $1 AND revoked_at IS NULL",
         key_id,
     )
-    if row is None or not hmac.compare_digest(row["secret_hash"], _hash(secret)):
+    if row is None or not hmac.compare_digest(row["secret_hash"], digest):
         return None
-    return Principal(key_id=key_id, tenant_id=row["tenant_id"], role=row["role"], source_name=row["source_name"])
+    principal = Principal(key_id=key_id, tenant_id=row["tenant_id"], role=row["role"], source_name=row["source_name"])
+    if len(_verified) > 10_000:
+        _verified.clear()
+    _verified[(id(pool), digest)] = (now + AUTH_CACHE_SECONDS, principal)
+    return principal
 
 
 async def current_principal(request: Request, api_key: Annotated[str | None, Depends(_header)]) -> Principal:

@@ -73,7 +73,6 @@ class Invoicing:
                     raise DomainError(changed[0], "differs from the invoice already recorded under this external_id", 409)
                 return Outcome(str(existing["invoice_id"]), "unchanged")
             events = await self._customer_events(conn, tenant_id, cmd.customer, source, now)
-            customer = await repo.get_customer(conn, tenant_id, cmd.customer.id)
             await conn.execute(
                 """INSERT INTO invoices (tenant_id, invoice_id, billing_source, external_id, customer_id, number,
                      currency, amount_minor, open_minor, issue_date, due_date, issued_at)
@@ -83,7 +82,7 @@ class Invoicing:
             )
             await conn.execute(
                 "INSERT INTO overdue_timers (tenant_id, invoice_id, due_at) VALUES ($1, $2, $3)",
-                tenant_id, invoice_id, overdue_at(cmd.due_date, customer["timezone"], self.grace_days),
+                tenant_id, invoice_id, overdue_at(cmd.due_date, cmd.customer.timezone, self.grace_days),
             )
             events.append(self._envelope(
                 InvoiceIssued(
