@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import threading
 from pathlib import Path
 from typing import Annotated
 
@@ -33,18 +34,29 @@ def _start(options: PlatformOptions) -> Platform:
     return platform
 
 
-def _wait_for_ctrl_c() -> None:
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    try:
-        signal.pause()
-    except KeyboardInterrupt:
-        pass
+def _run_until_stopped(platform: Platform) -> None:
+    """Block until Ctrl-C or SIGTERM; say so at once if a service process dies meanwhile."""
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    reported: set[str] = set()
+    while not stop.wait(1.0):
+        for name, code in platform.exited().items():
+            if name not in reported:
+                reported.add(name)
+                console.print(f"[red]{name} exited with code {code}[/red]; see {platform.log_dir / (name + '.log')}")
 
 
 @app.command()
-def up(fresh: Annotated[bool, typer.Option(help="drop the service databases first")] = False) -> None:
+def up(
+    fresh: Annotated[bool, typer.Option(help="drop the service databases first")] = False,
+    free_ports: Annotated[bool, typer.Option(help="pick free ports instead of 8001-8004, 8025, 2525, 9092")] = False,
+    db_prefix: Annotated[str, typer.Option(help="database names are <prefix>_<service>")] = "tahsilat",
+    topic_prefix: Annotated[str, typer.Option(help="prefix of every topic and consumer group")] = "",
+) -> None:
     """Start the whole platform and keep it running until Ctrl-C."""
-    platform = _start(PlatformOptions(base_dir=VAR, fresh=fresh))
+    platform = _start(PlatformOptions(base_dir=VAR, fresh=fresh, free_ports=free_ports, db_prefix=db_prefix,
+                                      topic_prefix=topic_prefix))
     try:
         token = asyncio.run(_admin_key(platform))
         t = Table(title="Tahsilat is running (Ctrl-C stops it)", show_header=False)
@@ -52,7 +64,7 @@ def up(fresh: Annotated[bool, typer.Option(help="drop the service databases firs
             t.add_row(k, v)
         t.add_row("admin API key (tenant default)", token)
         console.print(t)
-        _wait_for_ctrl_c()
+        _run_until_stopped(platform)
     finally:
         console.print("stopping…")
         platform.stop()
@@ -83,7 +95,7 @@ def demo(
         print_summary(console, summary, platform)
         if keep_running:
             console.print("[bold]The platform keeps running; Ctrl-C stops it.[/bold]")
-            _wait_for_ctrl_c()
+            _run_until_stopped(platform)
     finally:
         console.print("stopping…")
         platform.stop()

@@ -192,6 +192,10 @@ class Platform:
                 tail = p.log.read_text(errors="replace").strip().splitlines()[-5:] if p.log.exists() else []
                 raise StartupError(f"{p.name} exited with code {p.proc.returncode}: " + " | ".join(tail))
 
+    def exited(self) -> dict[str, int]:
+        """Processes that have stopped on their own, with their exit codes."""
+        return {p.name: p.proc.returncode for p in self.processes if p.proc is not None and p.proc.poll() is not None}
+
     def restart(self, name: str) -> None:
         """Stop one process and start it again (tests: downtime and catch-up)."""
         self.stop_process(name)
