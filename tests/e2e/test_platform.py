@@ -94,10 +94,16 @@ async def test_reminders_payment_and_risk_end_to_end(platform):
         assert {(s["step"], s["status"]) for s in en_case["steps"]} >= {("pre_due", "executed"), ("due", "cancelled"),
                                                                           ("final_14", "cancelled")}
 
-        # A week after the due date: the Turkish customer gets due and overdue notices, email and SMS.
+        # On the due date the Turkish customer gets the due-date reminder; the paid case stays quiet.
+        clock.set(datetime(2026, 3, 10, 10, 0, tzinfo=timezone.utc))
+        tr_mail = await wait_for(lambda: at_least(emails_to(http, p.sinks_url, tr["email"]), 2), 60, 0.2,
+                                 "the Turkish due-date email")
+        assert tr_mail[1]["subject"] == "Bugün vadesi dolan ödeme"
+
+        # A week after the due date: the overdue notice, by email and SMS.
         clock.set(datetime(2026, 3, 17, 10, 0, tzinfo=timezone.utc))
         tr_mail = await wait_for(lambda: at_least(emails_to(http, p.sinks_url, tr["email"]), 3), 60, 0.2,
-                                 "three Turkish emails")
+                                 "the Turkish overdue email")
         assert [m["subject"] for m in tr_mail] == ["Yaklaşan ödeme hatırlatması", "Bugün vadesi dolan ödeme",
                                                    "Vadesi geçmiş fatura hatırlatması"]
         sms = await wait_for(lambda: _sms_to(http, p.sinks_url, tr["phone"]), 60, 0.2, "the Turkish SMS")

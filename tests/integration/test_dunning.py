@@ -93,13 +93,14 @@ async def test_steps_fire_at_their_time_once_and_payment_cancels_the_rest(dunnin
     await send(producer, topics.invoicing, payment)
     await wait_for(lambda: _case_status(http, INV_B, "closed"), message="case B closed")
 
-    clock.set(datetime(2026, 3, 25, 10, 0, tzinfo=timezone.utc))  # past +7 and +14
-    got = await wait_for(lambda: _n(requested(kafka_bootstrap, topics), 7), message="later requests for A")
+    clock.set(datetime(2026, 3, 17, 10, 0, tzinfo=timezone.utc))  # past +7: "due" is stale by now, skipped
+    await wait_for(lambda: _n(requested(kafka_bootstrap, topics), 4), message="+7 requests for A")
+    clock.set(datetime(2026, 3, 25, 10, 0, tzinfo=timezone.utc))  # past +14
+    got = await wait_for(lambda: _n(requested(kafka_bootstrap, topics), 6), message="+14 requests for A")
     later = [e.data for e in got if e.data["step"] != "pre_due"]
     assert {d["case_id"] for d in later} == {INV_A}
     assert Counter((d["step"], d["channel"]) for d in later) == {
-        ("due", "email"): 1, ("overdue_7", "email"): 1, ("overdue_7", "sms"): 1,
-        ("final_14", "email"): 1, ("final_14", "sms"): 1}
+        ("overdue_7", "email"): 1, ("overdue_7", "sms"): 1, ("final_14", "email"): 1, ("final_14", "sms"): 1}
     assert all(d["items"][0]["open_amount_minor"] == 30_000 for d in later)
     case_b = (await http.get(f"/v1/cases/{INV_B}")).json()
     assert {s["status"] for s in case_b["steps"]} == {"executed", "cancelled"}
@@ -163,3 +164,16 @@ async def test_another_tenant_sees_no_cases(dunning):
         assert (await other.get(f"/v1/cases/{INV_A}")).status_code == 404
     async with client(str(http.base_url), await api_key(app, "t1", "billing-source")) as wrong_role:
         assert (await wrong_role.get("/v1/cases")).status_code == 403
+
+
+async def test_after_downtime_only_the_latest_due_step_is_sent(dunning, kafka_bootstrap):
+    app, http, clock, topics, producer = dunning
+    await send(producer, topics.invoicing, env(issued(INV_A), INV_A, clock))
+    await wait_for(lambda: cases(http), message="the case")
+    # The service "was down" from before the pre-due step until after the +7 step.
+    clock.set(datetime(2026, 3, 18, 10, 0, tzinfo=timezone.utc))
+    got = await wait_for(lambda: _n(requested(kafka_bootstrap, topics), 2), message="the +7 requests")
+    assert sorted((e.data["step"], e.data["channel"]) for e in got) == [("overdue_7", "email"), ("overdue_7", "sms")]
+    case = (await http.get(f"/v1/cases/{INV_A}")).json()
+    assert {s["step"]: s["status"] for s in case["steps"] if s["channel"] == "email"} == {
+        "pre_due": "skipped", "due": "skipped", "overdue_7": "executed", "final_14": "scheduled"}

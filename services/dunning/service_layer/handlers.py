@@ -104,9 +104,23 @@ class Dunning:
 
     async def claim_due_steps(self, limit: int = 200) -> int:
         """Execute the steps that are due (any replica may run this; SKIP LOCKED keeps them apart).
-        A step of a closed case is cancelled instead of sent."""
+        A step of a closed case is cancelled instead of sent; a step overtaken by a later due
+        step of the same case is skipped."""
         now = self.clock.now()
         async with self.pool.acquire() as conn, conn.transaction():
+            # Catching up (downtime, or a case opened late): when a later step is due too, an
+            # earlier one is stale ("due today" a week late); only the latest is sent.
+            await conn.execute(
+                """UPDATE case_steps SET status = 'skipped' WHERE (tenant_id, case_id, step, channel) IN (
+                       SELECT s.tenant_id, s.case_id, s.step, s.channel FROM case_steps s
+                       WHERE s.status = 'scheduled' AND s.due_at <= $1 AND EXISTS (
+                           SELECT 1 FROM case_steps later
+                           WHERE later.tenant_id = s.tenant_id AND later.case_id = s.case_id
+                             AND later.offset_days > s.offset_days AND later.due_at <= $1
+                             AND later.status IN ('scheduled', 'executed'))
+                       FOR UPDATE OF s SKIP LOCKED)""",
+                now,
+            )
             rows = await conn.fetch(
                 """SELECT s.tenant_id, s.case_id, s.step, s.channel, s.template, c.customer_id, c.invoice_id,
                           c.number, c.currency, c.open_minor, c.due_date, c.status AS case_status
