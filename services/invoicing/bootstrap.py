@@ -7,6 +7,7 @@ from fastapi import FastAPI
 
 from services.invoicing.entrypoints.api import router
 from services.invoicing.service_layer.handlers import Invoicing
+from services.invoicing.service_layer.ingest import InvoiceIngestor
 from services.invoicing.settings import InvoicingSettings
 from shared.clock import Clock
 from shared.host import ServiceHost
@@ -20,6 +21,7 @@ def build(settings: InvoicingSettings, clock: Clock | None = None) -> FastAPI:
     def wire(host: ServiceHost, app: FastAPI) -> None:
         invoicing = Invoicing(host.pool, host.clock, host.topics, settings.overdue_grace_days)
         app.state.invoicing = invoicing
+        app.state.ingestor = InvoiceIngestor(host.pool, host.clock, host.topics, settings.overdue_grace_days)
         host.every("overdue", lambda: invoicing.fire_overdue_timers(settings.timer_batch_size))
 
     app = host.create_api("Tahsilat invoicing", "Invoices, payments, cash application, aging.", wire)

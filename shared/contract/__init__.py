@@ -4,6 +4,8 @@ from shared.contract.events import (
     CustomerUpserted,
     DunningStepExecuted,
     EventPayload,
+    InvoiceAdjusted,
+    InvoiceCancelled,
     InvoiceIssued,
     InvoiceOverdue,
     InvoicePaid,
@@ -18,7 +20,7 @@ from shared.contract.topics import Topics
 
 __all__ = [
     "Envelope", "new_envelope", "partition_key", "EventPayload", "CustomerUpserted",
-    "InvoiceIssued", "PaymentReceived", "InvoicePaid", "InvoiceOverdue",
+    "InvoiceIssued", "InvoiceAdjusted", "InvoiceCancelled", "PaymentReceived", "InvoicePaid", "InvoiceOverdue",
     "NotificationRequested", "NotificationSent", "NotificationFailed", "RiskAssessed",
     "DunningStepExecuted", "REGISTRY", "UnknownEventType", "parse_payload", "Topics",
 ]

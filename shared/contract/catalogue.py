@@ -30,7 +30,8 @@ DEFAULT_OUTDIR = Path("docs/events")
 # Which service publishes which event types. Each service publishes on the Topics attribute of
 # the same name. A registered type missing here is still catalogued (components) but on no channel.
 PRODUCERS: dict[str, tuple[str, ...]] = {
-    "invoicing": ("CustomerUpserted", "InvoiceIssued", "PaymentReceived", "InvoicePaid", "InvoiceOverdue"),
+    "invoicing": ("CustomerUpserted", "InvoiceIssued", "InvoiceAdjusted", "InvoiceCancelled", "PaymentReceived",
+                  "InvoicePaid", "InvoiceOverdue"),
     "dunning": ("NotificationRequested", "DunningStepExecuted"),
     "notifier": ("NotificationSent", "NotificationFailed"),
     "risk": ("RiskAssessed",),

@@ -35,6 +35,7 @@ class CustomerUpserted(EventPayload):
     email: str | None = None
     phone: str | None = None
     billing_source: str | None = None
+    placeholder: bool = Field(default=False, description="created from an invoice or payment for an unknown customer")
 
 
 @REGISTRY.register("InvoiceIssued", 1)
@@ -47,6 +48,36 @@ class InvoiceIssued(EventPayload):
     amount_minor: int = Field(gt=0)
     issue_date: date
     due_date: date
+
+
+class FieldChange(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    old: str | int | None
+    new: str | int | None
+
+
+@REGISTRY.register("InvoiceAdjusted", 1)
+class InvoiceAdjusted(EventPayload):
+    invoice_id: str
+    billing_source: str
+    external_id: str
+    number: str
+    currency: CurrencyCode
+    amount_minor: int = Field(gt=0)
+    open_amount_minor: int = Field(ge=0)
+    issue_date: date
+    due_date: date
+    changes: dict[str, FieldChange] = Field(description="field name -> old and new value")
+
+
+@REGISTRY.register("InvoiceCancelled", 1)
+class InvoiceCancelled(EventPayload):
+    invoice_id: str
+    billing_source: str
+    external_id: str
+    number: str
+    currency: CurrencyCode
+    cancelled_at: AwareDatetime
 
 
 class Allocation(BaseModel):

@@ -177,3 +177,31 @@ async def test_after_downtime_only_the_latest_due_step_is_sent(dunning, kafka_bo
     case = (await http.get(f"/v1/cases/{INV_A}")).json()
     assert {s["step"]: s["status"] for s in case["steps"] if s["channel"] == "email"} == {
         "pre_due": "skipped", "due": "skipped", "overdue_7": "executed", "final_14": "scheduled"}
+
+
+async def test_adjusted_due_date_moves_the_steps_and_a_cancelled_invoice_stops_dunning(dunning, kafka_bootstrap):
+    from shared.contract import InvoiceAdjusted, InvoiceCancelled
+    from shared.contract.events import FieldChange
+
+    app, http, clock, topics, producer = dunning
+    await send(producer, topics.invoicing, env(issued(INV_A), INV_A, clock), env(issued(INV_B), INV_B, clock))
+    await wait_for(lambda: _n(cases(http), 2), message="two cases")
+    moved = InvoiceAdjusted(customer_id="C1", invoice_id=INV_A, billing_source="erp", external_id="X-000a",
+                            number="N-000a", currency="EUR", amount_minor=40_000, open_amount_minor=40_000,
+                            issue_date=date(2026, 2, 8), due_date=date(2026, 3, 20),
+                            changes={"due_date": FieldChange(old="2026-03-10", new="2026-03-20"),
+                                     "amount_minor": FieldChange(old=50_000, new=40_000)})
+    cancelled = InvoiceCancelled(customer_id="C1", invoice_id=INV_B, billing_source="erp", external_id="X-000b",
+                                 number="N-000b", currency="EUR", cancelled_at=clock.now())
+    await send(producer, topics.invoicing, env(moved, INV_A, clock), env(cancelled, INV_B, clock))
+    await wait_for(lambda: _case_status(http, INV_B, "closed"), message="case B closed")
+    case_a = await wait_for(lambda: _due(http, INV_A, "2026-03-20"), message="case A moved")
+    assert case_a["open_minor"] == 40_000
+    assert case_a["steps"][0]["due_at"] == "2026-03-17T09:00:00Z"  # pre-due, three days before the new date
+    case_b = (await http.get(f"/v1/cases/{INV_B}")).json()
+    assert case_b["closed_reason"] == "cancelled" and {s["status"] for s in case_b["steps"]} == {"cancelled"}
+
+
+async def _due(http, case_id, due_date):
+    case = (await http.get(f"/v1/cases/{case_id}")).json()
+    return case if case["due_date"] == due_date else None

@@ -67,17 +67,24 @@ async def test_invoice_is_stored_and_published_once(service, kafka_bootstrap):
     assert r.status_code == 200 and r.json()["open_minor"] == 100_000
 
 
-async def test_changed_record_under_same_external_id_is_refused(service):
+async def test_a_record_that_cannot_apply_to_the_recorded_invoice_is_refused(service):
     _app, http, *_ = service
     assert (await http.post("/v1/invoices", json=invoice())).status_code == 201
-    r = await http.post("/v1/invoices", json=invoice(amount_minor=5))
+    other_customer = invoice()
+    other_customer["customer"] = other_customer["customer"] | {"id": "C2"}
+    r = await http.post("/v1/invoices", json=other_customer)
     assert r.status_code == 409
-    assert r.json()["problems"][0]["field"] == "amount_minor"
+    assert r.json()["problems"][0] == {"field": "customer.id",
+                                       "reason": "the invoice belongs to customer 'C1'; it cannot move"}
+    r = await http.post("/v1/invoices", json=invoice(currency="USD"))
+    assert r.status_code == 409 and r.json()["problems"][0]["field"] == "currency"
 
 
 BAD_INPUTS = [
     ("invalid JSON", b'{"external_id": "X",', "body", "invalid JSON"),
-    ("missing field", {k: v for k, v in invoice().items() if k != "currency"}, "currency", "Field required"),
+    ("missing field", {k: v for k, v in invoice().items() if k != "amount_minor"}, "amount_minor", "Field required"),
+    ("no currency and no default", {k: v for k, v in invoice().items() if k != "currency"}, "currency",
+     "required: billing source 'erp' has no default currency"),
     ("wrong type", invoice(amount_minor="lots"), "amount_minor", "integer"),
     ("unknown currency", invoice(currency="XYZ"), "currency", "unknown ISO 4217"),
     ("negative amount", invoice(amount_minor=-100), "amount_minor", "greater than 0"),

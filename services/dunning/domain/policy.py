@@ -66,6 +66,10 @@ def policy_for(segment: str | None) -> Policy:
     return DEFAULT_POLICIES.get(segment or "medium", STANDARD)
 
 
+def policy_named(name: str) -> Policy:
+    return next((p for p in DEFAULT_POLICIES.values() if p.name == name), STANDARD)
+
+
 @dataclass(frozen=True)
 class ScheduledStep:
     name: str

@@ -6,10 +6,12 @@ import uuid
 
 import asyncpg
 
-from services.dunning.domain.policy import notification_key, policy_for, schedule_case
+from services.dunning.domain.policy import (
+    notification_key, policy_for, policy_named, schedule_case, step_due_at,
+)
 from shared.clock import Clock
 from shared.contract import (
-    CustomerUpserted, DunningStepExecuted, Envelope, InvoiceIssued, InvoiceOverdue, InvoicePaid,
+    CustomerUpserted, DunningStepExecuted, Envelope, InvoiceAdjusted, InvoiceCancelled, InvoiceIssued, InvoiceOverdue, InvoicePaid,
     NotificationRequested, PaymentReceived, RiskAssessed, Topics, new_envelope,
 )
 from shared.contract.events import NoticeItem
@@ -29,6 +31,8 @@ class Dunning:
             "PaymentReceived": self.on_payment_received,
             "InvoicePaid": self.on_invoice_paid,
             "InvoiceOverdue": self.on_invoice_overdue,
+            "InvoiceAdjusted": self.on_invoice_adjusted,
+            "InvoiceCancelled": self.on_invoice_cancelled,
             "RiskAssessed": self.on_risk_assessed,
         }
 
@@ -95,6 +99,41 @@ class Dunning:
 
     async def on_invoice_paid(self, conn: asyncpg.Connection, env: Envelope, p: InvoicePaid) -> None:
         await self._reduce(conn, env.tenant_id, p.invoice_id, 0, "paid")
+
+    async def on_invoice_adjusted(self, conn: asyncpg.Connection, env: Envelope, p: InvoiceAdjusted) -> None:
+        """New amounts count from now on; a moved due date moves the steps not yet taken."""
+        case_id = uuid.UUID(p.invoice_id)
+        row = await conn.fetchrow(
+            "UPDATE cases SET number = $3, amount_minor = $4, due_date = $5 WHERE tenant_id = $1 AND case_id = $2"
+            " RETURNING customer_id, policy",
+            env.tenant_id, case_id, p.number, p.amount_minor, p.due_date,
+        )
+        if row is None:
+            return
+        await conn.execute(
+            "UPDATE cases SET open_minor = $3, status = 'open', closed_reason = NULL, closed_at = NULL"
+            " WHERE tenant_id = $1 AND case_id = $2 AND $3::bigint > 0",
+            env.tenant_id, case_id, p.open_amount_minor,
+        )
+        await self._reduce(conn, env.tenant_id, p.invoice_id, p.open_amount_minor, "paid")
+        if "due_date" in p.changes:
+            timezone = await conn.fetchval(
+                "SELECT timezone FROM dunning_customers WHERE tenant_id = $1 AND customer_id = $2",
+                env.tenant_id, row["customer_id"],
+            ) or "UTC"
+            steps = await conn.fetch(
+                "SELECT step, channel, offset_days FROM case_steps WHERE tenant_id = $1 AND case_id = $2"
+                " AND status = 'scheduled'", env.tenant_id, case_id,
+            )
+            await conn.executemany(
+                "UPDATE case_steps SET due_at = $5 WHERE tenant_id = $1 AND case_id = $2 AND step = $3 AND channel = $4",
+                [(env.tenant_id, case_id, r["step"], r["channel"],
+                  step_due_at(p.due_date, r["offset_days"], timezone, policy_named(row["policy"]).send_hour_local))
+                 for r in steps],
+            )
+
+    async def on_invoice_cancelled(self, conn: asyncpg.Connection, env: Envelope, p: InvoiceCancelled) -> None:
+        await self._reduce(conn, env.tenant_id, p.invoice_id, 0, "cancelled")
 
     async def on_invoice_overdue(self, conn: asyncpg.Connection, env: Envelope, p: InvoiceOverdue) -> None:
         await conn.execute(

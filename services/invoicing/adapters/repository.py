@@ -61,3 +61,16 @@ async def allocations_of(conn: asyncpg.Connection | asyncpg.Pool, tenant_id: str
         "SELECT invoice_id, amount_minor FROM allocations WHERE tenant_id = $1 AND payment_id = $2 ORDER BY invoice_id",
         tenant_id, payment_id,
     )
+
+
+async def book_ledger(conn: asyncpg.Connection, tenant_id: str, entries: list[tuple], now) -> None:
+    """Ledger entries: (customer, currency, kind, ref, signed amount, booked on, description)."""
+    entries = [e for e in entries if e[4] != 0]
+    if entries:
+        await conn.execute(
+            "INSERT INTO ledger_entries (tenant_id, customer_id, currency, kind, ref_id, amount_minor, booked_on,"
+            " recorded_at, description)"
+            " SELECT $1, c, cur, k, r, a, b, $2, d FROM unnest($3::text[], $4::text[], $5::text[], $6::text[],"
+            " $7::bigint[], $8::date[], $9::text[]) AS t(c, cur, k, r, a, b, d)",
+            tenant_id, now, *(list(col) for col in zip(*entries)),
+        )

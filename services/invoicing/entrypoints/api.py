@@ -3,21 +3,23 @@ from __future__ import annotations
 
 import uuid
 from datetime import date
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from services.invoicing.adapters import repository as repo
 from services.invoicing.domain.model import age_receivables
-from services.invoicing.service_layer.commands import IssueInvoice, RecordPayment
+from services.invoicing.service_layer.commands import InvoiceRecord, RecordPayment
 from services.invoicing.service_layer.handlers import Invoicing
-from shared.auth import Principal, require_role
+from shared.auth import Principal, new_key, require_role, store_api_key
+from shared.contract.money import CurrencyCode
 from shared.http import DomainError
 
 router = APIRouter(prefix="/v1")
 Writer = Annotated[Principal, Depends(require_role("billing-source"))]
 Reader = Annotated[Principal, Depends(require_role("billing-source", "collector", "analytics"))]
+Admin = Annotated[Principal, Depends(require_role("admin"))]
 
 
 def use_cases(request: Request) -> Invoicing:
@@ -30,6 +32,7 @@ UseCases = Annotated[Invoicing, Depends(use_cases)]
 class Created(BaseModel):
     id: str
     status: str
+    changes: dict[str, dict[str, Any]] | None = Field(default=None, description="for adjusted invoices")
 
 
 def _source(principal: Principal, requested: str | None) -> str:
@@ -42,13 +45,80 @@ def _source(principal: Principal, requested: str | None) -> str:
     return requested
 
 
-@router.post("/invoices", response_model=Created, status_code=201, tags=["invoices"],
-             responses={200: {"model": Created, "description": "already recorded, nothing changed"}})
-async def issue_invoice(body: IssueInvoice, principal: Writer, invoicing: UseCases, response: Response) -> Created:
-    outcome = await invoicing.issue_invoice(principal.tenant_id, _source(principal, body.billing_source), body)
-    if outcome.status == "unchanged":
-        response.status_code = status.HTTP_200_OK
-    return Created(id=outcome.id, status=outcome.status)
+class ItemOut(BaseModel):
+    index: int
+    status: str = Field(description="created, unchanged, adjusted, cancelled or rejected")
+    id: str | None = None
+    field: str | None = Field(default=None, description="for rejected items: the field at fault")
+    reason: str | None = None
+    changes: dict[str, dict[str, Any]] | None = Field(default=None, description="for adjusted items: old and new values")
+
+
+_STATUS_CODE = {"created": 201, "unchanged": 200, "adjusted": 200, "cancelled": 200}
+
+
+@router.post("/invoices", response_model=Created, response_model_exclude_none=True, status_code=201,
+             tags=["invoices"],
+             responses={200: {"model": Created, "description": "already recorded: unchanged, adjusted or cancelled"},
+                        409: {"description": "conflicts with what is recorded under this external_id"}})
+async def ingest_invoice(body: InvoiceRecord, principal: Writer, request: Request, response: Response) -> Created:
+    """Issue, adjust or cancel one invoice; (billing source, external_id) identifies it."""
+    source = _source(principal, body.billing_source)
+    [result] = await request.app.state.ingestor.ingest(principal.tenant_id, source, [body])
+    if result.status == "rejected":
+        raise DomainError(result.field or "body", result.reason or "rejected", 409 if result.id else 422)
+    response.status_code = _STATUS_CODE[result.status]
+    return Created(id=result.id, status=result.status, changes=result.changes)
+
+
+class BulkInvoices(BaseModel):
+    billing_source: str | None = Field(default=None, min_length=1, max_length=100)
+    items: list[dict[str, Any]] = Field(min_length=1, max_length=10_000)
+
+
+class BulkOut(BaseModel):
+    summary: dict[str, int]
+    results: list[ItemOut]
+
+
+@router.post("/invoices/bulk", response_model=BulkOut, tags=["invoices"])
+async def ingest_invoices(body: BulkInvoices, principal: Writer, request: Request) -> BulkOut:
+    """Up to 10,000 invoices; a result per item. Valid items are kept even when others are rejected."""
+    source = _source(principal, body.billing_source)
+    results = await request.app.state.ingestor.ingest(principal.tenant_id, source, body.items)
+    summary = dict.fromkeys(("created", "unchanged", "adjusted", "cancelled", "rejected"), 0)
+    for r in results:
+        summary[r.status] += 1
+    return BulkOut(summary=summary, results=[ItemOut(**vars(r)) for r in results])
+
+
+class BillingSourceIn(BaseModel):
+    name: str = Field(min_length=1, max_length=100, pattern=r"^[a-z0-9][a-z0-9._-]*$")
+    default_currency: CurrencyCode
+
+
+class BillingSourceOut(BaseModel):
+    name: str
+    default_currency: str
+    api_key: str = Field(description="shown once; only its hash is kept")
+
+
+@router.post("/billing-sources", response_model=BillingSourceOut, status_code=201, tags=["billing sources"])
+async def register_billing_source(body: BillingSourceIn, principal: Admin, request: Request) -> BillingSourceOut:
+    """Register a billing source of this tenant and issue its API key (billing-source role, bound to it)."""
+    pool = request.app.state.pool
+    key_id, secret, token = new_key()
+    async with pool.acquire() as conn, conn.transaction():
+        created = await conn.fetchval(
+            "INSERT INTO billing_sources (tenant_id, name, default_currency) VALUES ($1, $2, $3)"
+            " ON CONFLICT DO NOTHING RETURNING 1",
+            principal.tenant_id, body.name, body.default_currency,
+        )
+        if not created:
+            raise DomainError("name", f"billing source {body.name!r} is already registered", 409)
+        await store_api_key(conn, key_id=key_id, secret=secret, tenant_id=principal.tenant_id, role="billing-source",
+                            source_name=body.name, label=f"billing source {body.name}")
+    return BillingSourceOut(name=body.name, default_currency=body.default_currency, api_key=token)
 
 
 @router.post("/payments", response_model=Created, status_code=201, tags=["payments"],

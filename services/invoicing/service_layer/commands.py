@@ -31,22 +31,36 @@ class CustomerIn(BaseModel):
         return value
 
 
-class IssueInvoice(BaseModel):
+class InvoiceRecord(BaseModel):
+    """One invoice as a billing source sends it. (billing source, external_id) identifies it:
+    sending it again changes nothing, a changed record adjusts it, status "cancelled" cancels it."""
+
     model_config = ConfigDict(extra="forbid")
     external_id: str = Identifier
     number: str | None = Field(default=None, min_length=1, max_length=100)
     billing_source: str | None = Field(default=None, min_length=1, max_length=100)
-    customer: CustomerIn
-    currency: CurrencyCode
+    customer: CustomerIn | None = Field(default=None, description="master data; or give customer_id alone")
+    customer_id: str | None = Field(default=None, min_length=1, max_length=200,
+                                    description="an unknown id creates a placeholder customer")
+    currency: CurrencyCode | None = Field(default=None, description="default: the billing source's currency")
     amount_minor: int = Field(gt=0, lt=10**15, description="total in minor units (cents)")
     issue_date: date
     due_date: date
+    status: Literal["open", "cancelled"] = "open"
 
     @model_validator(mode="after")
-    def _due_after_issue(self) -> "IssueInvoice":
+    def _consistent(self) -> "InvoiceRecord":
+        if self.customer is None and self.customer_id is None:
+            raise ValueError("customer or customer_id is required")
+        if self.customer is not None and self.customer_id is not None and self.customer_id != self.customer.id:
+            raise ValueError("customer_id and customer.id differ")
         if self.due_date < self.issue_date:
             raise ValueError("due_date must not be before issue_date")
         return self
+
+    @property
+    def customer_key(self) -> str:
+        return self.customer.id if self.customer is not None else self.customer_id  # type: ignore[return-value]
 
 
 class RecordPayment(BaseModel):

@@ -8,23 +8,18 @@ from datetime import datetime
 import asyncpg
 
 from services.invoicing.adapters import repository as repo
-from services.invoicing.domain.model import allocate_payment, overdue_at
-from services.invoicing.service_layer.commands import IssueInvoice, RecordPayment
+from services.invoicing.domain.model import allocate_payment
+from services.invoicing.service_layer.commands import RecordPayment
+from services.invoicing.service_layer.ingest import stable_id
 from shared.clock import Clock
 from shared.contract import (
-    CustomerUpserted, Envelope, InvoiceIssued, InvoiceOverdue, InvoicePaid, PaymentReceived, Topics, new_envelope,
+    Envelope, InvoiceOverdue, InvoicePaid, PaymentReceived, Topics, new_envelope,
 )
 from shared.contract.events import Allocation
 from shared.http import DomainError
 from shared.outbox import add_events
 
 SOURCE = "invoicing"
-_NS = uuid.UUID("6f1c2a1e-3c39-4a8e-9d5e-0b7c1d1f2a11")
-
-
-def stable_id(*parts: str) -> uuid.UUID:
-    """The same (tenant, source, external id) always maps to the same id."""
-    return uuid.uuid5(_NS, "\x1f".join(parts))
 
 
 @dataclass
@@ -40,60 +35,6 @@ class Invoicing:
 
     def _envelope(self, payload, tenant_id: str, subject: str, now: datetime) -> Envelope:
         return new_envelope(payload, source=SOURCE, tenant_id=tenant_id, subject=subject, time=now)
-
-    async def _customer_events(self, conn, tenant_id: str, cmd_customer, source: str, now: datetime) -> list[Envelope]:
-        wanted = {
-            "customer_id": cmd_customer.id, "name": cmd_customer.name, "language": cmd_customer.language,
-            "timezone": cmd_customer.timezone, "email": cmd_customer.email, "phone": cmd_customer.phone,
-            "billing_source": source,
-        }
-        current = await repo.get_customer(conn, tenant_id, cmd_customer.id)
-        if current is not None and not current["placeholder"] and all(current[k] == v for k, v in wanted.items()):
-            return []
-        await repo.upsert_customer(conn, tenant_id, wanted)
-        return [self._envelope(CustomerUpserted(**wanted), tenant_id, cmd_customer.id, now)]
-
-    async def issue_invoice(self, tenant_id: str, source: str, cmd: IssueInvoice) -> Outcome:
-        now = self.clock.now()
-        invoice_id = stable_id(tenant_id, source, cmd.external_id)
-        number = cmd.number or cmd.external_id
-        async with self.pool.acquire() as conn, conn.transaction():
-            existing = await repo.get_invoice_by_external(conn, tenant_id, source, cmd.external_id)
-            if existing is not None:
-                changed = [
-                    field
-                    for field, column, new in (
-                        ("customer.id", "customer_id", cmd.customer.id), ("number", "number", number),
-                        ("currency", "currency", cmd.currency), ("amount_minor", "amount_minor", cmd.amount_minor),
-                        ("issue_date", "issue_date", cmd.issue_date), ("due_date", "due_date", cmd.due_date),
-                    )
-                    if existing[column] != new
-                ]
-                if changed:
-                    raise DomainError(changed[0], "differs from the invoice already recorded under this external_id", 409)
-                return Outcome(str(existing["invoice_id"]), "unchanged")
-            events = await self._customer_events(conn, tenant_id, cmd.customer, source, now)
-            await conn.execute(
-                """INSERT INTO invoices (tenant_id, invoice_id, billing_source, external_id, customer_id, number,
-                     currency, amount_minor, open_minor, issue_date, due_date, issued_at)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9, $10, $11)""",
-                tenant_id, invoice_id, source, cmd.external_id, cmd.customer.id, number, cmd.currency,
-                cmd.amount_minor, cmd.issue_date, cmd.due_date, now,
-            )
-            await conn.execute(
-                "INSERT INTO overdue_timers (tenant_id, invoice_id, due_at) VALUES ($1, $2, $3)",
-                tenant_id, invoice_id, overdue_at(cmd.due_date, cmd.customer.timezone, self.grace_days),
-            )
-            events.append(self._envelope(
-                InvoiceIssued(
-                    customer_id=cmd.customer.id, invoice_id=str(invoice_id), billing_source=source,
-                    external_id=cmd.external_id, number=number, currency=cmd.currency,
-                    amount_minor=cmd.amount_minor, issue_date=cmd.issue_date, due_date=cmd.due_date,
-                ),
-                tenant_id, str(invoice_id), now,
-            ))
-            await add_events(conn, self.topics.invoicing, events)
-        return Outcome(str(invoice_id), "created", len(events))
 
     async def record_payment(self, tenant_id: str, source: str, cmd: RecordPayment) -> tuple[Outcome, PaymentReceived | None]:
         now = self.clock.now()
@@ -122,6 +63,9 @@ class Invoicing:
                 tenant_id, payment_id, source, cmd.external_id, cmd.customer_id, cmd.currency, cmd.amount_minor,
                 application.unapplied_minor, reason, cmd.invoice_refs, received_at, now,
             )
+            await repo.book_ledger(conn, tenant_id, [
+                (cmd.customer_id, cmd.currency, "payment", str(payment_id), -cmd.amount_minor, received_at.date(),
+                 f"payment {cmd.external_id}")], now)
             if application.allocations:
                 await conn.executemany(
                     "INSERT INTO allocations (tenant_id, payment_id, invoice_id, amount_minor, allocated_at)"

@@ -1,0 +1,148 @@
+"""Billing sources sending invoices: registration, bulk with a result per item, idempotency,
+adjustments, cancellations, placeholder customers, and the ledger they leave behind."""
+from __future__ import annotations
+
+from collections import Counter
+from datetime import datetime, timezone
+
+import pytest
+
+from services.invoicing.bootstrap import build
+from services.invoicing.settings import InvoicingSettings
+from shared.clock import ManualClock
+from shared.contract import Topics
+from tahsilat.streams import read_events
+from tests.support import FAST_KAFKA, api_key, client, running, wait_for
+
+pytestmark = pytest.mark.integration
+
+T0 = datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc)
+
+
+@pytest.fixture
+async def erp(database, kafka_bootstrap, topic_prefix):
+    """The invoicing service and the API key of a registered billing source `erp` (EUR)."""
+    clock = ManualClock(T0)
+    settings = InvoicingSettings(database_url=database, kafka_bootstrap_servers=kafka_bootstrap,
+                                 topic_prefix=topic_prefix, kafka_partitions=2, poll_interval_seconds=0.1, **FAST_KAFKA)
+    app = build(settings, clock)
+    async with running(app) as url:
+        async with client(url, await api_key(app, "t1", "admin")) as admin:
+            r = await admin.post("/v1/billing-sources", json={"name": "erp", "default_currency": "EUR"})
+            assert r.status_code == 201, r.text
+            again = await admin.post("/v1/billing-sources", json={"name": "erp", "default_currency": "EUR"})
+            assert again.status_code == 409 and again.json()["problems"][0]["field"] == "name"
+            async with client(url, r.json()["api_key"]) as http:
+                yield app, http, clock, Topics(topic_prefix)
+
+
+def item(external_id: str, customer_id: str = "C1", **over) -> dict:
+    return {"external_id": external_id, "customer_id": customer_id, "amount_minor": 10_000,
+            "issue_date": "2026-02-01", "due_date": "2026-03-03"} | over
+
+
+async def ledger_balance(pool, customer_id: str) -> int:
+    return await pool.fetchval(
+        "SELECT coalesce(sum(amount_minor), 0) FROM ledger_entries WHERE tenant_id = 't1' AND customer_id = $1",
+        customer_id,
+    )
+
+
+async def test_bulk_keeps_valid_items_and_says_why_the_others_were_rejected(erp, kafka_bootstrap):
+    app, http, _clock, topics = erp
+    items = [
+        item("A"),
+        item("B", currency="XYZ"),
+        item("C", due_date="2026-01-01"),
+        {"external_id": "D", "customer_id": "C2"},
+        item("A", amount_minor=12_000),  # the same invoice again, changed: applied after the first
+        item("E", customer={"id": "C3", "name": "Ege Gıda", "language": "tr", "timezone": "Europe/Istanbul"},
+             customer_id=None),
+        item("A", amount_minor=12_000),  # and once more, unchanged by now
+    ]
+    r = await http.post("/v1/invoices/bulk", json={"items": items})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["summary"] == {"created": 2, "unchanged": 1, "adjusted": 1, "cancelled": 0, "rejected": 3}
+    by_index = {x["index"]: x for x in body["results"]}
+    assert [by_index[i]["status"] for i in range(7)] == [
+        "created", "rejected", "rejected", "rejected", "adjusted", "created", "unchanged"]
+    assert (by_index[1]["field"], by_index[1]["reason"]) == ("currency", "unknown ISO 4217 currency code 'XYZ'")
+    assert by_index[2]["field"] == "record" and "due_date must not be before issue_date" in by_index[2]["reason"]
+    assert by_index[3]["field"] == "amount_minor"
+    assert by_index[4]["changes"] == {"amount_minor": {"old": 10_000, "new": 12_000}}
+
+    pool = app.state.pool
+    rows = {r["external_id"]: r for r in await pool.fetch("SELECT * FROM invoices")}
+    assert set(rows) == {"A", "E"}
+    assert (rows["A"]["amount_minor"], rows["A"]["currency"], rows["A"]["version"]) == (12_000, "EUR", 2)
+    customers = {r["customer_id"]: r for r in await pool.fetch("SELECT * FROM customers")}
+    assert customers["C1"]["placeholder"] is True and customers["C3"]["placeholder"] is False
+    assert "C2" not in customers  # rejected items leave nothing behind
+    assert await ledger_balance(pool, "C1") == 12_000
+
+    events = await wait_for(lambda: _at_least(read_events(kafka_bootstrap, topics.invoicing), 5), message="events")
+    assert Counter(e.type for e in events) == {"CustomerUpserted": 2, "InvoiceIssued": 2, "InvoiceAdjusted": 1}
+    placeholder = next(e for e in events if e.type == "CustomerUpserted" and e.data["customer_id"] == "C1")
+    assert placeholder.data["placeholder"] is True
+
+
+async def _at_least(coro, n):
+    items = await coro
+    return items if len(items) >= n else None
+
+
+async def test_adjusting_and_cancelling(erp, kafka_bootstrap):
+    app, http, _clock, topics = erp
+    assert (await http.post("/v1/invoices", json=item("A"))).status_code == 201
+    r = await http.post("/v1/invoices", json=item("A", amount_minor=8_000, due_date="2026-03-20"))
+    assert r.status_code == 200 and r.json()["status"] == "adjusted"
+    assert r.json()["changes"] == {"amount_minor": {"old": 10_000, "new": 8_000},
+                                   "due_date": {"old": "2026-03-03", "new": "2026-03-20"}}
+    pool = app.state.pool
+    timer = await pool.fetchval("SELECT due_at FROM overdue_timers")
+    assert timer == datetime(2026, 3, 21, 0, 0, tzinfo=timezone.utc)  # customer in UTC (placeholder)
+
+    r = await http.post("/v1/invoices", json=item("A", amount_minor=8_000, due_date="2026-03-20", status="cancelled"))
+    assert r.status_code == 200 and r.json()["status"] == "cancelled"
+    again = await http.post("/v1/invoices", json=item("A", status="cancelled"))
+    assert again.json()["status"] == "unchanged"
+    reopen = await http.post("/v1/invoices", json=item("A"))
+    assert reopen.status_code == 409 and reopen.json()["problems"][0]["field"] == "status"
+    assert await ledger_balance(pool, "C1") == 0
+    assert await pool.fetchval("SELECT fired_at IS NOT NULL FROM overdue_timers")  # never fires now
+
+    # A partly paid invoice cannot be cancelled or cut below what was paid.
+    assert (await http.post("/v1/invoices", json=item("B"))).status_code == 201
+    r = await http.post("/v1/payments", json={"external_id": "P", "customer_id": "C1", "currency": "EUR",
+                                               "amount_minor": 3_000})
+    assert r.status_code == 201
+    r = await http.post("/v1/invoices", json=item("B", status="cancelled"))
+    assert r.status_code == 409 and "credit note" in r.json()["problems"][0]["reason"]
+    r = await http.post("/v1/invoices", json=item("B", amount_minor=2_000))
+    assert r.status_code == 409 and r.json()["problems"][0]["field"] == "amount_minor"
+    assert await ledger_balance(pool, "C1") == 7_000
+    assert await pool.fetchval("SELECT open_minor FROM invoices WHERE external_id = 'B'") == 7_000
+
+    events = await wait_for(lambda: _at_least(read_events(kafka_bootstrap, topics.invoicing), 6), message="events")
+    types = [e.type for e in events if e.data.get("external_id") == "A"]
+    assert types == ["InvoiceIssued", "InvoiceAdjusted", "InvoiceCancelled"]
+
+
+async def test_master_data_replaces_a_placeholder(erp):
+    app, http, *_ = erp
+    await http.post("/v1/invoices", json=item("A"))
+    await http.post("/v1/invoices", json=item("B", customer_id=None, customer={
+        "id": "C1", "name": "Marmara Lojistik", "language": "tr", "timezone": "Europe/Istanbul",
+        "email": "finans@marmara.example"}))
+    row = await app.state.pool.fetchrow("SELECT * FROM customers WHERE customer_id = 'C1'")
+    assert (row["name"], row["language"], row["placeholder"]) == ("Marmara Lojistik", "tr", False)
+
+
+async def test_a_source_key_cannot_write_for_another_source(erp, database):
+    app, http, *_ = erp
+    r = await http.post("/v1/invoices/bulk", json={"billing_source": "crm", "items": [item("A")]})
+    assert r.status_code == 403 and r.json()["problems"][0]["field"] == "billing_source"
+    r = await http.post("/v1/invoices/bulk", json={"items": []})
+    assert r.status_code == 422 and r.json()["problems"][0]["field"] == "items"
+    assert await app.state.pool.fetchval("SELECT count(*) FROM invoices") == 0
