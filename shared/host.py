@@ -15,7 +15,9 @@ from shared.clock import Clock, clock_from
 from shared.contract import Topics
 from shared.db import create_pool, migrate
 from shared.http import install_error_handlers, install_health
-from shared.kafka import ConsumerConfig, EventConsumer, Handler, RecordProcessor, ensure_topics, start_producer
+from shared.kafka import (
+    BatchHandler, BatchProcessor, ConsumerConfig, EventConsumer, Handler, RecordProcessor, ensure_topics, start_producer,
+)
 from shared.logging import configure_logging, get_logger
 from shared.metrics import TIMERS_FIRED
 from shared.outbox import OutboxRelay
@@ -37,7 +39,7 @@ class ServiceHost:
         self.producer = None
         self.relay: OutboxRelay | None = None
         self.consumers: list[EventConsumer] = []
-        self._consumer_specs: list[tuple[str, list[str], Mapping[str, Handler]]] = []
+        self._consumer_specs: list[tuple[str, list[str], Mapping[str, Handler] | BatchHandler]] = []
         self._timers: list[tuple[str, float, TimerFn]] = []
         self._tasks: list[asyncio.Task] = []
         self._on_stop: list[Callable[[], Awaitable[None]]] = []
@@ -47,6 +49,10 @@ class ServiceHost:
     def consume(self, name: str, topics: list[str], handlers: Mapping[str, Handler]) -> None:
         """Register a consumer group `<prefix><service>.<name>` (runs in the worker role)."""
         self._consumer_specs.append((name, topics, handlers))
+
+    def consume_batches(self, name: str, topics: list[str], handler: BatchHandler) -> None:
+        """Register a consumer group whose handler takes raw records a batch at a time."""
+        self._consumer_specs.append((name, topics, handler))
 
     def every(self, name: str, fn: TimerFn, interval: float | None = None) -> None:
         """Run `fn` forever (worker role); it returns how much it did, 0 means sleep a while."""
@@ -78,7 +84,9 @@ class ServiceHost:
             for name, topics, handlers in self._consumer_specs:
                 consumer = EventConsumer(
                     topics=topics,
-                    processor=self.processor(name, handlers),
+                    processor=(self.processor(name, handlers) if isinstance(handlers, Mapping) else BatchProcessor(
+                        service=self.name, name=f"{self.name}.{name}", handler=handlers, producer=self.producer,
+                        dead_letter_topic=self.topics.dead_letter)),
                     config=ConsumerConfig(
                         bootstrap=s.kafka_bootstrap_servers,
                         group_id=f"{s.topic_prefix}{self.name}.{name}",

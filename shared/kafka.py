@@ -147,25 +147,61 @@ class RecordProcessor:
                 await asyncio.sleep(0.1 * attempt)
 
     async def _dead_letter(self, record: ConsumerRecord, reason: str) -> None:
-        original = record.headers or []
-        headers = list(original.items() if isinstance(original, Mapping) else original) + [
-            ("dlq_reason", reason[:2000].encode()),
-            ("dlq_consumer", self.name.encode()),
-            ("dlq_original_topic", record.topic.encode()),
-            ("dlq_original_partition", str(record.partition).encode()),
-            ("dlq_original_offset", str(record.offset).encode()),
-        ]
-        await self.producer.send_and_wait(self.dead_letter_topic, value=record.value, key=record.key, headers=headers)
-        DEAD_LETTERED.labels(self.service, self.name).inc()
-        EVENTS_CONSUMED.labels(self.service, self.name, "?", "dead_lettered").inc()
-        log.warning("record dead-lettered", topic=record.topic, offset=record.offset, reason=reason)
+        await dead_letter(self.producer, self.dead_letter_topic, record, reason, service=self.service, consumer=self.name)
+
+    async def process_batch(self, records: list[ConsumerRecord]) -> None:
+        for record in records:
+            await self.process(record)
+
+
+async def dead_letter(producer: AIOKafkaProducer, topic: str, record: ConsumerRecord, reason: str, *,
+                      service: str, consumer: str) -> None:
+    """Copy `record` unchanged to the dead-letter topic, with why and where from in its headers."""
+    original = record.headers or []
+    headers = list(original.items() if isinstance(original, Mapping) else original) + [
+        ("dlq_reason", reason[:2000].encode()),
+        ("dlq_consumer", consumer.encode()),
+        ("dlq_original_topic", record.topic.encode()),
+        ("dlq_original_partition", str(record.partition).encode()),
+        ("dlq_original_offset", str(record.offset).encode()),
+    ]
+    await producer.send_and_wait(topic, value=record.value, key=record.key, headers=headers)
+    DEAD_LETTERED.labels(service, consumer).inc()
+    EVENTS_CONSUMED.labels(service, consumer, "?", "dead_lettered").inc()
+    log.warning("record dead-lettered", topic=record.topic, offset=record.offset, reason=reason)
+
+
+BatchHandler = Callable[[list[ConsumerRecord], Callable[[ConsumerRecord, str], Awaitable[None]]], Awaitable[None]]
+
+
+class BatchProcessor:
+    """For consumers that handle raw records a batch at a time (billing-source ingest): the
+    handler gets the records and a function that dead-letters one of them with a reason."""
+
+    def __init__(self, *, service: str, name: str, handler: BatchHandler, producer: AIOKafkaProducer,
+                 dead_letter_topic: str) -> None:
+        self.service, self.name, self.handler = service, name, handler
+        self.producer, self.dead_letter_topic = producer, dead_letter_topic
+
+    async def process_batch(self, records: list[ConsumerRecord]) -> None:
+        async def reject(record: ConsumerRecord, reason: str) -> None:
+            await dead_letter(self.producer, self.dead_letter_topic, record, reason, service=self.service,
+                              consumer=self.name)
+
+        while True:
+            try:
+                await self.handler(records, reject)
+                return
+            except TRANSIENT_ERRORS as exc:  # the database is away: wait, never skip
+                log.warning("transient error handling a batch, retrying", consumer=self.name, error=str(exc))
+                await asyncio.sleep(1.0)
 
 
 class EventConsumer:
     """An aiokafka consumer group member: records go through `processor`; a partition's offset
     is committed only after its records' transactions have committed (at-least-once + inbox)."""
 
-    def __init__(self, *, topics: list[str], processor: RecordProcessor, config: ConsumerConfig) -> None:
+    def __init__(self, *, topics: list[str], processor: RecordProcessor | BatchProcessor, config: ConsumerConfig) -> None:
         self.topics = topics
         self.processor = processor
         self.name = processor.name
@@ -192,8 +228,7 @@ class EventConsumer:
                 if consumer.assignment():
                     self.ready.set()
                 for tp, records in batches.items():
-                    for record in records:
-                        await self.processor.process(record)
+                    await self.processor.process_batch(records)
                     await consumer.commit({tp: records[-1].offset + 1})
         finally:
             await consumer.stop()
@@ -206,6 +241,7 @@ def _first_error(exc: ValidationError) -> str:
 
 
 __all__ = [
-    "BrokerUnavailable", "ConsumerConfig", "EventConsumer", "Handler", "RecordProcessor", "TopicPartition",
+    "BatchHandler", "BatchProcessor", "BrokerUnavailable", "ConsumerConfig", "EventConsumer", "Handler",
+    "RecordProcessor", "TopicPartition", "dead_letter",
     "create_producer", "ensure_topics", "start_producer",
 ]

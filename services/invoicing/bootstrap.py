@@ -6,6 +6,7 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from services.invoicing.entrypoints.api import router
+from services.invoicing.entrypoints.ingest_consumer import ingest_handler
 from services.invoicing.service_layer.handlers import Invoicing
 from services.invoicing.service_layer.ingest import InvoiceIngestor
 from services.invoicing.settings import InvoicingSettings
@@ -22,6 +23,7 @@ def build(settings: InvoicingSettings, clock: Clock | None = None) -> FastAPI:
         invoicing = Invoicing(host.pool, host.clock, host.topics, settings.overdue_grace_days)
         app.state.invoicing = invoicing
         app.state.ingestor = InvoiceIngestor(host.pool, host.clock, host.topics, settings.overdue_grace_days)
+        host.consume_batches("ingest", [host.topics.ingest], ingest_handler(host.pool, app.state.ingestor, invoicing))
         host.every("overdue", lambda: invoicing.fire_overdue_timers(settings.timer_batch_size))
 
     app = host.create_api("Tahsilat invoicing", "Invoices, payments, cash application, aging.", wire)

@@ -1,0 +1,78 @@
+"""Billing sources publishing to ar.ingest.v1: same validation and outcome as the HTTP API;
+what cannot be taken goes to the dead-letter topic with the reason, and the consumer carries on."""
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+
+import pytest
+
+from services.invoicing.bootstrap import build
+from services.invoicing.settings import InvoicingSettings
+from shared.clock import ManualClock
+from shared.contract import Topics
+from shared.kafka import start_producer
+from tahsilat.streams import read_topic
+from tests.support import FAST_KAFKA, api_key, client, running, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def record(kind: str, body: dict, source: str = "erp", tenant: str = "t1") -> bytes:
+    return json.dumps({"tenant_id": tenant, "billing_source": source, "kind": kind, "record": body}).encode()
+
+
+def invoice(external_id: str, **over) -> dict:
+    return {"external_id": external_id, "customer_id": "C1", "amount_minor": 10_000, "issue_date": "2026-02-01",
+            "due_date": "2026-03-03"} | over
+
+
+async def test_ingest_topic_records_are_applied_and_bad_ones_dead_lettered(database, kafka_bootstrap, topic_prefix):
+    settings = InvoicingSettings(database_url=database, kafka_bootstrap_servers=kafka_bootstrap, topic_prefix=topic_prefix,
+                                 kafka_partitions=2, poll_interval_seconds=0.1, **FAST_KAFKA)
+    app = build(settings, ManualClock(datetime(2026, 3, 1, tzinfo=timezone.utc)))
+    topics = Topics(topic_prefix)
+    producer = await start_producer(kafka_bootstrap)
+    try:
+        async with running(app) as url:
+            async with client(url, await api_key(app, "t1", "admin")) as admin:
+                assert (await admin.post("/v1/billing-sources", json={"name": "erp", "default_currency": "EUR"})).status_code == 201
+            sends = [
+                record("invoice", invoice("A")),
+                b"{not json",
+                record("invoice", invoice("B", currency="XYZ")),
+                record("invoice", invoice("C"), source="unknown-erp"),
+                record("invoice", invoice("A")),  # again: unchanged, not an error
+                record("invoice", invoice("A", amount_minor=9_000)),  # changed: adjusted
+                record("payment", {"external_id": "P1", "customer_id": "C1", "currency": "EUR", "amount_minor": 9_000}),
+                record("payment", {"external_id": "P2", "customer_id": "C1", "currency": "EUR"}),
+                record("invoice", invoice("D")),
+            ]
+            for value in sends:
+                await producer.send_and_wait(topics.ingest, value, key=b"t1:C1")
+
+            pool = app.state.pool
+
+            async def all_applied():
+                return await pool.fetchval("SELECT count(*) FROM invoices WHERE external_id = 'D'") == 1
+
+            await wait_for(all_applied, message="the last record applied")
+            rows = {r["external_id"]: r for r in await pool.fetch("SELECT * FROM invoices")}
+            assert set(rows) == {"A", "D"}
+            assert (rows["A"]["amount_minor"], rows["A"]["status"]) == (9_000, "paid")
+
+            dead = await wait_for(lambda: _at_least(read_topic(kafka_bootstrap, topics.dead_letter), 4),
+                                  message="four dead letters")
+            reasons = [h["dlq_reason"] for _, h in dead]
+            assert reasons[0].startswith("unreadable ingest record")
+            assert reasons[1] == "record.currency: unknown ISO 4217 currency code 'XYZ'"
+            assert reasons[2] == "billing_source: 'unknown-erp' is not registered for tenant 't1'"
+            assert reasons[3] == "record.amount_minor: Field required"
+            assert all(h["dlq_consumer"] == "invoicing.ingest" for _, h in dead)
+    finally:
+        await producer.stop()
+
+
+async def _at_least(coro, n):
+    items = await coro
+    return items if len(items) >= n else None
