@@ -1,4 +1,4 @@
-"""The `tahsilat` command: run the platform, the demo, and manage API keys."""
+"""The `tahsilat` command: run the platform, the demo, manage API keys, import files."""
 from __future__ import annotations
 
 import asyncio
@@ -20,6 +20,8 @@ from tahsilat.platform import SERVICES, Platform, PlatformOptions
 app = typer.Typer(help="Tahsilat: accounts-receivable collections platform.", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys (stored hashed, one tenant and role each).", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+import_app = typer.Typer(help="Import files of billing records into the platform's databases.", no_args_is_help=True)
+app.add_typer(import_app, name="import")
 console = Console()
 VAR = Path(os.environ.get("TAHSILAT_HOME", "var"))
 
@@ -131,6 +133,237 @@ def keys_create(
         console.print(f"[red]cannot create the key:[/red] {exc} (has `tahsilat up` run once?)")
         raise typer.Exit(2) from None
     console.print(token)
+
+
+@import_app.command("invoices")
+def import_invoices_command(
+    file: Annotated[Path, typer.Argument(help="a .csv, .jsonl or .ndjson file", show_default=False)],
+    source: Annotated[str, typer.Option(help="the billing source the invoices come from")],
+    tenant: Annotated[str, typer.Option(help="the tenant the invoices belong to")],
+    rejects: Annotated[Path | None, typer.Option(help="where rejected rows go (default: FILE.rejects.csv)")] = None,
+    format: Annotated[str | None, typer.Option("--format", help="csv or jsonl (default: from the extension)")] = None,
+    db_prefix: Annotated[str, typer.Option(help="database name prefix of the platform")] = "tahsilat",
+    topic_prefix: Annotated[str, typer.Option(envvar="TOPIC_PREFIX", help="topic prefix of the platform")] = "",
+    grace_days: Annotated[int, typer.Option(envvar="OVERDUE_GRACE_DAYS", min=0, max=60,
+                                            help="days after the due date before an invoice is overdue")] = 0,
+    chunk: Annotated[int, typer.Option(min=1, max=10_000, help="rows per batch")] = 5000,
+) -> None:
+    """Import invoices from a CSV or JSON Lines file, streamed (any size, bounded memory).
+
+    Each row is decided like a POST /v1/invoices: new invoices are created, the same record
+    again is unchanged, a changed one is adjusted, status "cancelled" cancels it. Importing a
+    file twice is therefore safe. CSV: a header row naming the columns external_id, number,
+    customer_id, customer_name, customer_language, customer_timezone, customer_email,
+    customer_phone, currency, amount_minor or amount (a decimal like 1234.56), issue_date,
+    due_date, status; empty cells mean "not given". JSON Lines: one invoice record per line.
+
+    Rejected rows go to the rejects file (row, external_id, field, reason), replaced on each
+    run. The events are written to the invoicing outbox in the same transactions as the
+    invoices; the running invoicing service's outbox relay publishes them (start it with
+    `tahsilat up` if it is not running). Exit code: 0 all rows imported, 1 some rows
+    rejected, 2 the file or the database could not be used.
+    """
+    from services.invoicing.entrypoints.file_import import ImportFileError, RecordReader
+
+    rejects_path = rejects or file.with_name(file.name + ".rejects.csv")
+    try:
+        RecordReader(file, format)  # the file exists and its format is known, before touching the database
+    except ImportFileError as exc:
+        console.print(f"[red]cannot import:[/red] {exc}")
+        raise typer.Exit(2) from None
+    try:
+        summary = asyncio.run(_import_invoices(file, rejects_path, format=format, source=source, tenant=tenant,
+                                               db_prefix=db_prefix, topic_prefix=topic_prefix,
+                                               grace_days=grace_days, chunk=chunk))
+    except ImportFileError as exc:
+        console.print(f"[red]cannot import:[/red] {exc}")
+        raise typer.Exit(2) from None
+    except (StartupError, OSError) as exc:
+        console.print(f"[red]cannot import:[/red] {exc}")
+        raise typer.Exit(2) from None
+    except Exception as exc:  # noqa: BLE001 - e.g. the database went away midway
+        console.print(f"[red]import failed:[/red] {type(exc).__name__}: {exc}"
+                      " (rows of finished batches stay imported; importing the file again is safe)")
+        raise typer.Exit(2) from None
+    _print_import_summary(summary, file)
+    raise typer.Exit(1 if summary.rejected else 0)
+
+
+async def _import_invoices(file: Path, rejects_path: Path, *, format: str | None, source: str, tenant: str,
+                           db_prefix: str, topic_prefix: str, grace_days: int, chunk: int):
+    from rich.progress import (
+        BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn,
+    )
+
+    from services.invoicing.bootstrap import MIGRATIONS
+    from services.invoicing.entrypoints.file_import import import_invoices
+    from shared.clock import SystemClock
+    from shared.contract import Topics
+    from shared.db import create_pool, ensure_database, migrate, with_database
+
+    server, _ = await resolve_postgres(VAR)
+    name = f"{db_prefix}_invoicing"
+    await ensure_database(server, name)
+    url = with_database(server, name)
+    await migrate(url, MIGRATIONS)
+    clock_file = os.environ.get("CLOCK_FILE")
+    clock = FileClock(Path(clock_file)) if clock_file else SystemClock()
+    pool = await create_pool(url, max_size=4)
+    try:
+        with Progress(TextColumn("[bold]importing[/bold] {task.description}"), BarColumn(), DownloadColumn(),
+                      TextColumn("{task.fields[rows]:,} rows"), TimeElapsedColumn(), TimeRemainingColumn(),
+                      console=console, transient=False) as bar:
+            task = bar.add_task(file.name, total=file.stat().st_size, rows=0)
+
+            def progress(rows: int, done: int, total: int) -> None:
+                bar.update(task, completed=done, total=total, rows=rows)
+
+            return await import_invoices(pool, clock, Topics(topic_prefix), tenant_id=tenant, source=source,
+                                         path=file, rejects_path=rejects_path, chunk=chunk, progress=progress,
+                                         fmt=format, grace_days=grace_days)
+    finally:
+        await pool.close()
+
+
+def _print_import_summary(summary, file: Path) -> None:
+    t = Table(title=f"import of {file.name}", show_header=False)
+    t.add_row("read", f"{summary.rows:,}")
+    for status in ("created", "unchanged", "adjusted", "cancelled", "rejected"):
+        t.add_row(status, f"{summary.counts[status]:,}")
+    t.add_row("rows/s", f"{summary.rows_per_second:,.0f}")
+    t.add_row("seconds", f"{summary.seconds:.1f}")
+    console.print(t)
+    if not summary.source_registered:
+        console.print("[yellow]note:[/yellow] this billing source is not registered for this tenant, so it has no"
+                      " default currency: every row needs a currency (register it: POST /v1/billing-sources)")
+    if summary.rejects_path is not None:
+        console.print(f"[yellow]{summary.rejected:,} rejected rows[/yellow] (row, field, reason):"
+                      f" {summary.rejects_path}")
+    else:
+        console.print("[green]no rows rejected[/green]")
+    console.print("events are in the invoicing outbox; the running invoicing service publishes them")
+
+
+# --------------------------------------------------------------------------- reports
+
+report_app = typer.Typer(help="Receivables reports read from the invoicing database: aging, DSO.",
+                         no_args_is_help=True)
+app.add_typer(report_app, name="report")
+
+
+def _report_date(value: str | None, field: str):
+    from datetime import date
+
+    if value is None:
+        return date.today()
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        console.print(f"[red]{field}:[/red] not a date (YYYY-MM-DD): {value!r}")
+        raise typer.Exit(2) from None
+
+
+def _report_query(db_prefix: str, query):
+    """Run `query(conn)` against <db-prefix>_invoicing on the platform's PostgreSQL."""
+
+    async def run():
+        import asyncpg
+
+        from shared.db import with_database
+
+        server, _ = await resolve_postgres(VAR)
+        conn = await asyncpg.connect(with_database(server, f"{db_prefix}_invoicing"))
+        try:
+            return await query(conn)
+        finally:
+            await conn.close()
+
+    try:
+        return asyncio.run(run())
+    except (StartupError, OSError) as exc:
+        console.print(f"[red]cannot read the invoicing database:[/red] {exc}")
+        raise typer.Exit(2) from None
+    except Exception as exc:  # noqa: BLE001 - e.g. the database was never created
+        console.print(f"[red]cannot read the invoicing database:[/red] {exc} (has `tahsilat up` run once?)")
+        raise typer.Exit(2) from None
+
+
+def _money(amount_minor: int, currency: str) -> str:
+    from shared.contract.money import to_major
+
+    return f"{to_major(amount_minor, currency):,}"
+
+
+@report_app.command("aging")
+def report_aging(
+    tenant: Annotated[str, typer.Option(help="tenant id")],
+    as_of: Annotated[str | None, typer.Option(help="YYYY-MM-DD; default: today")] = None,
+    by: Annotated[str, typer.Option(help="currency or customer")] = "currency",
+    buckets: Annotated[str, typer.Option(help="upper bounds in days past due")] = "0,30,60,90",
+    currency: Annotated[str | None, typer.Option(help="only this currency")] = None,
+    db_prefix: Annotated[str, typer.Option(help="database name prefix of the platform")] = "tahsilat",
+) -> None:
+    """AR aging as of a date: open amounts per days-past-due bucket, per currency or customer."""
+    from services.invoicing.domain.reports import parse_buckets
+    from services.invoicing.service_layer.reports import aging_report
+
+    if by not in ("currency", "customer"):
+        console.print(f"[red]by:[/red] must be currency or customer, not {by!r}")
+        raise typer.Exit(2)
+    try:
+        parsed = parse_buckets(buckets)
+    except ValueError as exc:
+        console.print(f"[red]buckets:[/red] {exc}")
+        raise typer.Exit(2) from None
+    day = _report_date(as_of, "as-of")
+    result = _report_query(db_prefix, lambda conn: aging_report(conn, tenant, day, parsed, currency,
+                                                                by_customer=by == "customer"))
+    columns = [*result.buckets, "total"]
+    t = Table(title=f"AR aging of {tenant} as of {day} (open amounts, days past due)")
+    if by == "customer":
+        t.add_column("customer")
+    t.add_column("currency")
+    for name in columns:
+        t.add_column(name, justify="right")
+    if by == "customer":
+        for customer, per_currency in (result.by_customer or {}).items():
+            for cur, row in per_currency.items():
+                t.add_row(customer, cur, *(_money(row[c], cur) for c in columns))
+        if result.by_customer:
+            t.add_section()
+    for cur, row in result.by_currency.items():
+        t.add_row(*(["all"] if by == "customer" else []), cur, *(_money(row[c], cur) for c in columns))
+    console.print(t)
+    if not result.by_currency:
+        console.print("nothing open")
+
+
+@report_app.command("dso")
+def report_dso(
+    tenant: Annotated[str, typer.Option(help="tenant id")],
+    as_of: Annotated[str | None, typer.Option(help="YYYY-MM-DD; default: today")] = None,
+    months: Annotated[int, typer.Option(min=1, max=36, help="calendar months ending at as-of")] = 3,
+    currency: Annotated[str | None, typer.Option(help="only this currency")] = None,
+    db_prefix: Annotated[str, typer.Option(help="database name prefix of the platform")] = "tahsilat",
+) -> None:
+    """Days sales outstanding per currency by the countback method."""
+    from services.invoicing.service_layer.reports import dso_report
+
+    day = _report_date(as_of, "as-of")
+    result = _report_query(db_prefix, lambda conn: dso_report(conn, tenant, day, months, currency))
+    first, last = result.periods[-1][0], result.periods[0][1]
+    t = Table(title=f"DSO of {tenant} as of {day} (countback over {first} to {last})")
+    t.add_column("currency")
+    t.add_column("AR", justify="right")
+    for start, _end in result.periods:
+        t.add_column(f"sales {start:%Y-%m}", justify="right")
+    t.add_column("DSO (days)", justify="right")
+    for cur, line in result.by_currency.items():
+        t.add_row(cur, _money(line.ar_minor, cur), *(_money(s, cur) for s in line.sales_by_period),
+                  f"{line.dso_days:.1f}")
+    console.print(t)
+    if not result.by_currency:
+        console.print("no receivables and no sales")
 
 
 def main() -> None:

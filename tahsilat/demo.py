@@ -85,20 +85,18 @@ def make_seed(today: date, customers: int = 300, invoices_per_customer: int = 10
 
 
 async def _post_all(client: httpx.AsyncClient, path: str, bodies: list[dict], keys: dict[str, str], progress, task) -> None:
-    queue: asyncio.Queue = asyncio.Queue()
+    """Send through the bulk endpoint, one request per billing source and 1,000 items."""
+    by_source: dict[str, list[dict]] = {}
     for b in bodies:
-        queue.put_nowait(b)
-
-    async def worker() -> None:
-        while not queue.empty():
-            body = queue.get_nowait()
-            payload = {k: v for k, v in body.items() if not k.startswith("_")}
-            r = await client.post(path, json=payload, headers={"X-API-Key": keys[body["_source"]]})
-            if r.status_code >= 300:
-                raise RuntimeError(f"{path} rejected {payload.get('external_id')}: {r.status_code} {r.text}")
-            progress.advance(task)
-
-    await asyncio.gather(*(worker() for _ in range(12)))
+        by_source.setdefault(b["_source"], []).append({k: v for k, v in b.items() if not k.startswith("_")})
+    for source, items in by_source.items():
+        for start in range(0, len(items), 1000):
+            batch = items[start:start + 1000]
+            r = await client.post(f"{path}/bulk", json={"items": batch}, headers={"X-API-Key": keys[source]})
+            rejected = [x for x in r.json().get("results", []) if x["status"] == "rejected"] if r.status_code == 200 else []
+            if r.status_code != 200 or rejected:
+                raise RuntimeError(f"{path}/bulk refused demo data: {r.status_code} {rejected[:1] or r.text[:300]}")
+            progress.advance(task, len(batch))
 
 
 _METRIC = re.compile(r'^(tahsilat_(?:outbox_backlog|events_consumed_total|timers_fired_total))\{([^}]*)\} ([0-9.e+]+)$', re.M)

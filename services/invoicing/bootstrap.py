@@ -23,6 +23,7 @@ def build(settings: InvoicingSettings, clock: Clock | None = None) -> FastAPI:
         invoicing = Invoicing(host.pool, host.clock, host.topics, settings.overdue_grace_days)
         app.state.invoicing = invoicing
         app.state.ingestor = InvoiceIngestor(host.pool, host.clock, host.topics, settings.overdue_grace_days)
+        host.consume("dunning", [host.topics.dunning], {"LateFeeAssessed": invoicing.on_late_fee_assessed})
         host.consume_batches("ingest", [host.topics.ingest], ingest_handler(host.pool, app.state.ingestor, invoicing))
         host.every("overdue", lambda: invoicing.fire_overdue_timers(settings.timer_batch_size))
 

@@ -1,6 +1,7 @@
 """The event contract shared by every Tahsilat service: envelope, payload models, topics."""
 from shared.contract.envelope import Envelope, new_envelope, partition_key
 from shared.contract.events import (
+    CreditApplied,
     CustomerUpserted,
     DunningStepExecuted,
     EventPayload,
@@ -9,10 +10,12 @@ from shared.contract.events import (
     InvoiceIssued,
     InvoiceOverdue,
     InvoicePaid,
+    LateFeeAssessed,
     NotificationFailed,
     NotificationRequested,
     NotificationSent,
     PaymentReceived,
+    PaymentReversed,
     RiskAssessed,
 )
 from shared.contract.registry import REGISTRY, UnknownEventType, parse_payload
@@ -20,7 +23,8 @@ from shared.contract.topics import Topics
 
 __all__ = [
     "Envelope", "new_envelope", "partition_key", "EventPayload", "CustomerUpserted",
-    "InvoiceIssued", "InvoiceAdjusted", "InvoiceCancelled", "PaymentReceived", "InvoicePaid", "InvoiceOverdue",
+    "InvoiceIssued", "InvoiceAdjusted", "InvoiceCancelled", "PaymentReceived", "PaymentReversed", "CreditApplied",
+    "LateFeeAssessed", "InvoicePaid", "InvoiceOverdue",
     "NotificationRequested", "NotificationSent", "NotificationFailed", "RiskAssessed",
     "DunningStepExecuted", "REGISTRY", "UnknownEventType", "parse_payload", "Topics",
 ]

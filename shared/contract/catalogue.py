@@ -31,8 +31,8 @@ DEFAULT_OUTDIR = Path("docs/events")
 # the same name. A registered type missing here is still catalogued (components) but on no channel.
 PRODUCERS: dict[str, tuple[str, ...]] = {
     "invoicing": ("CustomerUpserted", "InvoiceIssued", "InvoiceAdjusted", "InvoiceCancelled", "PaymentReceived",
-                  "InvoicePaid", "InvoiceOverdue"),
-    "dunning": ("NotificationRequested", "DunningStepExecuted"),
+                  "PaymentReversed", "CreditApplied", "InvoicePaid", "InvoiceOverdue"),
+    "dunning": ("NotificationRequested", "DunningStepExecuted", "LateFeeAssessed"),
     "notifier": ("NotificationSent", "NotificationFailed"),
     "risk": ("RiskAssessed",),
 }

@@ -99,6 +99,31 @@ class PaymentReceived(EventPayload):
     unapplied_minor: int = Field(ge=0, default=0)
 
 
+@REGISTRY.register("CreditApplied", 1)
+class CreditApplied(EventPayload):
+    """Unapplied credit from an earlier payment settled (part of) invoices issued later."""
+
+    payment_id: str
+    currency: CurrencyCode
+    allocations: list[Allocation]
+    unapplied_minor: int = Field(ge=0, description="credit still unapplied on this payment afterwards")
+    applied_at: AwareDatetime
+
+
+@REGISTRY.register("PaymentReversed", 1)
+class PaymentReversed(EventPayload):
+    """A payment bounced or was recalled: what it paid is owed again."""
+
+    payment_id: str
+    billing_source: str
+    external_id: str
+    currency: CurrencyCode
+    amount_minor: int = Field(gt=0)
+    reopened: list[Allocation] = Field(description="invoices re-opened, with what they owe again")
+    reason: str | None = None
+    reversed_at: AwareDatetime
+
+
 @REGISTRY.register("InvoicePaid", 1)
 class InvoicePaid(EventPayload):
     invoice_id: str
@@ -155,6 +180,19 @@ class NotificationFailed(EventPayload):
     channel: Channel
     reason: str
     failed_at: AwareDatetime
+
+
+@REGISTRY.register("LateFeeAssessed", 1)
+class LateFeeAssessed(EventPayload):
+    """Dunning charged a late-payment fee or interest; invoicing books it on the customer's account."""
+
+    fee_id: str = Field(description="idempotency key of the fee, e.g. case:step")
+    case_id: str
+    invoice_id: str
+    currency: CurrencyCode
+    amount_minor: int = Field(gt=0)
+    reason: str
+    assessed_at: AwareDatetime
 
 
 @REGISTRY.register("DunningStepExecuted", 1)

@@ -136,3 +136,55 @@ async def test_reminders_payment_and_risk_end_to_end(platform):
 
 async def _sms_to(http, sinks, phone):
     return (await http.get(f"{sinks}/sms", params={"to": phone})).json()
+
+
+async def test_two_billing_sources_feed_the_same_customer(platform):
+    """An ERP over HTTP and a subscription biller over Kafka invoice one customer; one payment
+    settles both; dunning follows both and stops when they are paid."""
+    import json
+
+    from shared.kafka import start_producer
+
+    p, _clock = platform
+    admin_key = await create_key(p.database_urls, tenant_id="globex", role="admin")
+    admin = {"X-API-Key": admin_key}
+    inv = p.url("invoicing")
+    async with httpx.AsyncClient(timeout=30) as http:
+        erp = await http.post(f"{inv}/v1/billing-sources", headers=admin, json={"name": "erp", "default_currency": "EUR"})
+        biller = await http.post(f"{inv}/v1/billing-sources", headers=admin,
+                                 json={"name": "biller", "default_currency": "EUR"})
+        assert erp.status_code == biller.status_code == 201
+        customer = {"id": "G1", "name": "Globex GmbH", "language": "en", "timezone": "Europe/Berlin",
+                                      "email": "ap@globex.example"}
+        r = await http.post(f"{inv}/v1/invoices", headers={"X-API-Key": erp.json()["api_key"]}, json={
+            "external_id": "ERP-1", "customer": customer, "amount_minor": 30_000,
+            "issue_date": "2026-04-01", "due_date": "2026-05-01"})
+        assert r.status_code == 201, r.text
+        producer = await start_producer(p.bootstrap)
+        try:
+            await producer.send_and_wait(p.topics.ingest, json.dumps({
+                "tenant_id": "globex", "billing_source": "biller", "kind": "invoice",
+                "record": {"external_id": "SUB-1", "customer": customer, "amount_minor": 12_345,
+                           "issue_date": "2026-04-05", "due_date": "2026-05-05"}}).encode(), key=b"globex:G1")
+        finally:
+            await producer.stop()
+
+        async def both_cases():
+            r = await http.get(f"{p.url('dunning')}/v1/cases", headers=admin, params={"customer_id": "G1"})
+            return r.json() if len(r.json()) == 2 else None
+
+        cases = await wait_for(both_cases, 60, 0.2, "a dunning case per source's invoice")
+        assert sorted(c["amount_minor"] for c in cases) == [12_345, 30_000]
+
+        # One payment from the customer covers both, oldest first.
+        r = await http.post(f"{inv}/v1/payments", headers={"X-API-Key": erp.json()["api_key"]}, json={
+            "external_id": "BANK-77", "customer_id": "G1", "currency": "EUR", "amount_minor": 42_345})
+        assert r.status_code == 201, r.text
+
+        async def both_closed():
+            r = await http.get(f"{p.url('dunning')}/v1/cases", headers=admin, params={"customer_id": "G1"})
+            return r.json() if {c["status"] for c in r.json()} == {"closed"} else None
+
+        await wait_for(both_closed, 60, 0.2, "both cases closed by the payment")
+        aging = (await http.get(f"{inv}/v1/reports/aging", headers=admin)).json()
+        assert aging["by_currency"] == {}

@@ -205,3 +205,23 @@ async def test_adjusted_due_date_moves_the_steps_and_a_cancelled_invoice_stops_d
 async def _due(http, case_id, due_date):
     case = (await http.get(f"/v1/cases/{case_id}")).json()
     return case if case["due_date"] == due_date else None
+
+
+async def test_a_reversed_payment_reopens_the_case_and_its_later_steps(dunning, kafka_bootstrap):
+    from shared.contract import PaymentReversed
+
+    app, http, clock, topics, producer = dunning
+    await send(producer, topics.invoicing, env(issued(INV_A), INV_A, clock))
+    await wait_for(lambda: cases(http), message="the case")
+    paid = PaymentReceived(customer_id="C1", payment_id="P1", billing_source="erp", external_id="P1", currency="EUR",
+                           amount_minor=50_000, received_at=clock.now(),
+                           allocations=[Allocation(invoice_id=INV_A, amount_minor=50_000, invoice_open_minor=0)])
+    await send(producer, topics.invoicing, env(paid, "P1", clock))
+    await wait_for(lambda: _case_status(http, INV_A, "closed"), message="closed by the payment")
+    bounced = PaymentReversed(customer_id="C1", payment_id="P1", billing_source="erp", external_id="P1", currency="EUR",
+                              amount_minor=50_000, reversed_at=clock.now(),
+                              reopened=[Allocation(invoice_id=INV_A, amount_minor=50_000, invoice_open_minor=50_000)])
+    await send(producer, topics.invoicing, env(bounced, "P1", clock))
+    await wait_for(lambda: _case_status(http, INV_A, "open"), message="re-opened by the reversal")
+    case = (await http.get(f"/v1/cases/{INV_A}")).json()
+    assert case["open_minor"] == 50_000 and {s["status"] for s in case["steps"]} == {"scheduled"}

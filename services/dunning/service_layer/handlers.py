@@ -11,8 +11,8 @@ from services.dunning.domain.policy import (
 )
 from shared.clock import Clock
 from shared.contract import (
-    CustomerUpserted, DunningStepExecuted, Envelope, InvoiceAdjusted, InvoiceCancelled, InvoiceIssued, InvoiceOverdue, InvoicePaid,
-    NotificationRequested, PaymentReceived, RiskAssessed, Topics, new_envelope,
+    CreditApplied, CustomerUpserted, DunningStepExecuted, Envelope, InvoiceAdjusted, InvoiceCancelled, InvoiceIssued, InvoiceOverdue, InvoicePaid,
+    NotificationRequested, PaymentReceived, PaymentReversed, RiskAssessed, Topics, new_envelope,
 )
 from shared.contract.events import NoticeItem
 from shared.outbox import add_events
@@ -32,6 +32,8 @@ class Dunning:
             "InvoicePaid": self.on_invoice_paid,
             "InvoiceOverdue": self.on_invoice_overdue,
             "InvoiceAdjusted": self.on_invoice_adjusted,
+            "CreditApplied": self.on_payment_received,
+            "PaymentReversed": self.on_payment_reversed,
             "InvoiceCancelled": self.on_invoice_cancelled,
             "RiskAssessed": self.on_risk_assessed,
         }
@@ -93,7 +95,24 @@ class Dunning:
                 tenant_id, case_id,
             )
 
-    async def on_payment_received(self, conn: asyncpg.Connection, env: Envelope, p: PaymentReceived) -> None:
+    async def on_payment_reversed(self, conn: asyncpg.Connection, env: Envelope, p: PaymentReversed) -> None:
+        """A bounced payment: the re-opened invoices are dunned again from their next step on."""
+        now = self.clock.now()
+        for a in p.reopened:
+            case_id = uuid.UUID(a.invoice_id)
+            reopened = await conn.fetchval(
+                "UPDATE cases SET open_minor = $3, status = 'open', closed_reason = NULL, closed_at = NULL"
+                " WHERE tenant_id = $1 AND case_id = $2 RETURNING 1",
+                env.tenant_id, case_id, a.invoice_open_minor,
+            )
+            if reopened:
+                await conn.execute(
+                    "UPDATE case_steps SET status = 'scheduled' WHERE tenant_id = $1 AND case_id = $2"
+                    " AND status = 'cancelled' AND due_at > $3",
+                    env.tenant_id, case_id, now,
+                )
+
+    async def on_payment_received(self, conn: asyncpg.Connection, env: Envelope, p: PaymentReceived | CreditApplied) -> None:
         for a in p.allocations:
             await self._reduce(conn, env.tenant_id, a.invoice_id, a.invoice_open_minor, "paid")
 

@@ -2,18 +2,21 @@
 from __future__ import annotations
 
 import uuid
-from datetime import date
-from typing import Annotated, Any
+from datetime import date, datetime
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from services.invoicing.adapters import repository as repo
-from services.invoicing.domain.model import age_receivables
+from services.invoicing.domain.model import age_receivables  # noqa: F401 - kept for importers
+from services.invoicing.domain.reports import parse_buckets
 from services.invoicing.service_layer.commands import InvoiceRecord, RecordPayment
+from services.invoicing.service_layer import reports
 from services.invoicing.service_layer.handlers import Invoicing
+from services.invoicing.service_layer.ingest import validation_problem
 from shared.auth import Principal, new_key, require_role, store_api_key
-from shared.contract.money import CurrencyCode
+from shared.contract.money import CurrencyCode, validate_currency
 from shared.http import DomainError
 
 router = APIRouter(prefix="/v1")
@@ -47,7 +50,7 @@ def _source(principal: Principal, requested: str | None) -> str:
 
 class ItemOut(BaseModel):
     index: int
-    status: str = Field(description="created, unchanged, adjusted, cancelled or rejected")
+    status: str = Field(description="created, unchanged, adjusted, cancelled, reversed or rejected")
     id: str | None = None
     field: str | None = Field(default=None, description="for rejected items: the field at fault")
     reason: str | None = None
@@ -121,13 +124,62 @@ async def register_billing_source(body: BillingSourceIn, principal: Admin, reque
     return BillingSourceOut(name=body.name, default_currency=body.default_currency, api_key=token)
 
 
-@router.post("/payments", response_model=Created, status_code=201, tags=["payments"],
-             responses={200: {"model": Created, "description": "already recorded, nothing changed"}})
+@router.post("/payments", response_model=Created, response_model_exclude_none=True, status_code=201,
+             tags=["payments"],
+             responses={200: {"model": Created, "description": "already recorded (unchanged) or reversed"}})
 async def record_payment(body: RecordPayment, principal: Writer, invoicing: UseCases, response: Response) -> Created:
+    """Record (or, with status "reversed", reverse) one payment and apply it to open invoices."""
     outcome, _ = await invoicing.record_payment(principal.tenant_id, _source(principal, body.billing_source), body)
-    if outcome.status == "unchanged":
+    if outcome.status != "created":
         response.status_code = status.HTTP_200_OK
     return Created(id=outcome.id, status=outcome.status)
+
+
+class BulkPayments(BaseModel):
+    billing_source: str | None = Field(default=None, min_length=1, max_length=100)
+    items: list[dict[str, Any]] = Field(min_length=1, max_length=10_000)
+
+
+@router.post("/payments/bulk", response_model=BulkOut, tags=["payments"])
+async def record_payments(body: BulkPayments, principal: Writer, invoicing: UseCases) -> BulkOut:
+    """Up to 10,000 payments, applied in order; a result per item, valid items kept."""
+    source = _source(principal, body.billing_source)
+    results: list[ItemOut] = []
+    for index, raw in enumerate(body.items):
+        try:
+            cmd = RecordPayment.model_validate(raw)
+            if cmd.billing_source and cmd.billing_source != source:
+                raise DomainError("billing_source", f"this request is for billing source {source!r}")
+            outcome, _ = await invoicing.record_payment(principal.tenant_id, source, cmd)
+            results.append(ItemOut(index=index, status=outcome.status, id=outcome.id))
+        except ValidationError as exc:
+            field, reason = validation_problem(exc)
+            results.append(ItemOut(index=index, status="rejected", field=field, reason=reason))
+        except DomainError as exc:
+            results.append(ItemOut(index=index, status="rejected", field=exc.field, reason=exc.reason))
+    summary = dict.fromkeys(("created", "unchanged", "reversed", "rejected"), 0)
+    for r in results:
+        summary[r.status] += 1
+    return BulkOut(summary=summary, results=results)
+
+
+class UnappliedCash(BaseModel):
+    payment_id: str
+    billing_source: str
+    external_id: str
+    customer_id: str
+    currency: str
+    amount_minor: int
+    unapplied_minor: int
+    unapplied_reason: str | None
+    received_at: datetime
+
+
+@router.get("/payments/unapplied", response_model=list[UnappliedCash], tags=["payments"])
+async def unapplied_cash(principal: Reader, invoicing: UseCases) -> list[UnappliedCash]:
+    """Money received that is on no invoice (unknown customer, over-payment): to be resolved by a person."""
+    rows = await invoicing.unapplied_cash(principal.tenant_id)
+    return [UnappliedCash(**{**dict(r), "payment_id": str(r["payment_id"])}) for r in rows]
 
 
 class InvoiceOut(BaseModel):
@@ -155,16 +207,123 @@ async def get_invoice(invoice_id: uuid.UUID, principal: Reader, request: Request
 class AgingReport(BaseModel):
     as_of: date
     buckets: list[str]
-    by_currency: dict[str, dict[str, int]]
+    by_currency: dict[str, dict[str, int]] = Field(description="currency -> bucket -> open amount (minor units)")
+    by_customer: dict[str, dict[str, dict[str, int]]] | None = Field(
+        default=None, description="with by=customer: customer -> currency -> bucket -> open amount")
 
 
-@router.get("/reports/aging", response_model=AgingReport, tags=["reports"])
-async def aging(principal: Reader, request: Request, as_of: Annotated[date | None, Query()] = None) -> AgingReport:
+@router.get("/reports/aging", response_model=AgingReport, response_model_exclude_none=True, tags=["reports"])
+async def aging(
+    principal: Reader, request: Request,
+    as_of: Annotated[date | None, Query(description="default: today")] = None,
+    currency: Annotated[str | None, Query(description="only this currency")] = None,
+    buckets: Annotated[str, Query(description="upper bounds in days past due")] = "0,30,60,90",
+    by: Annotated[Literal["currency", "customer"], Query()] = "currency",
+) -> AgingReport:
+    """Open receivables as of a date (history replayed: payments received and adjustments booked
+    by then), per currency and, with by=customer, per customer and currency."""
     as_of = as_of or request.app.state.host.clock.now().date()
-    rows = await request.app.state.pool.fetch(
-        "SELECT customer_id, currency, open_minor, due_date FROM invoices"
-        " WHERE tenant_id = $1 AND status = 'open' AND open_minor > 0 AND issue_date <= $2",
-        principal.tenant_id, as_of,
+    result = await reports.aging_report(request.app.state.pool, principal.tenant_id, as_of, _buckets(buckets),
+                                        _currency(currency), by_customer=by == "customer")
+    return AgingReport(as_of=result.as_of, buckets=result.buckets, by_currency=result.by_currency,
+                       by_customer=result.by_customer)
+
+
+def _buckets(spec: str):
+    try:
+        return parse_buckets(spec)
+    except ValueError as exc:
+        raise DomainError("buckets", str(exc)) from None
+
+
+def _currency(code: str | None) -> str | None:
+    if code is None:
+        return None
+    try:
+        return validate_currency(code)
+    except ValueError as exc:
+        raise DomainError("currency", str(exc)) from None
+
+
+class DsoOut(BaseModel):
+    ar_minor: int = Field(description="open receivables as of the date")
+    sales_minor: int = Field(description="invoiced over the periods")
+    dso_days: float = Field(description="days sales outstanding, countback method")
+
+
+class DsoReport(BaseModel):
+    as_of: date
+    months: int
+    periods: list[dict[str, date]] = Field(description="newest first: start and end, both inclusive")
+    by_currency: dict[str, DsoOut]
+
+
+@router.get("/reports/dso", response_model=DsoReport, tags=["reports"])
+async def dso(
+    principal: Reader, request: Request,
+    as_of: Annotated[date | None, Query(description="default: today")] = None,
+    months: Annotated[int, Query(ge=1, le=36, description="calendar months ending at as_of")] = 3,
+    currency: Annotated[str | None, Query(description="only this currency")] = None,
+) -> DsoReport:
+    """Days sales outstanding per currency by the countback method: the AR balance as of the
+    date is matched against the sales of the latest months, newest first."""
+    as_of = as_of or request.app.state.host.clock.now().date()
+    result = await reports.dso_report(request.app.state.pool, principal.tenant_id, as_of, months, _currency(currency))
+    return DsoReport(
+        as_of=as_of, months=months, periods=[{"start": s, "end": e} for s, e in result.periods],
+        by_currency={cur: DsoOut(ar_minor=line.ar_minor, sales_minor=line.sales_minor,
+                                 dso_days=round(line.dso_days, 2))
+                     for cur, line in result.by_currency.items()},
     )
-    table = age_receivables([(r["customer_id"], r["currency"], r["open_minor"], r["due_date"]) for r in rows], as_of)
-    return AgingReport(as_of=as_of, buckets=["current", "1-30", "31-60", "61-90", "90+"], by_currency=table)
+
+
+class StatementLineOut(BaseModel):
+    booked_on: date
+    kind: str
+    ref_id: str
+    description: str
+    amount_minor: int = Field(description="signed: + the customer owes more")
+    balance_minor: int = Field(description="running balance after this line")
+
+
+class CurrencyStatementOut(BaseModel):
+    opening_minor: int
+    lines: list[StatementLineOut]
+    closing_minor: int
+
+
+class StatementOut(BaseModel):
+    customer_id: str
+    from_: date = Field(serialization_alias="from")
+    to: date
+    by_currency: dict[str, CurrencyStatementOut]
+
+
+@router.get("/customers/{customer_id}/statement", response_model=StatementOut, response_model_by_alias=True,
+            tags=["reports"])
+async def customer_statement(
+    customer_id: str, principal: Reader, request: Request,
+    from_: Annotated[date | None, Query(alias="from", description="default: the first of to's month")] = None,
+    to: Annotated[date | None, Query(description="default: today")] = None,
+) -> StatementOut:
+    """Statement of account for a period, per currency: the opening balance, every entry
+    (invoice, adjustment, cancellation, credit note, payment, fee) with the running balance,
+    and the closing balance. It is the ledger: closing = opening + the lines, to the cent."""
+    if from_ is not None and to is not None and from_ > to:
+        raise DomainError("from", f"{from_} is after to ({to})")
+    start, end = reports.default_period(from_, to, request.app.state.host.clock.now().date())
+    if start > end:
+        raise DomainError("from", f"{start} is after to ({end})")
+    pool = request.app.state.pool
+    if not await reports.customer_known(pool, principal.tenant_id, customer_id):
+        raise HTTPException(404, f"no customer {customer_id!r} in this tenant")
+    by_currency = await reports.statement(pool, principal.tenant_id, customer_id, start, end)
+    return StatementOut(
+        customer_id=customer_id, from_=start, to=end,
+        by_currency={
+            cur: CurrencyStatementOut(
+                opening_minor=st.opening_minor, closing_minor=st.closing_minor,
+                lines=[StatementLineOut(**vars(line)) for line in st.lines])
+            for cur, st in by_currency.items()
+        },
+    )

@@ -72,3 +72,5 @@ class RecordPayment(BaseModel):
     amount_minor: int = Field(gt=0, lt=10**15)
     received_at: AwareDatetime | None = None
     invoice_refs: list[str] = Field(default_factory=list, max_length=1000, description="invoice numbers or external ids")
+    status: Literal["received", "reversed"] = Field(default="received", description='"reversed": the payment bounced')
+    reason: str | None = Field(default=None, max_length=500, description="why it was reversed")

@@ -3,17 +3,18 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 
 import asyncpg
 
 from services.invoicing.adapters import repository as repo
 from services.invoicing.domain.model import allocate_payment
+from services.invoicing.service_layer import cash
 from services.invoicing.service_layer.commands import RecordPayment
 from services.invoicing.service_layer.ingest import stable_id
 from shared.clock import Clock
 from shared.contract import (
-    Envelope, InvoiceOverdue, InvoicePaid, PaymentReceived, Topics, new_envelope,
+    Envelope, InvoiceOverdue, LateFeeAssessed, PaymentReceived, Topics, new_envelope,
 )
 from shared.contract.events import Allocation
 from shared.http import DomainError
@@ -37,10 +38,21 @@ class Invoicing:
         return new_envelope(payload, source=SOURCE, tenant_id=tenant_id, subject=subject, time=now)
 
     async def record_payment(self, tenant_id: str, source: str, cmd: RecordPayment) -> tuple[Outcome, PaymentReceived | None]:
+        """Apply a payment: by invoice reference first, else oldest open invoice first; what is
+        left is unapplied credit. The same external id again changes nothing; status "reversed"
+        reverses it (a bounced payment re-opens what it paid)."""
         now = self.clock.now()
         payment_id = stable_id(tenant_id, source, "payment", cmd.external_id)
         async with self.pool.acquire() as conn, conn.transaction():
-            existing = await repo.get_payment_by_external(conn, tenant_id, source, cmd.external_id)
+            existing = await repo.get_payment_by_external(conn, tenant_id, source, cmd.external_id, lock=True)
+            if cmd.status == "reversed":
+                if existing is None:
+                    raise DomainError("external_id", "no payment recorded under this external_id to reverse", 404)
+                if existing["status"] == "reversed":
+                    return Outcome(str(payment_id), "unchanged"), None
+                await add_events(conn, self.topics.invoicing,
+                                 await cash.reverse_payment(conn, tenant_id, existing, cmd.reason, now))
+                return Outcome(str(payment_id), "reversed", 1), None
             if existing is not None:
                 if (existing["customer_id"], existing["currency"], existing["amount_minor"]) != (
                     cmd.customer_id, cmd.currency, cmd.amount_minor
@@ -64,21 +76,9 @@ class Invoicing:
                 application.unapplied_minor, reason, cmd.invoice_refs, received_at, now,
             )
             await repo.book_ledger(conn, tenant_id, [
-                (cmd.customer_id, cmd.currency, "payment", str(payment_id), -cmd.amount_minor, received_at.date(),
+                (cmd.customer_id, cmd.currency, "payment", str(payment_id), -cmd.amount_minor,
+                 received_at.astimezone(timezone.utc).date(),
                  f"payment {cmd.external_id}")], now)
-            if application.allocations:
-                await conn.executemany(
-                    "INSERT INTO allocations (tenant_id, payment_id, invoice_id, amount_minor, allocated_at)"
-                    " VALUES ($1, $2, $3, $4, $5)",
-                    [(tenant_id, payment_id, uuid.UUID(a.invoice_id), a.amount_minor, now) for a in application.allocations],
-                )
-                await conn.executemany(
-                    "UPDATE invoices SET open_minor = $3::bigint,"
-                    " status = CASE WHEN $3::bigint = 0 THEN 'paid' ELSE status END,"
-                    " paid_at = CASE WHEN $3::bigint = 0 THEN $4 ELSE paid_at END"
-                    " WHERE tenant_id = $1 AND invoice_id = $2",
-                    [(tenant_id, uuid.UUID(a.invoice_id), a.invoice_open_minor, received_at) for a in application.allocations],
-                )
             received = PaymentReceived(
                 customer_id=cmd.customer_id, payment_id=str(payment_id), billing_source=source,
                 external_id=cmd.external_id, currency=cmd.currency, amount_minor=cmd.amount_minor,
@@ -87,23 +87,41 @@ class Invoicing:
                 unapplied_minor=application.unapplied_minor,
             )
             events = [self._envelope(received, tenant_id, str(payment_id), now)]
-            by_id = {i.invoice_id: i for i in open_invoices}
-            for invoice_id in application.settled:
-                inv = by_id[invoice_id]
-                full = await conn.fetchval(
-                    "SELECT amount_minor FROM invoices WHERE tenant_id = $1 AND invoice_id = $2",
-                    tenant_id, uuid.UUID(invoice_id),
-                )
-                events.append(self._envelope(
-                    InvoicePaid(
-                        customer_id=cmd.customer_id, invoice_id=invoice_id, currency=inv.currency, amount_minor=full,
-                        due_date=inv.due_date, paid_at=received_at,
-                        days_late=(received_at.date() - inv.due_date).days,
-                    ),
-                    tenant_id, invoice_id, now,
-                ))
+            events += await cash.settle(conn, tenant_id, cmd.customer_id, payment_id, application, open_invoices,
+                                        received_at, now)
             await add_events(conn, self.topics.invoicing, events)
         return Outcome(str(payment_id), "created", len(events)), received
+
+    async def on_late_fee_assessed(self, conn: asyncpg.Connection, env: Envelope, p: LateFeeAssessed) -> None:
+        """Book a dunning fee as a charge on the customer's account (in the consumer's inbox
+        transaction): payable, aged and on the statement, but not dunned itself."""
+        now = self.clock.now()
+        fee_id = stable_id(env.tenant_id, "dunning", "fee", p.fee_id)
+        customer = await repo.get_customer(conn, env.tenant_id, p.customer_id)
+        if customer is None:
+            raise DomainError("customer_id", f"no customer {p.customer_id!r} to charge the fee to")
+        inserted = await conn.fetchval(
+            """INSERT INTO invoices (tenant_id, invoice_id, billing_source, external_id, customer_id, number, currency,
+                 amount_minor, open_minor, issue_date, due_date, issued_at, kind)
+               VALUES ($1, $2, 'dunning', $3, $4, $5, $6, $7, $7, $8, $8, $9, 'fee') ON CONFLICT DO NOTHING RETURNING 1""",
+            env.tenant_id, fee_id, f"fee:{p.fee_id}", p.customer_id, f"FEE-{p.fee_id[:40]}", p.currency,
+            p.amount_minor, p.assessed_at.date(), now,
+        )
+        if not inserted:
+            return
+        await repo.book_ledger(conn, env.tenant_id, [
+            (p.customer_id, p.currency, "fee", str(fee_id), p.amount_minor, p.assessed_at.date(), p.reason)], now)
+        await add_events(conn, self.topics.invoicing, await cash.apply_credit(conn, env.tenant_id, p.customer_id,
+                                                                              p.currency, now))
+
+    async def unapplied_cash(self, tenant_id: str, limit: int = 500) -> list[asyncpg.Record]:
+        """Money received that is not on any invoice: for a person to resolve."""
+        return await self.pool.fetch(
+            "SELECT payment_id, billing_source, external_id, customer_id, currency, amount_minor, unapplied_minor,"
+            " unapplied_reason, received_at FROM payments"
+            " WHERE tenant_id = $1 AND unapplied_minor > 0 AND status = 'received' ORDER BY received_at LIMIT $2",
+            tenant_id, limit,
+        )
 
     async def fire_overdue_timers(self, limit: int = 500) -> int:
         """Claim due timers (SKIP LOCKED: any replica may run this) and publish InvoiceOverdue

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from services.invoicing.adapters import repository as repo
 from services.invoicing.domain.ingest import Decision, IncomingInvoice, RecordedInvoice, decide, waves
 from services.invoicing.domain.model import overdue_at
+from services.invoicing.service_layer import cash
 from services.invoicing.service_layer.commands import InvoiceRecord
 from shared.clock import Clock
 from shared.contract import (
@@ -137,6 +138,7 @@ class InvoiceIngestor:
             }
             created = [(rec, inv_id) for _, rec, d, inv_id in accepted if d.outcome == "created"]
             events += await self._create(conn, tenant_id, source, created, timezones, now)
+            events += await self._apply_credit(conn, tenant_id, created, now)
             for _, rec, decision, inv_id in accepted:
                 if decision.outcome == "adjusted":
                     events.append(await self._adjust(conn, tenant_id, source, rec, decision, inv_id,
@@ -223,6 +225,21 @@ class InvoiceIngestor:
                 issue_date=r.issue_date, due_date=r.due_date), tenant_id, str(inv_id), now)
             for r, inv_id in created
         ]
+
+    async def _apply_credit(self, conn, tenant_id: str, created: list[tuple[InvoiceRecord, uuid.UUID]],
+                            now: datetime) -> list[Envelope]:
+        """Customers with unapplied credit have it applied to their new invoices at once."""
+        if not created:
+            return []
+        with_credit = await conn.fetch(
+            "SELECT DISTINCT customer_id, currency FROM payments WHERE tenant_id = $1 AND customer_id = ANY($2::text[])"
+            " AND unapplied_minor > 0 AND status = 'received'",
+            tenant_id, list({r.customer_key for r, _ in created}),
+        )
+        events: list[Envelope] = []
+        for row in with_credit:
+            events += await cash.apply_credit(conn, tenant_id, row["customer_id"], row["currency"], now)
+        return events
 
     async def _adjust(self, conn, tenant_id: str, source: str, rec: InvoiceRecord, decision: Decision,
                       invoice_id: uuid.UUID, row, timezones: dict[str, str], now: datetime) -> Envelope:

@@ -1,0 +1,287 @@
+"""Invoice ingestion throughput, measured against a yardstick in the same run.
+
+    .venv/bin/python -m bench.ingest [--invoices 100000]
+
+1. yardstick: asyncpg COPY (`copy_records_to_table`) of the invoice rows into a bare table with
+   the columns of `invoices` (no keys, no indexes): the fastest way rows get into PostgreSQL.
+2. bulk HTTP API: the invoicing service in-process (uvicorn on a free port) receives the
+   invoices in requests of 10,000 items; timed until every invoice is stored AND every event
+   is published (outbox backlog 0).
+3. file import: the same number of invoices from a CSV through `import_invoices`, timed until
+   stored and published (the service of step 2 keeps running and relays the events).
+
+It prints invoices/s, the ratio of each to the yardstick (targets: bulk API >= 0.10, file import
+>= 0.20, reported as PASS or BELOW TARGET, never failing) and the peak RSS of this process
+(the service runs in it too). The broker is the embedded one (or KAFKA_BOOTSTRAP_SERVERS);
+PostgreSQL is DATABASE_URL, else the local server, else the embedded one. The databases it
+creates are dropped at the end."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import csv
+import resource
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from datetime import date, timedelta
+from pathlib import Path
+
+import asyncpg
+import httpx
+import uvicorn
+from fastapi import FastAPI
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from services.invoicing.bootstrap import MIGRATIONS, build
+from services.invoicing.entrypoints.file_import import import_invoices
+from services.invoicing.settings import InvoicingSettings
+from shared.auth import new_key, store_api_key
+from shared.clock import SystemClock
+from shared.contract import Topics
+from shared.db import create_pool, drop_database, ensure_database, migrate, with_database
+from shared.logging import configure_logging
+from tahsilat.embedded import Broker, free_port, resolve_postgres
+
+TENANT = "bench"
+TARGETS = {"bulk API": 0.10, "file import": 0.20}
+LANGUAGES = ("en", "tr", "cs", "fa")
+TODAY = date.today()
+STORED: dict[str, float] = {}  # seconds until every invoice was stored (the rest is the relay catching up)
+ZONES = ("Europe/Istanbul", "Europe/Prague", "Asia/Tehran", "Europe/London")
+console = Console(width=max(Console().width, 110))
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+
+
+# -- the data --------------------------------------------------------------------------------------
+
+def invoice(i: int, customers: int, prefix: str) -> dict:
+    """The i-th invoice: an InvoiceRecord dict with its customer's master data."""
+    c = i % customers
+    issue = TODAY - timedelta(days=i % 30)  # due in the future: no overdue events during the run
+    return {
+        "external_id": f"{prefix}-{i:08d}",
+        "number": f"{prefix}/{i:08d}",
+        "customer": {"id": f"CUST-{c:06d}", "name": f"Customer {c}", "language": LANGUAGES[c % 4],
+                     "timezone": ZONES[c % 4], "email": f"ap{c}@customer{c}.example"},
+        "currency": "EUR",
+        "amount_minor": 1000 + (i * 7919) % 5_000_000,
+        "issue_date": issue.isoformat(),
+        "due_date": (issue + timedelta(days=45)).isoformat(),
+    }
+
+
+def copy_row(i: int, customers: int, prefix: str, issued_at) -> tuple:
+    r = invoice(i, customers, prefix)
+    issue, due = date.fromisoformat(r["issue_date"]), date.fromisoformat(r["due_date"])
+    return (TENANT, uuid.uuid4(), "erp", r["external_id"], r["customer"]["id"], r["number"], r["currency"],
+            r["amount_minor"], r["amount_minor"], issue, due, "open", issued_at, None, 1, None)
+
+
+def write_csv(path: Path, n: int, customers: int, prefix: str) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["external_id", "number", "customer_id", "customer_name", "customer_language", "customer_timezone",
+                    "customer_email", "currency", "amount", "issue_date", "due_date"])
+        for i in range(n):
+            r = invoice(i, customers, prefix)
+            c = r["customer"]
+            w.writerow([r["external_id"], r["number"], c["id"], c["name"], c["language"], c["timezone"], c["email"],
+                        r["currency"], f"{r['amount_minor'] // 100}.{r['amount_minor'] % 100:02d}", r["issue_date"],
+                        r["due_date"]])
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+
+@contextlib.asynccontextmanager
+async def serving(app: FastAPI) -> AsyncIterator[str]:
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False,
+                                           lifespan="on"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+            raise RuntimeError("the invoicing service stopped during start-up")
+        await asyncio.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 60)
+
+
+async def until_published(pool: asyncpg.Pool, expected_invoices: int, source: str, progress: Progress,
+                          timeout: float = 1800) -> None:
+    """Wait until `expected_invoices` invoices of `source` are stored and the outbox is drained."""
+    task = progress.add_task("relay: outbox backlog", total=None)
+    deadline = time.monotonic() + timeout
+    while True:
+        stored = await pool.fetchval("SELECT count(*) FROM invoices WHERE tenant_id = $1 AND billing_source = $2",
+                                     TENANT, source)
+        backlog = await pool.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+        progress.update(task, description=f"relay: outbox backlog {backlog:,}")
+        if stored >= expected_invoices and backlog == 0:
+            progress.update(task, total=1, completed=1)
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not published after {timeout} s: {stored} stored, backlog {backlog}")
+        await asyncio.sleep(0.05)
+
+
+def progress_display() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console, transient=True)
+
+
+# -- the three measurements ------------------------------------------------------------------------
+
+async def yardstick(server: str, n: int, customers: int) -> float:
+    name = f"bench_{uuid.uuid4().hex[:8]}_copy"
+    await ensure_database(server, name)
+    try:
+        conn = await asyncpg.connect(with_database(server, name))
+        try:
+            await conn.execute(
+                """CREATE TABLE invoices (tenant_id text, invoice_id uuid, billing_source text, external_id text,
+                     customer_id text, number text, currency char(3), amount_minor bigint, open_minor bigint,
+                     issue_date date, due_date date, status text, issued_at timestamptz, paid_at timestamptz,
+                     version int, cancelled_at timestamptz)""")
+            now = SystemClock().now()
+            rows = [copy_row(i, customers, "INV", now) for i in range(n)]
+            started = time.perf_counter()
+            await conn.copy_records_to_table("invoices", records=rows)
+            seconds = time.perf_counter() - started
+            assert await conn.fetchval("SELECT count(*) FROM invoices") == n
+        finally:
+            await conn.close()
+    finally:
+        await drop_database(server, name)
+    return seconds
+
+
+async def bulk_api(url: str, app: FastAPI, n: int, customers: int, batch: int) -> float:
+    pool = app.state.pool
+    key_id, secret, admin = new_key()
+    await store_api_key(pool, key_id=key_id, secret=secret, tenant_id=TENANT, role="admin")
+    async with httpx.AsyncClient(base_url=url, timeout=600) as http:
+        r = await http.post("/v1/billing-sources", json={"name": "erp", "default_currency": "EUR"},
+                            headers={"X-API-Key": admin})
+        r.raise_for_status()
+        token = r.json()["api_key"]
+        requests = [[invoice(i, customers, "INV") for i in range(s, min(s + batch, n))] for s in range(0, n, batch)]
+        with progress_display() as progress:
+            task = progress.add_task("bulk API: invoices posted", total=n)
+            started = time.perf_counter()
+            for items in requests:
+                r = await http.post("/v1/invoices/bulk", json={"items": items}, headers={"X-API-Key": token})
+                r.raise_for_status()
+                summary = r.json()["summary"]
+                if summary["created"] != len(items):
+                    raise RuntimeError(f"bulk API: unexpected summary {summary}")
+                progress.advance(task, len(items))
+            STORED["bulk API"] = time.perf_counter() - started
+            await until_published(pool, n, "erp", progress)
+            return time.perf_counter() - started
+
+
+async def file_import(app: FastAPI, topics: Topics, path: Path, n: int) -> float:
+    pool = app.state.pool
+    await pool.execute("INSERT INTO billing_sources (tenant_id, name, default_currency) VALUES ($1, 'file', 'EUR')",
+                       TENANT)
+    with progress_display() as progress:
+        task = progress.add_task("file import: rows", total=n)
+        started = time.perf_counter()
+        summary = await import_invoices(pool, SystemClock(), topics, tenant_id=TENANT, source="file", path=path,
+                                        rejects_path=path.with_suffix(".rejects.csv"),
+                                        progress=lambda rows, *_: progress.update(task, completed=rows))
+        if summary.counts["created"] != n:
+            raise RuntimeError(f"file import: unexpected counts {summary.counts}")
+        STORED["file import"] = time.perf_counter() - started
+        await until_published(pool, n, "file", progress)
+        return time.perf_counter() - started
+
+
+# -- main ------------------------------------------------------------------------------------------
+
+async def run(n: int, customers: int, batch: int, work: Path, bootstrap: str) -> None:
+    server, origin = await resolve_postgres(work / "pg")
+    console.print(f"PostgreSQL: {origin}; broker: {bootstrap}; {n:,} invoices, {customers:,} customers")
+    results: dict[str, float] = {}
+
+    console.print("[bold]1/3[/bold] yardstick: COPY into a bare table …")
+    results["COPY (yardstick)"] = await yardstick(server, n, customers)
+    console.print(f"    {n / results['COPY (yardstick)']:,.0f} invoices/s; peak RSS {peak_rss_mb():,.0f} MB")
+
+    csv_path = work / "invoices.csv"
+    write_csv(csv_path, n, customers, "FILE")
+    name = f"bench_{uuid.uuid4().hex[:8]}_invoicing"
+    await ensure_database(server, name)
+    try:
+        url = with_database(server, name)
+        await migrate(url, MIGRATIONS)
+        prefix = f"bench{uuid.uuid4().hex[:6]}."
+        settings = InvoicingSettings(database_url=url, kafka_bootstrap_servers=bootstrap, topic_prefix=prefix,
+                                     kafka_partitions=6, poll_interval_seconds=0.2, log_level="warning",
+                                     roles="api")  # the outbox relay, no consumers or timers
+        app = build(settings, SystemClock())
+        async with serving(app) as base_url:
+            console.print(f"[bold]2/3[/bold] bulk HTTP API: {n // batch} requests of {batch:,} items …")
+            results["bulk API"] = await bulk_api(base_url, app, n, customers, batch)
+            console.print(f"    {n / results['bulk API']:,.0f} invoices/s; peak RSS {peak_rss_mb():,.0f} MB")
+
+            console.print(f"[bold]3/3[/bold] file import: {csv_path.stat().st_size / 2**20:,.1f} MB CSV …")
+            results["file import"] = await file_import(app, Topics(prefix), csv_path, n)
+            console.print(f"    {n / results['file import']:,.0f} invoices/s; peak RSS {peak_rss_mb():,.0f} MB")
+            events = await app.state.pool.fetchval("SELECT count(*) FROM outbox")
+    finally:
+        await drop_database(server, name)
+
+    base = n / results["COPY (yardstick)"]
+    table = Table(title=f"ingesting {n:,} invoices (stored and published)")
+    for col in ("path", "stored after s", "published after s", "invoices/s", "ratio to COPY", "target", "verdict"):
+        table.add_column(col, justify="left" if col in ("path", "verdict") else "right")
+    for path, seconds in results.items():
+        rate = n / seconds
+        target = TARGETS.get(path)
+        verdict = "" if target is None else ("[green]PASS[/green]" if rate / base >= target
+                                              else "[red]BELOW TARGET[/red]")
+        stored = STORED.get(path)
+        table.add_row(path, "" if stored is None else f"{stored:.2f}", f"{seconds:.2f}", f"{rate:,.0f}", f"{rate / base:.3f}",
+                      "" if target is None else f">= {target:.2f}", verdict)
+    console.print(table)
+    console.print(f"events published: {events:,}; peak RSS of this process (benchmark + service):"
+                  f" {peak_rss_mb():,.0f} MB")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.ingest", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--invoices", type=int, default=100_000)
+    parser.add_argument("--customers", type=int, default=10_000)
+    parser.add_argument("--batch", type=int, default=10_000, help="items per bulk request (at most 10,000)")
+    args = parser.parse_args(argv)
+    configure_logging("bench", "warning", "console")
+    import os
+
+    with tempfile.TemporaryDirectory(prefix="tahsilat-bench-") as tmp:
+        work = Path(tmp)
+        external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+        broker = None if external else Broker(log_file=work / "broker.log")
+        try:
+            bootstrap = external or broker.start()
+            asyncio.run(run(args.invoices, args.customers, args.batch, work, bootstrap))
+        finally:
+            if broker is not None:
+                broker.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,159 @@
+"""Cash application to the cent: exact, partial, over-payment credit applied to the next invoice,
+multi-invoice, mixed currencies, unknown customer, reversal; and dunning following along."""
+from __future__ import annotations
+
+from collections import Counter
+from datetime import datetime, timezone
+
+import pytest
+
+from services.invoicing.bootstrap import build
+from services.invoicing.settings import InvoicingSettings
+from shared.clock import ManualClock
+from shared.contract import Topics
+from tahsilat.streams import read_events
+from tests.support import FAST_KAFKA, api_key, client, running, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def service(database, kafka_bootstrap, topic_prefix):
+    settings = InvoicingSettings(database_url=database, kafka_bootstrap_servers=kafka_bootstrap, topic_prefix=topic_prefix,
+                                 kafka_partitions=2, poll_interval_seconds=0.1, **FAST_KAFKA)
+    app = build(settings, ManualClock(datetime(2026, 3, 1, 9, tzinfo=timezone.utc)))
+    async with running(app) as url:
+        async with client(url, await api_key(app, "t1", "billing-source", "erp")) as http:
+            yield app, http, Topics(topic_prefix)
+
+
+def invoice(external_id, amount, currency="EUR", due="2026-03-10", customer_id="C1"):
+    return {"external_id": external_id, "customer_id": customer_id, "currency": currency, "amount_minor": amount,
+            "issue_date": "2026-02-01", "due_date": due}
+
+
+def payment(external_id, amount, currency="EUR", customer_id="C1", **over):
+    return {"external_id": external_id, "customer_id": customer_id, "currency": currency, "amount_minor": amount} | over
+
+
+async def open_amounts(app) -> dict[str, tuple[int, str]]:
+    return {r["external_id"]: (r["open_minor"], r["status"])
+            for r in await app.state.pool.fetch("SELECT external_id, open_minor, status FROM invoices")}
+
+
+async def balance_reconciles(app, customer="C1") -> None:
+    """The ledger balance equals what is open minus unapplied credit, per currency, to the cent."""
+    pool = app.state.pool
+    ledger = {r["currency"]: r["s"] for r in await pool.fetch(
+        "SELECT currency, sum(amount_minor) AS s FROM ledger_entries WHERE customer_id = $1 GROUP BY currency", customer)}
+    open_ = {r["currency"]: r["s"] for r in await pool.fetch(
+        "SELECT currency, sum(open_minor) AS s FROM invoices WHERE customer_id = $1 GROUP BY currency", customer)}
+    credit = {r["currency"]: r["s"] for r in await pool.fetch(
+        "SELECT currency, sum(unapplied_minor) AS s FROM payments WHERE customer_id = $1 GROUP BY currency", customer)}
+    for currency in set(ledger) | set(open_) | set(credit):
+        assert ledger.get(currency, 0) == open_.get(currency, 0) - credit.get(currency, 0), currency
+
+
+async def test_over_payment_becomes_credit_and_pays_the_next_invoice(service, kafka_bootstrap):
+    app, http, topics = service
+    await http.post("/v1/invoices/bulk", json={"items": [invoice("A", 10_000), invoice("U", 5_000, "USD")]})
+    r = await http.post("/v1/payments", json=payment("P1", 25_000))  # A settled, 15,000 left over
+    assert r.status_code == 201
+    assert await open_amounts(app) == {"A": (0, "paid"), "U": (5_000, "open")}
+    unapplied = (await http.get("/v1/payments/unapplied")).json()
+    assert [(u["external_id"], u["unapplied_minor"]) for u in unapplied] == [("P1", 15_000)]
+    await balance_reconciles(app)
+
+    # The next EUR invoices take the credit at once; the USD one is untouched.
+    r = await http.post("/v1/invoices/bulk", json={"items": [invoice("B", 12_000), invoice("C", 8_000, due="2026-04-01")]})
+    assert r.json()["summary"]["created"] == 2
+    assert await open_amounts(app) == {"A": (0, "paid"), "U": (5_000, "open"), "B": (0, "paid"), "C": (5_000, "open")}
+    assert (await http.get("/v1/payments/unapplied")).json() == []
+    await balance_reconciles(app)
+
+    events = await wait_for(lambda: _types(kafka_bootstrap, topics, "CreditApplied"), message="CreditApplied")
+    applied = events[0].data
+    assert [(a["amount_minor"], a["invoice_open_minor"]) for a in applied["allocations"]] == [(12_000, 0), (3_000, 5_000)]
+    assert applied["unapplied_minor"] == 0
+
+
+async def _types(kafka_bootstrap, topics, type_):
+    found = [e for e in await read_events(kafka_bootstrap, topics.invoicing) if e.type == type_]
+    return found or None
+
+
+async def test_reversed_payment_reopens_what_it_paid(service, kafka_bootstrap):
+    app, http, topics = service
+    await http.post("/v1/invoices/bulk", json={"items": [invoice("A", 10_000), invoice("B", 10_000, due="2026-03-20")]})
+    assert (await http.post("/v1/payments", json=payment("P1", 15_000))).status_code == 201
+    assert await open_amounts(app) == {"A": (0, "paid"), "B": (5_000, "open")}
+
+    r = await http.post("/v1/payments", json=payment("P1", 15_000, status="reversed", reason="bounced: NSF"))
+    assert (r.status_code, r.json()["status"]) == (200, "reversed")
+    assert await open_amounts(app) == {"A": (10_000, "open"), "B": (10_000, "open")}
+    again = await http.post("/v1/payments", json=payment("P1", 15_000, status="reversed"))
+    assert again.json()["status"] == "unchanged"
+    await balance_reconciles(app)
+    missing = await http.post("/v1/payments", json=payment("NOPE", 1, status="reversed"))
+    assert missing.status_code == 404 and missing.json()["problems"][0]["field"] == "external_id"
+
+    reversed_ = await wait_for(lambda: _types(kafka_bootstrap, topics, "PaymentReversed"), message="PaymentReversed")
+    assert sorted(a["invoice_open_minor"] for a in reversed_[0].data["reopened"]) == [10_000, 10_000]
+    assert reversed_[0].data["reason"] == "bounced: NSF"
+
+
+async def test_bulk_payments_mixed_currencies_and_unknown_customer(service):
+    app, http, _ = service
+    await http.post("/v1/invoices/bulk", json={"items": [
+        invoice("E1", 1_000), invoice("E2", 2_000, due="2026-03-05"), invoice("J1", 500, "JPY"), invoice("K1", 1_250, "KWD")]})
+    r = await http.post("/v1/payments/bulk", json={"items": [
+        payment("P1", 2_500),  # oldest first: E2 (due 03-05) then 500 on E1
+        payment("P2", 500, "JPY"),
+        payment("P3", 1_250, "KWD", invoice_refs=["K1"]),
+        payment("P4", 999, customer_id="STRANGER"),
+        payment("P5", -1),
+        payment("P1", 2_500),
+    ]})
+    results = r.json()["results"]
+    assert [x["status"] for x in results] == ["created", "created", "created", "created", "rejected", "unchanged"]
+    assert results[4]["field"] == "amount_minor"
+    assert await open_amounts(app) == {"E1": (500, "open"), "E2": (0, "paid"), "J1": (0, "paid"), "K1": (0, "paid")}
+    unapplied = {u["external_id"]: u for u in (await http.get("/v1/payments/unapplied")).json()}
+    assert unapplied["P4"]["unapplied_reason"] == "unknown customer" and unapplied["P4"]["unapplied_minor"] == 999
+    await balance_reconciles(app)
+    counts = Counter(r["currency"] for r in await app.state.pool.fetch("SELECT currency FROM ledger_entries"))
+    assert counts == {"EUR": 4, "JPY": 2, "KWD": 2}  # STRANGER's payment is on its own account
+
+
+async def test_late_fees_from_dunning_are_booked_once_and_paid_like_invoices(service, kafka_bootstrap):
+    from shared.contract import LateFeeAssessed, new_envelope
+    from shared.kafka import start_producer
+
+    app, http, topics = service
+    await http.post("/v1/invoices", json=invoice("A", 10_000))
+    fee = new_envelope(LateFeeAssessed(customer_id="C1", fee_id="case-1:final_14", case_id="case-1", invoice_id="x",
+                                       currency="EUR", amount_minor=4_000, reason="EU 2011/7 flat compensation",
+                                       assessed_at=datetime(2026, 3, 24, tzinfo=timezone.utc)),
+                       source="dunning", tenant_id="t1", subject="case-1", time=datetime(2026, 3, 24, tzinfo=timezone.utc))
+    sentinel = new_envelope(LateFeeAssessed(customer_id="C1", fee_id="case-2:final_14", case_id="case-2", invoice_id="y",
+                                            currency="EUR", amount_minor=1, reason="sentinel",
+                                            assessed_at=datetime(2026, 3, 25, tzinfo=timezone.utc)),
+                            source="dunning", tenant_id="t1", subject="case-2", time=datetime(2026, 3, 25, tzinfo=timezone.utc))
+    producer = await start_producer(kafka_bootstrap)
+    try:
+        for e in (fee, fee, sentinel):  # the first one redelivered, then a sentinel on the same partition
+            await producer.send_and_wait(topics.dunning, e.model_dump_json().encode(), key=e.key.encode())
+    finally:
+        await producer.stop()
+
+    async def booked():
+        return await app.state.pool.fetchval("SELECT count(*) FROM invoices WHERE kind = 'fee'") >= 2
+
+    await wait_for(booked, message="the fees booked")
+    amounts = await open_amounts(app)
+    assert (amounts["fee:case-1:final_14"], amounts["fee:case-2:final_14"]) == ((4_000, "open"), (1, "open"))
+    assert (await http.post("/v1/payments", json=payment("P1", 14_001))).status_code == 201
+    assert set((await open_amounts(app)).values()) == {(0, "paid")}
+    await balance_reconciles(app)
+    kinds = Counter(r["kind"] for r in await app.state.pool.fetch("SELECT kind FROM ledger_entries"))
+    assert kinds == {"invoice": 1, "fee": 2, "payment": 1}
