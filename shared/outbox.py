@@ -34,12 +34,24 @@ async def add_event(conn: asyncpg.Connection, topic: str, envelope: Envelope) ->
 
 
 async def add_events(conn: asyncpg.Connection, topic: str, envelopes: list[Envelope]) -> None:
+    """All of them in one statement, in the given order (the relay publishes by id); the envelopes
+    are serialised by pydantic-core and parsed by PostgreSQL, not by the json module."""
     if not envelopes:
         return
-    await conn.executemany(
+    if len(envelopes) == 1:
+        await add_event(conn, topic, envelopes[0])
+        return
+    await conn.execute(
         "INSERT INTO outbox (event_id, tenant_id, event_type, topic, key, envelope)"
-        " VALUES ($1, $2, $3, $4, $5, $6)",
-        [(e.id, e.tenant_id, e.type, topic, e.key, e.model_dump(mode="json")) for e in envelopes],
+        " SELECT i, t, y, $1, k, e::jsonb"
+        " FROM unnest($2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[]) WITH ORDINALITY AS u(i, t, y, k, e, n)"
+        " ORDER BY n",
+        topic,
+        [e.id for e in envelopes],
+        [e.tenant_id for e in envelopes],
+        [e.type for e in envelopes],
+        [e.key for e in envelopes],
+        [e.model_dump_json() for e in envelopes],
     )
 
 

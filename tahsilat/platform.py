@@ -151,7 +151,7 @@ class Platform:
             "SMTP_HOST": "127.0.0.1",
             "SMTP_PORT": str(self.ports["smtp"]),
             "SMS_URL": f"{self.sinks_url}/sms",
-            "PUBLIC_BASE_URL": self.url("notifier"),
+            "PUBLIC_BASE_URL": self.url(service),  # links in messages point at the service that answers them
             "STREAM_DATA_DIR": str(self.base_dir / "risk-stream"),
         }
         if o.clock_file:

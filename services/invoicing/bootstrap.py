@@ -7,6 +7,7 @@ from fastapi import FastAPI
 
 from services.invoicing.entrypoints.api import router
 from services.invoicing.entrypoints.ingest_consumer import ingest_handler
+from services.invoicing.service_layer.confirmations import BalanceConfirmations
 from services.invoicing.service_layer.handlers import Invoicing
 from services.invoicing.service_layer.ingest import InvoiceIngestor
 from services.invoicing.settings import InvoicingSettings
@@ -22,6 +23,7 @@ def build(settings: InvoicingSettings, clock: Clock | None = None) -> FastAPI:
     def wire(host: ServiceHost, app: FastAPI) -> None:
         invoicing = Invoicing(host.pool, host.clock, host.topics, settings.overdue_grace_days)
         app.state.invoicing = invoicing
+        app.state.confirmations = BalanceConfirmations(host.pool, host.clock, host.topics, settings.public_base_url)
         app.state.ingestor = InvoiceIngestor(host.pool, host.clock, host.topics, settings.overdue_grace_days)
         host.consume("dunning", [host.topics.dunning], {"LateFeeAssessed": invoicing.on_late_fee_assessed})
         host.consume_batches("ingest", [host.topics.ingest], ingest_handler(host.pool, app.state.ingestor, invoicing))

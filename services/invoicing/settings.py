@@ -10,3 +10,5 @@ class InvoicingSettings(ServiceSettings):
     http_port: int = 8001
     overdue_grace_days: int = Field(default=0, ge=0, le=60)
     timer_batch_size: int = Field(default=500, ge=1)
+    public_base_url: str = Field(default="http://127.0.0.1:8001", pattern=r"^https?://",
+                                 description="where customers reach the balance-confirmation links")

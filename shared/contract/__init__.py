@@ -1,8 +1,12 @@
 """The event contract shared by every Tahsilat service: envelope, payload models, topics."""
 from shared.contract.envelope import Envelope, new_envelope, partition_key
 from shared.contract.events import (
+    BalanceConfirmationRequested,
+    BalanceConfirmed,
+    BalanceContested,
     CreditApplied,
     CustomerUpserted,
+    DisputeOpened,
     DunningStepExecuted,
     EventPayload,
     InvoiceAdjusted,
@@ -24,7 +28,7 @@ from shared.contract.topics import Topics
 __all__ = [
     "Envelope", "new_envelope", "partition_key", "EventPayload", "CustomerUpserted",
     "InvoiceIssued", "InvoiceAdjusted", "InvoiceCancelled", "PaymentReceived", "PaymentReversed", "CreditApplied",
-    "LateFeeAssessed", "InvoicePaid", "InvoiceOverdue",
+    "LateFeeAssessed", "BalanceConfirmationRequested", "BalanceConfirmed", "BalanceContested", "DisputeOpened", "InvoicePaid", "InvoiceOverdue",
     "NotificationRequested", "NotificationSent", "NotificationFailed", "RiskAssessed",
     "DunningStepExecuted", "REGISTRY", "UnknownEventType", "parse_payload", "Topics",
 ]

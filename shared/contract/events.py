@@ -144,6 +144,12 @@ class InvoiceOverdue(EventPayload):
     overdue_since: AwareDatetime
 
 
+class Balance(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    currency: CurrencyCode
+    balance_minor: int
+
+
 class NoticeItem(BaseModel):
     model_config = ConfigDict(frozen=True)
     invoice_id: str
@@ -162,6 +168,8 @@ class NotificationRequested(EventPayload):
     template: str
     items: list[NoticeItem]
     requested_at: AwareDatetime
+    links: dict[str, str] = Field(default_factory=dict, description="named links the message carries, e.g. confirm")
+    balances: list["Balance"] = Field(default_factory=list, description="account balances the message states")
 
 
 @REGISTRY.register("NotificationSent", 1)
@@ -193,6 +201,45 @@ class LateFeeAssessed(EventPayload):
     amount_minor: int = Field(gt=0)
     reason: str
     assessed_at: AwareDatetime
+
+
+@REGISTRY.register("BalanceConfirmationRequested", 1)
+class BalanceConfirmationRequested(EventPayload):
+    """The customer is asked to confirm their balance as of a date, or to contest it."""
+
+    confirmation_id: str
+    as_of: date
+    balances: list[Balance]
+    items: list[NoticeItem] = Field(description="the open items making up the balance")
+    confirm_url: str
+    contest_url: str
+    requested_at: AwareDatetime
+
+
+@REGISTRY.register("BalanceConfirmed", 1)
+class BalanceConfirmed(EventPayload):
+    confirmation_id: str
+    as_of: date
+    confirmed_at: AwareDatetime
+
+
+@REGISTRY.register("BalanceContested", 1)
+class BalanceContested(EventPayload):
+    """The customer disputes their statement: dunning opens a dispute and pauses."""
+
+    confirmation_id: str
+    as_of: date
+    reason: str
+    contested_at: AwareDatetime
+
+
+@REGISTRY.register("DisputeOpened", 1)
+class DisputeOpened(EventPayload):
+    dispute_id: str
+    origin: str = Field(description="what opened it, e.g. balance_confirmation")
+    reason: str
+    invoice_ids: list[str] = Field(default_factory=list, description="empty: the whole account")
+    opened_at: AwareDatetime
 
 
 @REGISTRY.register("DunningStepExecuted", 1)

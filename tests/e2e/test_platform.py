@@ -188,3 +188,52 @@ async def test_two_billing_sources_feed_the_same_customer(platform):
         await wait_for(both_closed, 60, 0.2, "both cases closed by the payment")
         aging = (await http.get(f"{inv}/v1/reports/aging", headers=admin)).json()
         assert aging["by_currency"] == {}
+
+
+async def test_balance_confirmation_contested_opens_a_dispute_that_pauses_dunning(platform):
+    p, clock = platform
+    tenant_admin = {"X-API-Key": await create_key(p.database_urls, tenant_id="initech", role="admin")}
+    source = {"X-API-Key": await create_key(p.database_urls, tenant_id="initech", role="billing-source",
+                                            source_name="erp")}
+    customer = {"id": "I1", "name": "Initech s.r.o.", "language": "cs", "timezone": "Europe/Prague",
+                "email": "ucetni@initech.example"}
+    inv = p.url("invoicing")
+    now = clock.now()
+    async with httpx.AsyncClient(timeout=30) as http:
+        r = await http.post(f"{inv}/v1/invoices", headers=source, json={
+            "external_id": "INI-1", "customer": customer, "currency": "CZK", "amount_minor": 1_234_500,
+            "issue_date": (now - timedelta(days=10)).date().isoformat(),
+            "due_date": (now + timedelta(days=20)).date().isoformat()})
+        assert r.status_code == 201, r.text
+        r = await http.post(f"{inv}/v1/customers/I1/balance-confirmations", headers=tenant_admin, json={})
+        assert r.status_code == 201, r.text
+        assert r.json()["balances"] == [{"currency": "CZK", "balance_minor": 1_234_500}]
+
+        mail = await wait_for(lambda: emails_to(http, p.sinks_url, customer["email"]), 60, 0.2, "the statement email")
+        assert mail[0]["subject"] == "Prosíme o potvrzení zůstatku účtu" and mail[0]["language"] == "cs"
+        contest_url = next(line.split(": ", 1)[1] for line in mail[0]["text"].splitlines()
+                           if line.startswith("Rozporovat zůstatek"))
+        assert (await http.get(contest_url.removesuffix("/contest"))).status_code == 200
+        r = await http.post(contest_url, data={"reason": "invoice INI-1 was already credited"})
+        assert r.status_code == 200 and "contested" in r.text
+        again = await http.post(contest_url, data={"reason": "twice"})
+        assert again.status_code == 409
+
+        async def dispute():
+            r = await http.get(f"{p.url('dunning')}/v1/disputes", headers=tenant_admin)
+            return r.json() or None
+
+        disputes = await wait_for(dispute, 60, 0.2, "the dispute opened")
+        assert disputes[0]["customer_id"] == "I1" and disputes[0]["reason"] == "invoice INI-1 was already credited"
+
+        # While the dispute is open, no reminder goes out, however late it gets.
+        clock.set(now + timedelta(days=40))
+        async def overdue_fired():
+            events = await read_events(p.bootstrap, p.topics.invoicing)
+            return [e for e in events if e.type == "InvoiceOverdue" and e.tenant_id == "initech"] or None
+
+        await wait_for(overdue_fired, 60, 0.2, "the invoice overdue")
+        r = await http.get(f"{p.url('dunning')}/v1/cases", headers=tenant_admin, params={"customer_id": "I1"})
+        steps = r.json()[0]["steps"]
+        assert all(s["status"] in ("scheduled", "skipped") for s in steps if s["step"] != "pre_due"), steps
+        assert len(await emails_to(http, p.sinks_url, customer["email"])) == 1

@@ -88,3 +88,25 @@ async def get_case(case_id: uuid.UUID, principal: Reader, request: Request) -> C
 @router.get("/policies", tags=["policies"])
 async def policies(principal: Reader) -> list[dict]:
     return [asdict(p) for p in DEFAULT_POLICIES.values()]
+
+
+class DisputeOut(BaseModel):
+    dispute_id: str
+    customer_id: str
+    origin: str
+    reason: str
+    invoice_id: str | None
+    status: str
+    opened_at: datetime
+
+
+@router.get("/disputes", response_model=list[DisputeOut], tags=["disputes"])
+async def list_disputes(principal: Reader, request: Request,
+                        status: Annotated[str | None, Query(pattern="^(open|resolved)$")] = None) -> list[DisputeOut]:
+    """Disputes pause dunning: account-level ones (no invoice) pause every case of the customer."""
+    rows = await request.app.state.pool.fetch(
+        "SELECT * FROM disputes WHERE tenant_id = $1 AND ($2::text IS NULL OR status = $2) ORDER BY opened_at",
+        principal.tenant_id, status,
+    )
+    return [DisputeOut(**{**dict(r), "dispute_id": str(r["dispute_id"]),
+                          "invoice_id": str(r["invoice_id"]) if r["invoice_id"] else None}) for r in rows]

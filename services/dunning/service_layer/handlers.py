@@ -11,7 +11,7 @@ from services.dunning.domain.policy import (
 )
 from shared.clock import Clock
 from shared.contract import (
-    CreditApplied, CustomerUpserted, DunningStepExecuted, Envelope, InvoiceAdjusted, InvoiceCancelled, InvoiceIssued, InvoiceOverdue, InvoicePaid,
+    BalanceConfirmationRequested, BalanceContested, CreditApplied, CustomerUpserted, DisputeOpened, DunningStepExecuted, Envelope, InvoiceAdjusted, InvoiceCancelled, InvoiceIssued, InvoiceOverdue, InvoicePaid,
     NotificationRequested, PaymentReceived, PaymentReversed, RiskAssessed, Topics, new_envelope,
 )
 from shared.contract.events import NoticeItem
@@ -33,6 +33,8 @@ class Dunning:
             "InvoiceOverdue": self.on_invoice_overdue,
             "InvoiceAdjusted": self.on_invoice_adjusted,
             "CreditApplied": self.on_payment_received,
+            "BalanceConfirmationRequested": self.on_balance_confirmation_requested,
+            "BalanceContested": self.on_balance_contested,
             "PaymentReversed": self.on_payment_reversed,
             "InvoiceCancelled": self.on_invoice_cancelled,
             "RiskAssessed": self.on_risk_assessed,
@@ -154,6 +156,34 @@ class Dunning:
     async def on_invoice_cancelled(self, conn: asyncpg.Connection, env: Envelope, p: InvoiceCancelled) -> None:
         await self._reduce(conn, env.tenant_id, p.invoice_id, 0, "cancelled")
 
+    async def on_balance_confirmation_requested(self, conn: asyncpg.Connection, env: Envelope,
+                                                p: BalanceConfirmationRequested) -> None:
+        """Dunning owns what is said to the customer: the statement goes out as a notification."""
+        now = self.clock.now()
+        request = NotificationRequested(
+            customer_id=p.customer_id, notification_key=notification_key(p.confirmation_id, "balance_confirmation", "email"),
+            case_id=p.confirmation_id, step="balance_confirmation", channel="email", template="balance_confirmation",
+            items=p.items, requested_at=now, links={"confirm": p.confirm_url, "contest": p.contest_url},
+            balances=p.balances,
+        )
+        await add_events(conn, self.topics.dunning, [new_envelope(
+            request, source=SOURCE, tenant_id=env.tenant_id, subject=p.confirmation_id, time=now, caused_by=env)])
+
+    async def on_balance_contested(self, conn: asyncpg.Connection, env: Envelope, p: BalanceContested) -> None:
+        """A contested balance opens an account-level dispute: no reminders until it is resolved."""
+        now = self.clock.now()
+        dispute_id = uuid.uuid5(uuid.UUID(p.confirmation_id), "dispute")
+        opened = await conn.fetchval(
+            "INSERT INTO disputes (tenant_id, dispute_id, customer_id, origin, reason, opened_at)"
+            " VALUES ($1, $2, $3, 'balance_confirmation', $4, $5) ON CONFLICT DO NOTHING RETURNING 1",
+            env.tenant_id, dispute_id, p.customer_id, p.reason, now,
+        )
+        if opened:
+            event = DisputeOpened(customer_id=p.customer_id, dispute_id=str(dispute_id), origin="balance_confirmation",
+                                  reason=p.reason, opened_at=now)
+            await add_events(conn, self.topics.dunning, [new_envelope(
+                event, source=SOURCE, tenant_id=env.tenant_id, subject=str(dispute_id), time=now, caused_by=env)])
+
     async def on_invoice_overdue(self, conn: asyncpg.Connection, env: Envelope, p: InvoiceOverdue) -> None:
         await conn.execute(
             "UPDATE cases SET overdue_since = $3 WHERE tenant_id = $1 AND case_id = $2 AND overdue_since IS NULL",
@@ -184,6 +214,9 @@ class Dunning:
                           c.number, c.currency, c.open_minor, c.due_date, c.status AS case_status
                    FROM case_steps s JOIN cases c USING (tenant_id, case_id)
                    WHERE s.status = 'scheduled' AND s.due_at <= $1
+                     AND NOT EXISTS (SELECT 1 FROM disputes d WHERE d.tenant_id = c.tenant_id
+                                     AND d.customer_id = c.customer_id AND d.status = 'open'
+                                     AND (d.invoice_id IS NULL OR d.invoice_id = c.invoice_id))
                    ORDER BY s.due_at LIMIT $2 FOR UPDATE OF s SKIP LOCKED""",
                 now, limit,
             )

@@ -1,22 +1,24 @@
 """Invoicing HTTP API."""
 from __future__ import annotations
 
+import html
 import uuid
 from datetime import date, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
+from fastapi import Path as PathParam
+from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, Field, ValidationError
 
 from services.invoicing.adapters import repository as repo
-from services.invoicing.domain.model import age_receivables  # noqa: F401 - kept for importers
 from services.invoicing.domain.reports import parse_buckets
 from services.invoicing.service_layer.commands import InvoiceRecord, RecordPayment
 from services.invoicing.service_layer import reports
 from services.invoicing.service_layer.handlers import Invoicing
 from services.invoicing.service_layer.ingest import validation_problem
 from shared.auth import Principal, new_key, require_role, store_api_key
-from shared.contract.money import CurrencyCode, validate_currency
+from shared.contract.money import CurrencyCode, to_major, validate_currency
 from shared.http import DomainError
 
 router = APIRouter(prefix="/v1")
@@ -327,3 +329,64 @@ async def customer_statement(
             for cur, st in by_currency.items()
         },
     )
+
+
+# -- balance confirmation ------------------------------------------------------------------
+Collector = Annotated[Principal, Depends(require_role("collector"))]
+
+
+class ConfirmationRequest(BaseModel):
+    as_of: date | None = Field(default=None, description="default: today")
+
+
+@router.post("/customers/{customer_id}/balance-confirmations", status_code=201, tags=["balance confirmation"])
+async def request_balance_confirmation(customer_id: Annotated[str, PathParam(max_length=200)], body: ConfirmationRequest,
+                                       principal: Collector, request: Request) -> dict:
+    """Send the customer their balance and open items as of a date, to confirm or contest."""
+    return await request.app.state.confirmations.request(principal.tenant_id, customer_id, body.as_of)
+
+
+def _confirmation_page(row, message: str | None = None) -> str:
+    balances = "".join(f"<li>{html.escape(b['currency'])} {to_major(b['balance_minor'], b['currency']):,}</li>"
+                       for b in row["balances"])
+    if message or row["status"] != "requested":
+        action = f"<p><strong>{html.escape(message or 'This balance was already ' + row['status'] + '.')}</strong></p>"
+    else:
+        action = ('<form method="post" action="confirm"><button>Confirm / Onayla</button></form>'
+                  '<form method="post" action="contest"><label>Reason / Neden <input name="reason" required '
+                  'maxlength="1000"></label><button>Contest / İtiraz et</button></form>')
+    return (f"<!DOCTYPE html><html><body><h1>Balance as of {row['as_of'].isoformat()}</h1>"
+            f"<ul>{balances}</ul>{action}</body></html>")
+
+
+@router.get("/balance-confirmations/{token}", response_class=HTMLResponse, tags=["balance confirmation"])
+async def confirmation_page(token: str, request: Request) -> str:
+    """The page the link in the email opens (the token is the credential)."""
+    row = await request.app.state.confirmations.find(token)
+    if row is None:
+        raise HTTPException(404, "unknown confirmation link")
+    return _confirmation_page(row)
+
+
+async def _reason(request: Request) -> str:
+    if request.headers.get("content-type", "").startswith("application/json"):
+        body = await request.json()
+        reason = body.get("reason") if isinstance(body, dict) else None
+    else:
+        reason = (await request.form()).get("reason")
+    if not isinstance(reason, str) or not reason.strip():
+        raise DomainError("reason", "required: say what is wrong with the balance")
+    return reason.strip()[:1000]
+
+
+@router.post("/balance-confirmations/{token}/confirm", response_class=HTMLResponse, tags=["balance confirmation"])
+async def confirm_balance(token: str, request: Request) -> str:
+    status_ = await request.app.state.confirmations.answer(token, None)
+    return _confirmation_page(await request.app.state.confirmations.find(token), f"Thank you: balance {status_}.")
+
+
+@router.post("/balance-confirmations/{token}/contest", response_class=HTMLResponse, tags=["balance confirmation"])
+async def contest_balance(token: str, request: Request) -> str:
+    status_ = await request.app.state.confirmations.answer(token, await _reason(request))
+    return _confirmation_page(await request.app.state.confirmations.find(token),
+                              f"Thank you: balance {status_}; our collections team will contact you.")

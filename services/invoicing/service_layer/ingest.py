@@ -7,6 +7,7 @@ handful of statements whatever its size."""
 from __future__ import annotations
 
 import uuid
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,7 +20,7 @@ from services.invoicing.adapters import repository as repo
 from services.invoicing.domain.ingest import Decision, IncomingInvoice, RecordedInvoice, decide, waves
 from services.invoicing.domain.model import overdue_at
 from services.invoicing.service_layer import cash
-from services.invoicing.service_layer.commands import InvoiceRecord
+from services.invoicing.service_layer.commands import CustomerIn, InvoiceRecord
 from shared.clock import Clock
 from shared.contract import (
     CustomerUpserted, Envelope, InvoiceAdjusted, InvoiceCancelled, InvoiceIssued, Topics, new_envelope,
@@ -61,8 +62,35 @@ _CUSTOMER_FIELDS = ("name", "language", "timezone", "email", "phone")
 
 
 class InvoiceIngestor:
+    CUSTOMER_CACHE = 10_000  # validated customer master data kept for reuse (e-mail validation is slow)
+
     def __init__(self, pool: asyncpg.Pool, clock: Clock, topics: Topics, grace_days: int = 0) -> None:
         self.pool, self.clock, self.topics, self.grace_days = pool, clock, topics, grace_days
+        self._customers: OrderedDict[tuple, CustomerIn] = OrderedDict()
+
+    def _validate(self, raw: dict | InvoiceRecord) -> InvoiceRecord:
+        """InvoiceRecord.model_validate, reusing the validated customer when the same master data
+        came before: invoices repeat their customer's data, and validating it (the e-mail address
+        above all) costs more than the rest of the record. Only valid, all-text customer objects
+        are reused, so every error is still the one a plain validation reports."""
+        if isinstance(raw, InvoiceRecord):
+            return raw
+        customer = raw.get("customer") if isinstance(raw, dict) else None
+        if isinstance(customer, dict) and all(v is None or type(v) is str for v in customer.values()):
+            key = tuple(customer.items())
+            validated = self._customers.get(key)
+            if validated is None:
+                try:
+                    validated = CustomerIn.model_validate(customer)
+                except ValidationError:
+                    validated = None
+                else:
+                    self._customers[key] = validated
+                    if len(self._customers) > self.CUSTOMER_CACHE:
+                        self._customers.popitem(last=False)
+            if validated is not None:
+                raw = {**raw, "customer": validated}
+        return InvoiceRecord.model_validate(raw)
 
     async def ingest(self, tenant_id: str, source: str, items: Sequence[dict | InvoiceRecord]) -> list[ItemResult]:
         results: list[ItemResult | None] = [None] * len(items)
@@ -72,7 +100,7 @@ class InvoiceIngestor:
         valid: list[tuple[int, InvoiceRecord]] = []
         for i, raw in enumerate(items):
             try:
-                record = raw if isinstance(raw, InvoiceRecord) else InvoiceRecord.model_validate(raw)
+                record = self._validate(raw)
             except ValidationError as exc:
                 field, reason = validation_problem(exc)
                 results[i] = ItemResult(i, "rejected", field=field, reason=reason)

@@ -40,7 +40,8 @@ def messages(language: str) -> dict:
     return json.loads((TEMPLATES / "messages" / f"{language}.json").read_text(encoding="utf-8"))
 
 
-def _context(template: str, language: str, name: str, items: list[dict], unsubscribe_url: str) -> dict:
+def _context(template: str, language: str, name: str, items: list[dict], unsubscribe_url: str,
+             links: dict[str, str] | None = None, balances: list[dict] | None = None) -> dict:
     language = language if language in LANGUAGES else "en"
     m = messages(language)
     if template not in m:
@@ -61,11 +62,15 @@ def _context(template: str, language: str, name: str, items: list[dict], unsubsc
         "m": m, "template": template, "language": language, "direction": "rtl" if language in RTL else "ltr",
         "name": name, "items": shown, "total": total, "unsubscribe_url": unsubscribe_url,
         "subject": m[template]["subject"],
+        "links": {k: v for k, v in (links or {}).items() if k in m},
+        "balances": [{"currency": b["currency"], "amount": format_money(b["balance_minor"], b["currency"], language)}
+                     for b in balances or []],
     }
 
 
-def render_email(template: str, language: str, name: str, items: list[dict], unsubscribe_url: str) -> RenderedEmail:
-    ctx = _context(template, language, name, items, unsubscribe_url)
+def render_email(template: str, language: str, name: str, items: list[dict], unsubscribe_url: str,
+                 links: dict[str, str] | None = None, balances: list[dict] | None = None) -> RenderedEmail:
+    ctx = _context(template, language, name, items, unsubscribe_url, links, balances)
     env = _env()
     return RenderedEmail(
         subject=ctx["subject"],

@@ -52,10 +52,11 @@ class Notifier:
     async def on_notification_requested(self, conn: asyncpg.Connection, env: Envelope, p: NotificationRequested) -> None:
         await conn.execute(
             """INSERT INTO notifications (tenant_id, notification_key, customer_id, case_id, step, channel, template,
-                 items, send_after, requested_at)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9) ON CONFLICT DO NOTHING""",
+                 items, send_after, requested_at, links, balances)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $10, $11) ON CONFLICT DO NOTHING""",
             env.tenant_id, p.notification_key, p.customer_id, p.case_id, p.step, p.channel, p.template,
-            [i.model_dump(mode="json") for i in p.items], p.requested_at,
+            [i.model_dump(mode="json") for i in p.items], p.requested_at, p.links,
+            [b.model_dump(mode="json") for b in p.balances],
         )
 
     def unsubscribe_url(self, token: str) -> str:
@@ -109,7 +110,7 @@ class Notifier:
         try:
             if channel == "email":
                 url = self.unsubscribe_url(r["unsubscribe_token"])
-                rendered = render_email(r["template"], language, r["name"], r["items"], url)
+                rendered = render_email(r["template"], language, r["name"], r["items"], url, r["links"], r["balances"])
                 provider_id = await self.email.send(to=r["email"], email=rendered, language=language, key=key,
                                                     unsubscribe_url=url)
             else:
