@@ -11,7 +11,6 @@ from services.invoicing.domain.model import (
     AllocationLine,
     CashApplication,
     OpenInvoice,
-    age_receivables,
     aging_bucket,
     allocate_payment,
     overdue_at,
@@ -257,35 +256,3 @@ def test_aging_bucket_with_gap_in_custom_buckets_raises():
     buckets = (("current", -10**9, 0), ("1-30", 1, 30))
     with pytest.raises(ValueError):
         aging_bucket(AS_OF - timedelta(days=45), AS_OF, buckets)
-
-
-def test_age_receivables_per_currency_never_summed():
-    items = [
-        ("c1", "EUR", 1_000, AS_OF),                        # current
-        ("c1", "EUR", 2_000, AS_OF - timedelta(days=1)),    # 1-30
-        ("c2", "EUR", 3_000, AS_OF - timedelta(days=30)),   # 1-30
-        ("c2", "EUR", 4_000, AS_OF - timedelta(days=91)),   # 90+
-        ("c1", "TRY", 50_000, AS_OF - timedelta(days=31)),  # 31-60
-        ("c3", "TRY", 7_000, AS_OF - timedelta(days=90)),   # 61-90
-        ("c3", "JPY", 900, AS_OF + timedelta(days=10)),     # current
-    ]
-    assert age_receivables(items, AS_OF) == {
-        "EUR": {"current": 1_000, "1-30": 5_000, "31-60": 0, "61-90": 0, "90+": 4_000, "total": 10_000},
-        "TRY": {"current": 0, "1-30": 0, "31-60": 50_000, "61-90": 7_000, "90+": 0, "total": 57_000},
-        "JPY": {"current": 900, "1-30": 0, "31-60": 0, "61-90": 0, "90+": 0, "total": 900},
-    }
-
-
-def test_age_receivables_empty():
-    assert age_receivables([], AS_OF) == {}
-
-
-@given(st.lists(st.tuples(st.sampled_from(["c1", "c2"]), st.sampled_from(["EUR", "TRY", "KWD"]),
-                          st.integers(0, 10**9), st.dates(date(2025, 1, 1), date(2026, 12, 31)))))
-def test_age_receivables_totals_match_per_currency(items):
-    table = age_receivables(items, AS_OF)
-    assert set(table) == {c for _, c, _, _ in items}
-    for currency, row in table.items():
-        expected = sum(amount for _, c, amount, _ in items if c == currency)
-        assert row["total"] == expected
-        assert sum(v for k, v in row.items() if k != "total") == expected

@@ -87,16 +87,3 @@ def aging_bucket(due_date: date, as_of: date, buckets=DEFAULT_AGING_BUCKETS) -> 
         if days >= low and (high is None or days <= high):
             return name
     raise ValueError(f"no aging bucket for {days} days")
-
-
-def age_receivables(
-    items: list[tuple[str, str, int, date]], as_of: date, buckets=DEFAULT_AGING_BUCKETS
-) -> dict[str, dict[str, int]]:
-    """items: (customer_id, currency, open_minor, due_date) -> {currency: {bucket: total}}.
-    Currencies are never summed together."""
-    table: dict[str, dict[str, int]] = {}
-    for _customer, currency, open_minor, due in items:
-        row = table.setdefault(currency, {name: 0 for name, _, _ in buckets} | {"total": 0})
-        row[aging_bucket(due, as_of, buckets)] += open_minor
-        row["total"] += open_minor
-    return table
