@@ -36,6 +36,7 @@ class CustomerUpserted(EventPayload):
     phone: str | None = None
     billing_source: str | None = None
     placeholder: bool = Field(default=False, description="created from an invoice or payment for an unknown customer")
+    credit_terms_days: int | None = Field(default=None, description="agreed payment terms in days")
 
 
 @REGISTRY.register("InvoiceIssued", 1)

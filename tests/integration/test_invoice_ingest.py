@@ -146,3 +146,21 @@ async def test_a_source_key_cannot_write_for_another_source(erp, database):
     r = await http.post("/v1/invoices/bulk", json={"items": []})
     assert r.status_code == 422 and r.json()["problems"][0]["field"] == "items"
     assert await app.state.pool.fetchval("SELECT count(*) FROM invoices") == 0
+
+
+async def test_customer_master_data_on_its_own(erp, kafka_bootstrap):
+    app, http, _clock, topics = erp
+    customer = {"id": "C9", "name": "Karadeniz Fındık", "language": "tr", "timezone": "Europe/Istanbul",
+                "email": "muhasebe@karadeniz.example", "phone": "+905321112233", "credit_terms_days": 45}
+    r = await http.put("/v1/customers/C9", json=customer)
+    assert (r.status_code, r.json()) == (200, {"id": "C9", "status": "upserted"})
+    assert (await http.put("/v1/customers/C9", json=customer)).json()["status"] == "unchanged"
+    r = await http.put("/v1/customers/C9", json=customer | {"id": "OTHER"})
+    assert r.status_code == 422 and r.json()["problems"][0]["field"] == "id"
+    r = await http.post("/v1/customers/bulk", json={"items": [
+        customer | {"credit_terms_days": 30}, {"id": "C10", "name": "X", "timezone": "Moon/Base"}]})
+    assert [(x["status"], x["field"]) for x in r.json()["results"]] == [("upserted", None), ("rejected", "timezone")]
+    row = await app.state.pool.fetchrow("SELECT * FROM customers WHERE customer_id = 'C9'")
+    assert (row["credit_terms_days"], row["placeholder"]) == (30, False)
+    events = await wait_for(lambda: _at_least(read_events(kafka_bootstrap, topics.invoicing), 2), message="upserts")
+    assert [e.data["credit_terms_days"] for e in events if e.type == "CustomerUpserted"] == [45, 30]

@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from services.invoicing.adapters import repository as repo
 from services.invoicing.domain.reports import parse_buckets
-from services.invoicing.service_layer.commands import InvoiceRecord, RecordPayment
+from services.invoicing.service_layer.commands import CustomerIn, InvoiceRecord, RecordPayment
 from services.invoicing.service_layer import reports
 from services.invoicing.service_layer.handlers import Invoicing
 from services.invoicing.service_layer.ingest import validation_problem
@@ -390,3 +390,30 @@ async def contest_balance(token: str, request: Request) -> str:
     status_ = await request.app.state.confirmations.answer(token, await _reason(request))
     return _confirmation_page(await request.app.state.confirmations.find(token),
                               f"Thank you: balance {status_}; our collections team will contact you.")
+
+
+# -- customer master data ------------------------------------------------------------------
+class BulkCustomers(BaseModel):
+    billing_source: str | None = Field(default=None, min_length=1, max_length=100)
+    items: list[dict[str, Any]] = Field(min_length=1, max_length=10_000)
+
+
+@router.put("/customers/{customer_id}", response_model=Created, response_model_exclude_none=True, tags=["customers"])
+async def upsert_customer(customer_id: Annotated[str, PathParam(max_length=200)], body: CustomerIn,
+                          principal: Writer, request: Request) -> Created:
+    """Create or update a customer's master data; CustomerUpserted goes out when anything changed."""
+    if body.id != customer_id:
+        raise DomainError("id", f"must match the customer id in the path ({customer_id!r})")
+    [result] = await request.app.state.ingestor.upsert_customers(principal.tenant_id, _source(principal, None), [body])
+    return Created(id=customer_id, status=result.status)
+
+
+@router.post("/customers/bulk", response_model=BulkOut, tags=["customers"])
+async def upsert_customers(body: BulkCustomers, principal: Writer, request: Request) -> BulkOut:
+    """Up to 10,000 customers; a result per item (upserted, unchanged or rejected)."""
+    results = await request.app.state.ingestor.upsert_customers(
+        principal.tenant_id, _source(principal, body.billing_source), body.items)
+    summary = dict.fromkeys(("upserted", "unchanged", "rejected"), 0)
+    for r in results:
+        summary[r.status] += 1
+    return BulkOut(summary=summary, results=[ItemOut(**vars(r)) for r in results])

@@ -2,8 +2,9 @@
 HTTP API. A record that cannot be read, names an unregistered billing source, or is rejected
 goes to the dead-letter topic with the reason; the consumer carries on.
 
-Record value (JSON): {"tenant_id": ..., "billing_source": ..., "kind": "invoice" | "payment",
-"record": <the same body as POST /v1/invoices or /v1/payments>}; key: "tenant_id:customer_id"."""
+Record value (JSON): {"tenant_id": ..., "billing_source": ..., "kind": "customer" | "invoice" | "payment",
+"record": <the same body as PUT /v1/customers/{id}, POST /v1/invoices or /v1/payments>};
+key: "tenant_id:customer_id"."""
 from __future__ import annotations
 
 from itertools import groupby
@@ -23,7 +24,7 @@ class IngestRecord(BaseModel):
     model_config = ConfigDict(extra="forbid")
     tenant_id: str = Field(min_length=1, max_length=200)
     billing_source: str = Field(min_length=1, max_length=100)
-    kind: Literal["invoice", "payment"]
+    kind: Literal["customer", "invoice", "payment"]
     record: dict[str, Any]
 
 
@@ -50,8 +51,9 @@ def ingest_handler(pool: asyncpg.Pool, ingestor: InvoiceIngestor, invoicing: Inv
                 for r, _ in items:
                     await reject(r, f"billing_source: {source!r} is not registered for tenant {tenant!r}")
                 continue
-            if kind == "invoice":
-                results = await ingestor.ingest(tenant, source, [m.record for _, m in items])
+            if kind in ("invoice", "customer"):
+                apply = ingestor.ingest if kind == "invoice" else ingestor.upsert_customers
+                results = await apply(tenant, source, [m.record for _, m in items])
                 for (r, _), result in zip(items, results, strict=True):
                     if result.status == "rejected":
                         await reject(r, f"record.{result.field}: {result.reason}")

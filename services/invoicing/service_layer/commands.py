@@ -20,6 +20,7 @@ class CustomerIn(BaseModel):
     timezone: str = "UTC"
     email: EmailStr | None = None
     phone: str | None = Field(default=None, pattern=r"^\+[1-9][0-9]{6,14}$", description="E.164")
+    credit_terms_days: int | None = Field(default=None, ge=0, le=365, description="agreed payment terms in days")
 
     @field_validator("timezone")
     @classmethod

@@ -58,7 +58,7 @@ class _Race(Exception):
     """Another transaction created one of these invoices first: apply the wave again."""
 
 
-_CUSTOMER_FIELDS = ("name", "language", "timezone", "email", "phone")
+_CUSTOMER_FIELDS = ("name", "language", "timezone", "email", "phone", "credit_terms_days")
 
 
 class InvoiceIngestor:
@@ -158,7 +158,9 @@ class InvoiceIngestor:
                     accepted.append((i, rec, decision, invoice_id))
                     results.append(ItemResult(i, decision.outcome, str(invoice_id),
                                               changes=decision.changes or None))
-            events = await self._upsert_customers(conn, tenant_id, source, [rec for _, rec, _, _ in accepted], now)
+            events = await self._upsert_customers(
+                conn, tenant_id, source, [rec.customer for _, rec, _, _ in accepted if rec.customer is not None],
+                [rec.customer_key for _, rec, _, _ in accepted], now)
             timezones = {
                 r["customer_id"]: r["timezone"] for r in await conn.fetch(
                     "SELECT customer_id, timezone FROM customers WHERE tenant_id = $1 AND customer_id = ANY($2::text[])",
@@ -179,16 +181,38 @@ class InvoiceIngestor:
     def _envelope(self, payload, tenant_id: str, subject: str, now: datetime) -> Envelope:
         return new_envelope(payload, source=SOURCE, tenant_id=tenant_id, subject=subject, time=now)
 
-    async def _upsert_customers(self, conn, tenant_id: str, source: str, records: list[InvoiceRecord],
-                                now: datetime) -> list[Envelope]:
-        """Master data that came with the invoices (last one wins), placeholders for unknown ids."""
+    async def upsert_customers(self, tenant_id: str, source: str, items: Sequence[dict | CustomerIn]) -> list[ItemResult]:
+        """Customer master data on its own (before or without invoices): a result per item."""
+        results: list[ItemResult] = []
+        valid: list[CustomerIn] = []
+        for i, raw in enumerate(items):
+            try:
+                customer = raw if isinstance(raw, CustomerIn) else CustomerIn.model_validate(raw)
+            except ValidationError as exc:
+                field, reason = validation_problem(exc)
+                results.append(ItemResult(i, "rejected", field=field, reason=reason))
+                continue
+            valid.append(customer)
+            results.append(ItemResult(i, "unchanged", customer.id))
+        now = self.clock.now()
+        async with self.pool.acquire() as conn, conn.transaction():
+            events = await self._upsert_customers(conn, tenant_id, source, valid, [], now)
+            await add_events(conn, self.topics.invoicing, events)
+        changed = {e.subject for e in events}
+        for r in results:
+            if r.status == "unchanged" and r.id in changed:
+                r.status = "upserted"
+        return results
+
+    async def _upsert_customers(self, conn, tenant_id: str, source: str, customers: list[CustomerIn],
+                                referenced: list[str], now: datetime) -> list[Envelope]:
+        """Master data (last one wins), and placeholders for referenced ids nobody knows."""
         wanted: dict[str, dict[str, Any]] = {}
-        for rec in records:
-            if rec.customer is not None:
-                c = rec.customer
-                wanted[c.id] = {"customer_id": c.id, "name": c.name, "language": c.language, "timezone": c.timezone,
-                                "email": c.email, "phone": c.phone, "billing_source": source, "placeholder": False}
-        ids = list({rec.customer_key for rec in records})
+        for c in customers:
+            wanted[c.id] = {"customer_id": c.id, "name": c.name, "language": c.language, "timezone": c.timezone,
+                            "email": c.email, "phone": c.phone, "credit_terms_days": c.credit_terms_days,
+                            "billing_source": source, "placeholder": False}
+        ids = list(set(wanted) | set(referenced))
         existing = {
             r["customer_id"]: r for r in await conn.fetch(
                 "SELECT * FROM customers WHERE tenant_id = $1 AND customer_id = ANY($2::text[])", tenant_id, ids)
@@ -196,7 +220,7 @@ class InvoiceIngestor:
         for cid in ids:
             if cid not in wanted and cid not in existing:
                 wanted[cid] = {"customer_id": cid, "name": cid, "language": "en", "timezone": "UTC", "email": None,
-                               "phone": None, "billing_source": source, "placeholder": True}
+                               "phone": None, "credit_terms_days": None, "billing_source": source, "placeholder": True}
         changed = [
             w for cid, w in wanted.items()
             if cid not in existing or existing[cid]["placeholder"] != w["placeholder"]
@@ -205,14 +229,14 @@ class InvoiceIngestor:
         if not changed:
             return []
         await conn.execute(
-            """INSERT INTO customers (tenant_id, customer_id, name, language, timezone, email, phone, billing_source,
-                                      placeholder)
+            """INSERT INTO customers (tenant_id, customer_id, name, language, timezone, email, phone, credit_terms_days,
+                                      billing_source, placeholder)
                SELECT $1, * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-                                        $8::text[], $9::boolean[])
+                                        $8::int[], $9::text[], $10::boolean[])
                ON CONFLICT (tenant_id, customer_id) DO UPDATE SET
                  name = EXCLUDED.name, language = EXCLUDED.language, timezone = EXCLUDED.timezone,
-                 email = EXCLUDED.email, phone = EXCLUDED.phone, billing_source = EXCLUDED.billing_source,
-                 placeholder = EXCLUDED.placeholder, updated_at = now()""",
+                 email = EXCLUDED.email, phone = EXCLUDED.phone, credit_terms_days = EXCLUDED.credit_terms_days,
+                 billing_source = EXCLUDED.billing_source, placeholder = EXCLUDED.placeholder, updated_at = now()""",
             tenant_id, *([w[k] for w in changed] for k in ("customer_id", *_CUSTOMER_FIELDS, "billing_source",
                                                             "placeholder")),
         )
