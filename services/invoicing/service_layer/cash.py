@@ -48,16 +48,17 @@ async def settle(conn: asyncpg.Connection, tenant_id: str, customer_id: str, pay
     if not settled:
         return []
     by_id = {i.invoice_id: i for i in open_invoices}
-    amounts = {
+    amounts = {  # fees (kind 'fee') are settled quietly: InvoicePaid is about invoices
         str(r["invoice_id"]): r["amount_minor"] for r in await conn.fetch(
-            "SELECT invoice_id, amount_minor FROM invoices WHERE tenant_id = $1 AND invoice_id = ANY($2::uuid[])",
+            "SELECT invoice_id, amount_minor FROM invoices WHERE tenant_id = $1 AND invoice_id = ANY($2::uuid[])"
+            " AND kind = 'invoice'",
             tenant_id, [uuid.UUID(i) for i in settled])
     }
     return [
         _envelope(InvoicePaid(customer_id=customer_id, invoice_id=i, currency=by_id[i].currency, amount_minor=amounts[i],
                               due_date=by_id[i].due_date, paid_at=paid_at,
                               days_late=(paid_at.date() - by_id[i].due_date).days), tenant_id, i, now)
-        for i in settled
+        for i in settled if i in amounts
     ]
 
 
