@@ -135,7 +135,23 @@ def keys_create(
     console.print(token)
 
 
-@import_app.command("invoices")
+IMPORT_INVOICES_HELP = "\n\n".join([
+    "Import invoices from a CSV or JSON Lines file, streamed: any size, in bounded memory.",
+    "Each row is decided like a POST /v1/invoices: a new invoice is created, the same record again is unchanged,"
+    " a changed one is adjusted, status \"cancelled\" cancels it, so importing a file twice is safe.",
+    "CSV: a header row naming the columns (any order) external_id, number, customer_id, customer_name,"
+    " customer_language, customer_timezone, customer_email, customer_phone, currency, amount_minor or amount"
+    " (a decimal such as 1234.56, converted exactly), issue_date, due_date, status. An empty cell means"
+    " \"not given\". JSON Lines: one invoice record (the POST /v1/invoices body) per line.",
+    "Rejected rows go to the rejects file (row, external_id, field, reason), which each run replaces.",
+    "The events are written to the invoicing outbox in the same transactions as the invoices; the running"
+    " invoicing service's outbox relay publishes them (`tahsilat up` starts it). The database is migrated first,"
+    " so the import also works before the platform ever ran.",
+    "Exit code: 0 every row imported, 1 some rows rejected, 2 the file or the database could not be used.",
+])
+
+
+@import_app.command("invoices", help=IMPORT_INVOICES_HELP)
 def import_invoices_command(
     file: Annotated[Path, typer.Argument(help="a .csv, .jsonl or .ndjson file", show_default=False)],
     source: Annotated[str, typer.Option(help="the billing source the invoices come from")],
@@ -148,22 +164,8 @@ def import_invoices_command(
                                             help="days after the due date before an invoice is overdue")] = 0,
     chunk: Annotated[int, typer.Option(min=1, max=10_000, help="rows per batch")] = 5000,
 ) -> None:
-    """Import invoices from a CSV or JSON Lines file, streamed (any size, bounded memory).
-
-    Each row is decided like a POST /v1/invoices: new invoices are created, the same record
-    again is unchanged, a changed one is adjusted, status "cancelled" cancels it. Importing a
-    file twice is therefore safe. CSV: a header row naming the columns external_id, number,
-    customer_id, customer_name, customer_language, customer_timezone, customer_email,
-    customer_phone, currency, amount_minor or amount (a decimal like 1234.56), issue_date,
-    due_date, status; empty cells mean "not given". JSON Lines: one invoice record per line.
-
-    Rejected rows go to the rejects file (row, external_id, field, reason), replaced on each
-    run. The events are written to the invoicing outbox in the same transactions as the
-    invoices; the running invoicing service's outbox relay publishes them (start it with
-    `tahsilat up` if it is not running). Exit code: 0 all rows imported, 1 some rows
-    rejected, 2 the file or the database could not be used.
-    """
     from services.invoicing.entrypoints.file_import import ImportFileError, RecordReader
+    from shared.db import DatabaseUnavailable
 
     rejects_path = rejects or file.with_name(file.name + ".rejects.csv")
     try:
@@ -178,7 +180,7 @@ def import_invoices_command(
     except ImportFileError as exc:
         console.print(f"[red]cannot import:[/red] {exc}")
         raise typer.Exit(2) from None
-    except (StartupError, OSError) as exc:
+    except (StartupError, DatabaseUnavailable, OSError) as exc:
         console.print(f"[red]cannot import:[/red] {exc}")
         raise typer.Exit(2) from None
     except Exception as exc:  # noqa: BLE001 - e.g. the database went away midway

@@ -83,7 +83,7 @@ class RecordReader:
         self.path = Path(path)
         self.format = detect_format(self.path, fmt)
         if not self.path.is_file():
-            raise ImportFileError(f"no such file: {self.path}")
+            raise ImportFileError(f"{'not a file' if self.path.exists() else 'no such file'}: {self.path}")
         self.total_bytes = self.path.stat().st_size
         self.default_currency = default_currency
         self._raw: BinaryIO | None = None
