@@ -19,20 +19,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import csv
 import resource
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
 from datetime import date, timedelta
 from pathlib import Path
 
 import asyncpg
 import httpx
-import uvicorn
 from fastapi import FastAPI
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -44,9 +41,10 @@ from services.invoicing.settings import InvoicingSettings
 from shared.auth import new_key, store_api_key
 from shared.clock import SystemClock
 from shared.contract import Topics
-from shared.db import create_pool, drop_database, ensure_database, migrate, with_database
+from shared.db import drop_database, ensure_database, migrate, with_database
+from shared.host import serve_in_process
 from shared.logging import configure_logging
-from tahsilat.embedded import Broker, free_port, resolve_postgres
+from tahsilat.embedded import Broker, resolve_postgres
 
 TENANT = "bench"
 TARGETS = {"bulk API": 0.10, "file import": 0.20}
@@ -100,24 +98,6 @@ def write_csv(path: Path, n: int, customers: int, prefix: str) -> None:
 
 
 # -- helpers ---------------------------------------------------------------------------------------
-
-@contextlib.asynccontextmanager
-async def serving(app: FastAPI) -> AsyncIterator[str]:
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False,
-                                           lifespan="on"))
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-            raise RuntimeError("the invoicing service stopped during start-up")
-        await asyncio.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 60)
-
 
 async def until_published(pool: asyncpg.Pool, expected_invoices: int, source: str, progress: Progress,
                           timeout: float = 1800) -> None:
@@ -233,7 +213,7 @@ async def run(n: int, customers: int, batch: int, work: Path, bootstrap: str) ->
                                      kafka_partitions=6, poll_interval_seconds=0.2, log_level="warning",
                                      roles="api")  # the outbox relay, no consumers or timers
         app = build(settings, SystemClock())
-        async with serving(app) as base_url:
+        async with serve_in_process(app) as base_url:
             console.print(f"[bold]2/3[/bold] bulk HTTP API: {n // batch} requests of {batch:,} items …")
             results["bulk API"] = await bulk_api(base_url, app, n, customers, batch)
             console.print(f"    {n / results['bulk API']:,.0f} invoices/s; peak RSS {peak_rss_mb():,.0f} MB")

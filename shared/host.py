@@ -191,3 +191,32 @@ def serve(app: FastAPI, settings: ServiceSettings) -> None:
         app, host=settings.http_host, port=settings.http_port, log_config=None, access_log=False, lifespan="on"
     )
     uvicorn.Server(config).run()
+
+
+@contextlib.asynccontextmanager
+async def serve_in_process(app: FastAPI, host: str = "127.0.0.1", port: int = 0,
+                           timeout: float = 30.0) -> AsyncIterator[str]:
+    """Serve `app` (lifespan included) inside the running event loop; yields its base URL.
+    Port 0 picks a free one. For tests and benchmarks that drive a service over real HTTP."""
+    if port == 0:
+        import socket
+
+        with socket.socket() as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False,
+                                           lifespan="on"))
+    task = asyncio.create_task(server.serve())
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not server.started:
+        if task.done():
+            task.result()
+            raise RuntimeError("the service stopped during start-up")
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError("the service did not start")
+        await asyncio.sleep(0.02)
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 60)

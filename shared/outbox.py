@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 
 import asyncpg
 
@@ -124,7 +123,8 @@ class OutboxRelay:
         """Publish one batch; returns how many rows were claimed."""
         async with self.pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
-                "SELECT id, topic, key, envelope FROM outbox"
+                # The stored JSON goes out as PostgreSQL prints it: no decode and re-encode here.
+                "SELECT id, topic, key, event_type, envelope::text AS value FROM outbox"
                 " WHERE published_at IS NULL AND next_attempt_at <= now()"
                 " ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
                 self.batch_size,
@@ -133,10 +133,10 @@ class OutboxRelay:
                 return 0
             futures = []
             for r in rows:
-                value = json.dumps(r["envelope"], separators=(",", ":")).encode()
-                headers = [("event_type", r["envelope"]["type"].encode())]
+                headers = [("event_type", r["event_type"].encode())]
                 try:
-                    fut = await self.producer.send(r["topic"], value=value, key=r["key"].encode(), headers=headers)
+                    fut = await self.producer.send(r["topic"], value=r["value"].encode(), key=r["key"].encode(),
+                                                   headers=headers)
                 except Exception as exc:  # noqa: BLE001 - the broker may be gone; retry later
                     fut = asyncio.get_running_loop().create_future()
                     fut.set_exception(exc)

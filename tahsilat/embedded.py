@@ -113,7 +113,7 @@ async def resolve_postgres(data_dir: Path) -> tuple[str, str]:
     url = os.environ.get("DATABASE_URL")
     if url:
         if not await _can_connect(url):
-            raise StartupError(f"cannot connect to DATABASE_URL; check that the server is up and the URL is right")
+            raise StartupError("cannot connect to DATABASE_URL; check that the server is up and the URL is right")
         return url, "DATABASE_URL"
     if await _can_connect(LOCAL_POSTGRES):
         return LOCAL_POSTGRES, "local server 127.0.0.1:5432"

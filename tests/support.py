@@ -2,17 +2,15 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import httpx
-import uvicorn
 from fastapi import FastAPI
 
 from shared.auth import new_key, store_api_key
-from tahsilat.embedded import free_port
+from shared.host import serve_in_process
 
 T = TypeVar("T")
 
@@ -42,25 +40,9 @@ async def wait_for(condition: Callable[[], Awaitable[T]], timeout: float = 20.0,
     raise AssertionError(f"timed out after {timeout} s waiting for {message} (last value: {last!r})")
 
 
-@contextlib.asynccontextmanager
-async def running(app: FastAPI) -> AsyncIterator[str]:
+def running(app: FastAPI):
     """Serve `app` (lifespan included) on a free port; yields its base URL."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on"))
-    task = asyncio.create_task(server.serve())
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if task.done():
-            task.result()
-            raise RuntimeError("server stopped during start-up")
-        if time.monotonic() > deadline:
-            raise TimeoutError("server did not start")
-        await asyncio.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 30)
+    return serve_in_process(app)
 
 
 async def api_key(app: FastAPI, tenant_id: str, role: str, source_name: str | None = None) -> str:

@@ -1,7 +1,6 @@
 """Invoicing use cases, one database transaction each; events go out through the outbox."""
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
