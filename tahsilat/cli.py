@@ -246,6 +246,126 @@ def _print_import_summary(summary, file: Path) -> None:
     console.print("events are in the invoicing outbox; the running invoicing service publishes them")
 
 
+IMPORT_PAYMENTS_HELP = "\n\n".join([
+    "Import payments from a CSV file, a JSON Lines file or a bank statement, streamed: any size, in bounded"
+    " memory. Payments are recorded one by one in file order, each like a POST /v1/payments: applied by invoice"
+    " reference, else to the oldest open invoice first; the rest is credit; a payment for an unknown customer is"
+    " kept as unapplied cash. The same payment again is unchanged, so importing a file twice is safe.",
+    "CSV (--format csv): a header row naming the columns (any order) external_id, customer_id, currency,"
+    " amount_minor or amount (a decimal such as 1234.56, converted exactly), received_at (ISO date-time with an"
+    " offset, or a bare date = 12:00 UTC that day), invoice_refs (numbers or external ids separated by ';' or"
+    " spaces), status (received or reversed), reason. JSON Lines: one POST /v1/payments body per line.",
+    "Bank statement (--format bank): columns date, amount, currency, reference, counterparty_id, transaction_id."
+    " Credits become payments with the transaction id as external id; debits and zero amounts are skipped. The"
+    " invoices paid are the words of the reference equal to an open invoice's number or external id (of the"
+    " counterparty, or of any customer when counterparty_id is empty: then their customer pays, if they are all"
+    " one customer's). A credit nobody can be identified for is kept as unapplied cash of customer"
+    " UNIDENTIFIED, never dropped.",
+    "Rejected rows go to the rejects file (row, external_id, field, reason), which each run replaces.",
+    "The events are written to the invoicing outbox in the same transactions as the payments; the running"
+    " invoicing service's outbox relay publishes them. The database is migrated first.",
+    "Exit code: 0 every row imported (or skipped), 1 some rows rejected, 2 the file or the database could not"
+    " be used.",
+])
+
+
+@import_app.command("payments", help=IMPORT_PAYMENTS_HELP)
+def import_payments_command(
+    file: Annotated[Path, typer.Argument(help="a .csv, .jsonl or .ndjson file, or a bank statement CSV",
+                                         show_default=False)],
+    source: Annotated[str, typer.Option(help="the billing source (or bank account) the payments come from")],
+    tenant: Annotated[str, typer.Option(help="the tenant the payments belong to")],
+    rejects: Annotated[Path | None, typer.Option(help="where rejected rows go (default: FILE.rejects.csv)")] = None,
+    format: Annotated[str | None, typer.Option("--format",
+                                               help="csv, jsonl or bank (default: csv or jsonl from the extension)")
+                      ] = None,
+    db_prefix: Annotated[str, typer.Option(help="database name prefix of the platform")] = "tahsilat",
+    topic_prefix: Annotated[str, typer.Option(envvar="TOPIC_PREFIX", help="topic prefix of the platform")] = "",
+) -> None:
+    from services.invoicing.entrypoints.file_import import ImportFileError, PaymentReader
+    from shared.db import DatabaseUnavailable
+
+    rejects_path = rejects or file.with_name(file.name + ".rejects.csv")
+    try:
+        PaymentReader(file, format)  # the file exists and its format is known, before touching the database
+    except ImportFileError as exc:
+        console.print(f"[red]cannot import:[/red] {exc}")
+        raise typer.Exit(2) from None
+    try:
+        summary = asyncio.run(_import_payments(file, rejects_path, format=format, source=source, tenant=tenant,
+                                               db_prefix=db_prefix, topic_prefix=topic_prefix))
+    except ImportFileError as exc:
+        console.print(f"[red]cannot import:[/red] {exc}")
+        raise typer.Exit(2) from None
+    except (StartupError, DatabaseUnavailable, OSError) as exc:
+        console.print(f"[red]cannot import:[/red] {exc}")
+        raise typer.Exit(2) from None
+    except Exception as exc:  # noqa: BLE001 - e.g. the database went away midway
+        console.print(f"[red]import failed:[/red] {type(exc).__name__}: {exc}"
+                      " (payments recorded so far stay recorded; importing the file again is safe)")
+        raise typer.Exit(2) from None
+    _print_payment_import_summary(summary, file)
+    raise typer.Exit(1 if summary.rejected else 0)
+
+
+async def _import_payments(file: Path, rejects_path: Path, *, format: str | None, source: str, tenant: str,
+                           db_prefix: str, topic_prefix: str):
+    from rich.progress import (
+        BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn,
+    )
+
+    from services.invoicing.bootstrap import MIGRATIONS
+    from services.invoicing.entrypoints.file_import import import_payments
+    from shared.clock import SystemClock
+    from shared.contract import Topics
+    from shared.db import create_pool, ensure_database, migrate, with_database
+
+    server, _ = await resolve_postgres(VAR)
+    name = f"{db_prefix}_invoicing"
+    await ensure_database(server, name)
+    url = with_database(server, name)
+    await migrate(url, MIGRATIONS)
+    clock_file = os.environ.get("CLOCK_FILE")
+    clock = FileClock(Path(clock_file)) if clock_file else SystemClock()
+    pool = await create_pool(url, max_size=4)
+    try:
+        with Progress(TextColumn("[bold]importing[/bold] {task.description}"), BarColumn(), DownloadColumn(),
+                      TextColumn("{task.fields[rows]:,} rows"), TimeElapsedColumn(), TimeRemainingColumn(),
+                      console=console, transient=False) as bar:
+            task = bar.add_task(file.name, total=file.stat().st_size, rows=0)
+
+            def progress(rows: int, done: int, total: int) -> None:
+                bar.update(task, completed=done, total=total, rows=rows)
+
+            return await import_payments(pool, clock, Topics(topic_prefix), tenant_id=tenant, source=source,
+                                         path=file, rejects_path=rejects_path, fmt=format, progress=progress)
+    finally:
+        await pool.close()
+
+
+def _print_payment_import_summary(summary, file: Path) -> None:
+    from services.invoicing.entrypoints.file_import import UNIDENTIFIED_CUSTOMER
+
+    t = Table(title=f"import of {file.name}", show_header=False)
+    t.add_row("read", f"{summary.rows:,}")
+    for status in ("created", "unchanged", "reversed", "skipped", "rejected"):
+        t.add_row(status, f"{summary.counts[status]:,}")
+    t.add_row("rows/s", f"{summary.rows_per_second:,.0f}")
+    t.add_row("seconds", f"{summary.seconds:.1f}")
+    console.print(t)
+    if summary.skipped:
+        console.print(f"{summary.skipped:,} debits and zero amounts skipped (only credits are payments)")
+    if summary.unidentified:
+        console.print(f"[yellow]{summary.unidentified:,} credits could not be matched to a customer[/yellow]: kept"
+                      f" as unapplied cash of customer {UNIDENTIFIED_CUSTOMER} (GET /v1/payments/unapplied)")
+    if summary.rejects_path is not None:
+        console.print(f"[yellow]{summary.rejected:,} rejected rows[/yellow] (row, field, reason):"
+                      f" {summary.rejects_path}")
+    else:
+        console.print("[green]no rows rejected[/green]")
+    console.print("events are in the invoicing outbox; the running invoicing service publishes them")
+
+
 # --------------------------------------------------------------------------- reports
 
 report_app = typer.Typer(help="Receivables reports read from the invoicing database: aging, DSO.",

@@ -259,3 +259,291 @@ async def test_a_large_file_is_imported_in_bounded_memory(pool, tmp_path):
     assert await pool.fetchval("SELECT count(*) FROM invoices") == ROWS
     assert peak[0] - before < 150, (before, peak[0])
     assert end - fifth < 40, (fifth, end)  # 80,000 more rows held would be ~100 MB more
+
+
+# -- payments -----------------------------------------------------------------------------------
+
+from services.invoicing.entrypoints.file_import import UNIDENTIFIED_CUSTOMER, import_payments  # noqa: E402
+
+PAID_AT = datetime(2026, 3, 9, 9, 0, tzinfo=timezone.utc)
+
+
+async def load_invoices(pool, tmp_path, text: str) -> None:
+    path = tmp_path / "invoices-for-payments.csv"
+    path.write_text(text, encoding="utf-8")
+    summary = await import_invoices(pool, ManualClock(T0), TOPICS, tenant_id="t1", source="erp", path=path,
+                                    rejects_path=tmp_path / "invoices.rejects.csv")
+    assert summary.rejected == 0
+
+
+async def open_invoices(pool) -> dict[str, tuple[int, str]]:
+    return {r["external_id"]: (r["open_minor"], r["status"])
+            for r in await pool.fetch("SELECT external_id, open_minor, status FROM invoices WHERE tenant_id = 't1'")}
+
+
+async def payments_by_external_id(pool) -> dict[str, dict]:
+    return {r["external_id"]: dict(r) for r in await pool.fetch(
+        "SELECT external_id, billing_source, customer_id, currency, amount_minor, unapplied_minor, unapplied_reason,"
+        " references_, status, received_at FROM payments WHERE tenant_id = 't1'")}
+
+
+async def assert_ledger_reconciles(pool) -> None:
+    """Per currency, over the whole tenant: the ledger balance equals what is open on invoices
+    minus the unapplied cash and credit, to the cent."""
+    ledger = {r["currency"]: r["s"] for r in await pool.fetch(
+        "SELECT currency, sum(amount_minor) AS s FROM ledger_entries WHERE tenant_id = 't1' GROUP BY currency")}
+    open_ = {r["currency"]: r["s"] for r in await pool.fetch(
+        "SELECT currency, sum(open_minor) AS s FROM invoices WHERE tenant_id = 't1' GROUP BY currency")}
+    unapplied = {r["currency"]: r["s"] for r in await pool.fetch(
+        "SELECT currency, sum(unapplied_minor) AS s FROM payments WHERE tenant_id = 't1' GROUP BY currency")}
+    assert ledger, "nothing booked"
+    for currency in set(ledger) | set(open_) | set(unapplied):
+        assert ledger.get(currency, 0) == open_.get(currency, 0) - unapplied.get(currency, 0), currency
+
+
+INVOICES_FOR_PAYMENTS = """\
+external_id,number,customer_id,currency,amount,issue_date,due_date
+INV-1,N-1,C1,EUR,100.00,2026-02-01,2026-03-01
+INV-2,N-2,C1,EUR,200.00,2026-02-01,2026-03-10
+INV-3,N-3,C1,EUR,50.00,2026-02-01,2026-03-20
+INV-4,N-4,C2,EUR,300.00,2026-02-01,2026-03-05
+J-1,J-1,C3,JPY,15000,2026-02-01,2026-03-05
+"""
+
+PAYMENTS = """\
+external_id,customer_id,currency,amount,amount_minor,received_at,invoice_refs,status,reason
+P-1,C1,EUR,60.00,,2026-03-03,,,
+P-2,C1,EUR,,5000,2026-03-04T10:00:00+03:00,N-3,,
+P-3,C2,EUR,350.00,,2026-03-04,,,
+P-4,STRANGER,EUR,12.34,,2026-03-05,INV-1,,
+P-5,C1,XYZ,10,,2026-03-05,,,
+P-6,C3,JPY,15000,,,J-1,,
+P-7,C1,EUR,10.001,,,,,
+P-1,C1,EUR,60.00,,2026-03-03,,,
+P-6,C3,JPY,15000,,,,reversed,bounced: NSF
+P-99,C1,EUR,1.00,,,,reversed,
+P-1,C1,EUR,61.00,,2026-03-03,,,
+"""
+
+
+async def test_a_payment_file_applies_in_order_and_explains_the_rejects(pool, tmp_path):
+    await load_invoices(pool, tmp_path, INVOICES_FOR_PAYMENTS)
+    path = tmp_path / "payments.csv"
+    path.write_text(PAYMENTS, encoding="utf-8")
+    rejects = tmp_path / "payments.csv.rejects.csv"
+    seen: list[tuple[int, int, int]] = []
+
+    summary = await import_payments(pool, ManualClock(PAID_AT), TOPICS, tenant_id="t1", source="erp", path=path,
+                                    rejects_path=rejects, progress=lambda *a: seen.append(a), progress_every=4)
+
+    assert summary.rows == 11
+    assert summary.counts == {"created": 5, "unchanged": 1, "reversed": 1, "rejected": 4, "skipped": 0}
+    assert seen[-1] == (11, path.stat().st_size, path.stat().st_size) and [s[0] for s in seen] == [4, 8, 11]
+    lines = read_rejects(rejects)
+    assert [(r["row"], r["external_id"], r["field"]) for r in lines] == [
+        ("6", "P-5", "currency"), ("8", "P-7", "amount"), ("11", "P-99", "external_id"), ("12", "P-1", "external_id"),
+    ]
+    assert lines[0]["reason"] == "unknown ISO 4217 currency code 'XYZ'"
+    assert "more decimals than EUR allows" in lines[1]["reason"]
+    assert "no payment recorded" in lines[2]["reason"]
+    assert "a different payment is already recorded" in lines[3]["reason"]
+
+    assert await open_invoices(pool) == {
+        "INV-1": (4_000, "open"),   # P-1: partial, oldest first
+        "INV-2": (20_000, "open"),
+        "INV-3": (0, "paid"),       # P-2: by reference (its number), not the oldest
+        "INV-4": (0, "paid"),       # P-3: over-paid by 50.00
+        "J-1": (15_000, "open"),    # P-6 paid it, then bounced
+    }
+    payments = await payments_by_external_id(pool)
+    assert (payments["P-1"]["received_at"], payments["P-1"]["amount_minor"]) == (
+        datetime(2026, 3, 3, 12, tzinfo=timezone.utc), 6_000)  # a bare date: noon UTC
+    assert payments["P-2"]["received_at"] == datetime(2026, 3, 4, 7, tzinfo=timezone.utc)
+    assert (payments["P-3"]["unapplied_minor"], payments["P-3"]["unapplied_reason"]) == (
+        5_000, "over-payment: no open invoice left in this currency")
+    assert (payments["P-6"]["status"], payments["P-6"]["unapplied_minor"]) == ("reversed", 0)
+    assert (payments["P-4"]["unapplied_minor"], payments["P-4"]["unapplied_reason"]) == (1_234, "unknown customer")
+    assert payments["P-4"]["references_"] == ["INV-1"]
+    assert set(payments) == {"P-1", "P-2", "P-3", "P-4", "P-6"}
+    await assert_ledger_reconciles(pool)
+
+    outbox = Counter(r["event_type"] for r in await pool.fetch("SELECT event_type FROM outbox"))
+    assert (outbox["PaymentReceived"], outbox["PaymentReversed"]) == (5, 1)
+    unapplied = await pool.fetch("SELECT external_id FROM payments WHERE unapplied_minor > 0 ORDER BY external_id")
+    assert [u["external_id"] for u in unapplied] == ["P-3", "P-4"]
+
+    again = await import_payments(pool, ManualClock(PAID_AT), TOPICS, tenant_id="t1", source="erp", path=path,
+                                  rejects_path=rejects)
+    assert again.counts == {"created": 0, "unchanged": 7, "reversed": 0, "rejected": 4, "skipped": 0}
+    assert await pool.fetchval("SELECT count(*) FROM payments") == 5
+    await assert_ledger_reconciles(pool)
+
+
+async def test_an_over_payment_in_a_file_is_credit_and_jsonl_works_too(pool, tmp_path):
+    await load_invoices(pool, tmp_path, INVOICES_FOR_PAYMENTS)
+    path = tmp_path / "payments.jsonl"
+    path.write_text("\n".join(json.dumps(p) for p in [
+        {"external_id": "Q-1", "customer_id": "C2", "currency": "EUR", "amount_minor": 35_000},
+        {"external_id": "Q-2", "customer_id": "C2", "currency": "EUR", "amount_minor": 1, "billing_source": "other"},
+        {"external_id": "Q-3", "customer_id": "C1", "currency": "EUR", "amount_minor": -5},
+    ]) + "\n", encoding="utf-8")
+    rejects = tmp_path / "q.rejects.csv"
+    summary = await import_payments(pool, ManualClock(PAID_AT), TOPICS, tenant_id="t1", source="erp", path=path,
+                                    rejects_path=rejects)
+    assert summary.counts == {"created": 1, "unchanged": 0, "reversed": 0, "rejected": 2, "skipped": 0}
+    assert [(r["row"], r["field"]) for r in read_rejects(rejects)] == [("2", "billing_source"), ("3", "amount_minor")]
+    q1 = (await payments_by_external_id(pool))["Q-1"]
+    assert (q1["unapplied_minor"], q1["unapplied_reason"]) == (
+        5_000, "over-payment: no open invoice left in this currency")
+    assert (await open_invoices(pool))["INV-4"] == (0, "paid")
+    await assert_ledger_reconciles(pool)
+
+
+INVOICES_FOR_BANK = """\
+external_id,number,customer_id,currency,amount,issue_date,due_date
+INV-1001,INV-1001,C1,EUR,100.00,2026-02-01,2026-03-01
+INV-1002,F-1002,C1,EUR,200.00,2026-02-01,2026-03-10
+INV-1003,INV-1003,C1,EUR,300.00,2026-02-01,2026-03-20
+INV-2001,INV-2001,C2,EUR,400.00,2026-02-01,2026-03-02
+X-1,DUP-1,C3,EUR,10.00,2026-02-01,2026-03-02
+X-2,DUP-1,C4,EUR,10.00,2026-02-01,2026-03-02
+"""
+
+STATEMENT = """\
+date,amount,currency,reference,counterparty_id,transaction_id
+2026-03-05,150.00,EUR,INV-1003 / ACME,C1,TX-1
+2026-03-05,-49.90,EUR,card fee,,TX-2
+2026-03-06,300.00,EUR,"Payment F-1002 and INV-1001, thanks",,TX-3
+2026-03-06,400.00,EUR,INV-2001,,TX-4
+2026-03-06,75.00,EUR,misc transfer,,TX-5
+2026-03-07,20.00,EUR,DUP-1,,TX-6
+2026-03-07,10.00,EUR,INV-2001,C1,TX-7
+2026-03-08,100.00,EUR,INV-1003,,TX-8
+2026-03-08,100.00,EUR,re INV-1003.,,TX-9
+2026-03-08,5.00,EUR,,ACME LTD,TX-10
+2026-03-08,5.00,XYZ,INV-1003,,TX-11
+2026-03-08,5.00,EUR,,,TX 12
+"""
+
+
+async def test_a_bank_statement_finds_customers_and_invoices_and_keeps_the_rest(pool, tmp_path):
+    await load_invoices(pool, tmp_path, INVOICES_FOR_BANK)
+    path = tmp_path / "statement.csv"
+    path.write_text(STATEMENT, encoding="utf-8")
+    rejects = tmp_path / "statement.rejects.csv"
+
+    summary = await import_payments(pool, ManualClock(PAID_AT), TOPICS, tenant_id="t1", source="bank-garanti",
+                                    path=path, fmt="bank", rejects_path=rejects)
+
+    assert summary.counts == {"created": 8, "unchanged": 0, "reversed": 0, "rejected": 3, "skipped": 1}
+    assert summary.unidentified == 2
+    assert [(r["row"], r["external_id"], r["field"]) for r in read_rejects(rejects)] == [
+        ("11", "TX-10", "counterparty_id"), ("12", "TX-11", "currency"), ("13", "TX 12", "transaction_id"),
+    ]
+
+    payments = await payments_by_external_id(pool)
+    assert set(payments) == {f"TX-{i}" for i in (1, 3, 4, 5, 6, 7, 8, 9)}  # TX-2 is a debit
+    assert {p["billing_source"] for p in payments.values()} == {"bank-garanti"}
+    customer_refs = {k: (p["customer_id"], p["references_"]) for k, p in payments.items()}
+    assert customer_refs == {
+        "TX-1": ("C1", ["INV-1003"]),                # the counterparty, and the invoice its reference names
+        "TX-3": ("C1", ["F-1002", "INV-1001"]),      # no counterparty: the invoices say whose it is
+        "TX-4": ("C2", ["INV-2001"]),
+        "TX-5": (UNIDENTIFIED_CUSTOMER, []),         # nothing says whose: unapplied cash
+        "TX-6": (UNIDENTIFIED_CUSTOMER, ["DUP-1"]),  # two customers have an invoice DUP-1
+        "TX-7": ("C1", []),                          # INV-2001 is not C1's: oldest of C1's open instead
+        "TX-8": ("C1", ["INV-1003"]),
+        "TX-9": ("C1", ["INV-1003"]),
+    }
+    for tx in ("TX-5", "TX-6"):
+        assert (payments[tx]["unapplied_minor"], payments[tx]["unapplied_reason"]) == (
+            payments[tx]["amount_minor"], "unknown customer")
+    assert payments["TX-1"]["received_at"] == datetime(2026, 3, 5, 12, tzinfo=timezone.utc)
+    # In file order: TX-1 150 and TX-7 10 on INV-1003 (300), TX-8 100, TX-9 the last 40 and 60 of credit.
+    assert (payments["TX-9"]["unapplied_minor"], payments["TX-9"]["unapplied_reason"]) == (
+        6_000, "over-payment: no open invoice left in this currency")
+    assert await open_invoices(pool) == {
+        "INV-1001": (0, "paid"), "INV-1002": (0, "paid"), "INV-1003": (0, "paid"), "INV-2001": (0, "paid"),
+        "X-1": (1_000, "open"), "X-2": (1_000, "open"),
+    }
+    unapplied = await pool.fetch("SELECT external_id, unapplied_minor, unapplied_reason FROM payments"
+                                 " WHERE unapplied_minor > 0 ORDER BY external_id")
+    assert [(u["external_id"], u["unapplied_minor"]) for u in unapplied] == [
+        ("TX-5", 7_500), ("TX-6", 2_000), ("TX-9", 6_000)]
+    await assert_ledger_reconciles(pool)
+
+    # The statement again, now that its invoices are paid: every payment is recorded already.
+    again = await import_payments(pool, ManualClock(PAID_AT), TOPICS, tenant_id="t1", source="bank-garanti",
+                                  path=path, fmt="bank", rejects_path=rejects)
+    assert again.counts == {"created": 0, "unchanged": 8, "reversed": 0, "rejected": 3, "skipped": 1}
+    assert again.unidentified == 0
+    assert await pool.fetchval("SELECT count(*) FROM payments") == 8
+    assert await pool.fetchval("SELECT count(*) FROM outbox WHERE event_type = 'PaymentReceived'") == 8
+    await assert_ledger_reconciles(pool)
+
+
+def test_the_import_payments_command_reads_a_bank_statement(pg_server, tmp_path):
+    prefix = f"climp_{uuid.uuid4().hex[:10]}"
+    invoices = tmp_path / "invoices.csv"
+    invoices.write_text("external_id,customer_id,currency,amount,issue_date,due_date\n"
+                        "INV-1,C1,EUR,100.00,2026-03-01,2026-03-31\n"
+                        "INV-2,C2,EUR,50.00,2026-03-01,2026-03-31\n", encoding="utf-8")
+    statement = tmp_path / "march-statement.csv"
+    statement.write_text("date,amount,currency,reference,counterparty_id,transaction_id\n"
+                         "2026-03-05,100.00,EUR,INV-1,,TX-1\n"
+                         "2026-03-05,-12.00,EUR,bank charges,,TX-2\n"
+                         "2026-03-06,20.00,EUR,,C2,TX-3\n"
+                         "2026-03-06,30.00,EUR,who knows,,TX-4\n", encoding="utf-8")
+    env = {**os.environ, "DATABASE_URL": pg_server, "COLUMNS": "120"}
+    env.pop("TOPIC_PREFIX", None)
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "tahsilat.cli", "import", *args, "--tenant", "t1",
+                               "--db-prefix", prefix], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+
+    def shows(out: str, label: str, value: str) -> bool:
+        return any(label in line and f" {value} " in line for line in out.splitlines())
+
+    try:
+        assert run("invoices", str(invoices), "--source", "erp").returncode == 0
+        result = run("payments", str(statement), "--source", "bank", "--format", "bank")
+        assert result.returncode == 0, result.stdout + result.stderr
+        out = result.stdout
+        for label, value in (("read", "4"), ("created", "3"), ("skipped", "1"), ("rejected", "0")):
+            assert shows(out, label, value), out
+        assert "rows/s" in out and "UNIDENTIFIED" in out and not (tmp_path / "march-statement.csv.rejects.csv").exists()
+
+        again = run("payments", str(statement), "--source", "bank", "--format", "bank")
+        assert again.returncode == 0 and shows(again.stdout, "unchanged", "3"), again.stdout
+
+        bad = tmp_path / "bad-statement.csv"
+        bad.write_text("date,amount,currency,transaction_id\n2026-03-07,1.001,EUR,TX-9\n", encoding="utf-8")
+        rejected = run("payments", str(bad), "--source", "bank", "--format", "bank")
+        assert rejected.returncode == 1 and shows(rejected.stdout, "rejected", "1"), rejected.stdout
+        [line] = read_rejects(tmp_path / "bad-statement.csv.rejects.csv")
+        assert (line["row"], line["external_id"], line["field"]) == ("2", "TX-9", "amount")
+
+        unknown = run("payments", str(statement), "--source", "bank", "--format", "mt940")
+        assert unknown.returncode == 2 and "unknown format 'mt940'" in unknown.stdout
+
+        async def check():
+            import asyncpg
+
+            conn = await asyncpg.connect(with_database(pg_server, f"{prefix}_invoicing"))
+            try:
+                return ({r["external_id"]: (r["customer_id"], r["unapplied_minor"]) for r in await conn.fetch(
+                            "SELECT external_id, customer_id, unapplied_minor FROM payments")},
+                        {r["external_id"]: r["open_minor"] for r in await conn.fetch(
+                            "SELECT external_id, open_minor FROM invoices")})
+            finally:
+                await conn.close()
+
+        import asyncio
+
+        payments, open_ = asyncio.run(check())
+        assert payments == {"TX-1": ("C1", 0), "TX-3": ("C2", 0), "TX-4": (UNIDENTIFIED_CUSTOMER, 3_000)}
+        assert open_ == {"INV-1": 0, "INV-2": 3_000}
+    finally:
+        import asyncio
+
+        asyncio.run(drop_database(pg_server, f"{prefix}_invoicing"))

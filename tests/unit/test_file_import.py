@@ -216,3 +216,180 @@ def test_reading_is_lazy_and_reports_bytes(tmp_path):
     assert 0 < reader.bytes_read < reader.total_bytes / 4  # read a buffer, not the file
     assert sum(1 for _ in it) == 49_999
     assert reader.bytes_read == reader.total_bytes
+
+
+# -- payments -----------------------------------------------------------------------------------
+
+from datetime import datetime, timedelta, timezone  # noqa: E402
+
+from services.invoicing.entrypoints.file_import import (  # noqa: E402
+    PaymentReader, detect_payment_format, parse_received_at, read_payments, reference_tokens,
+)
+from services.invoicing.service_layer.commands import RecordPayment  # noqa: E402
+
+NOON = timedelta(hours=12)
+
+
+def payment_rows(path, fmt=None):
+    return list(read_payments(path, fmt))
+
+
+def test_payment_csv_columns_map_to_a_record_payment(tmp_path):
+    path = write(tmp_path, "p.csv",
+                 "reason,status,invoice_refs,received_at,amount,currency,customer_id,external_id\n"
+                 ",,INV-1;INV-2  N-3,2026-03-05,1234.56,EUR,C1,P-1\n"
+                 "bounced: NSF,reversed,,2026-03-06T10:30:00+03:00,1234.56,EUR,C1,P-1\n"
+                 ",,,,,KWD,C2,P-2\n")
+    a, b, c = payment_rows(path)
+    assert (a.row, a.external_id) == (2, "P-1")
+    assert a.record == {"external_id": "P-1", "customer_id": "C1", "currency": "EUR", "amount_minor": 123456,
+                        "invoice_refs": ["INV-1", "INV-2", "N-3"],
+                        "received_at": datetime(2026, 3, 5, 12, tzinfo=timezone.utc)}
+    cmd = RecordPayment.model_validate(a.record)
+    assert (cmd.amount_minor, cmd.invoice_refs, cmd.status) == (123456, ["INV-1", "INV-2", "N-3"], "received")
+    reversal = RecordPayment.model_validate(b.record)
+    assert (reversal.status, reversal.reason) == ("reversed", "bounced: NSF")
+    assert reversal.received_at == datetime(2026, 3, 6, 7, 30, tzinfo=timezone.utc)
+    assert c.record == {"external_id": "P-2", "customer_id": "C2", "currency": "KWD"}  # no amount: the model says so
+
+
+def test_payment_csv_with_amount_minor_and_bad_rows(tmp_path):
+    path = write(tmp_path, "p.csv",
+                 "external_id,customer_id,currency,amount,amount_minor,received_at\n"
+                 "A,C1,JPY,,1500,\n"
+                 "B,C1,XYZ,10.00,,\n"
+                 "C,C1,EUR,10.001,,\n"
+                 "D,C1,EUR,10,1000,\n"
+                 "E,C1,EUR,10,,2026-02-30\n"
+                 "F,C1,EUR,10,,2026-03-05T10:00:00\n"
+                 "G,C1,EUR,10,,yesterday\n"
+                 "H,C1,,10,,\n")
+    a, b, c, d, e, f, g, h = payment_rows(path)
+    assert a.record["amount_minor"] == "1500" and RecordPayment.model_validate(a.record).amount_minor == 1500
+    assert (b.field, b.reason) == ("currency", "unknown ISO 4217 currency code 'XYZ'")
+    assert c.field == "amount" and "more decimals than EUR allows" in c.reason
+    assert d.field == "amount" and "not both" in d.reason
+    assert (e.row, e.external_id, e.field) == (6, "E", "received_at") and "not a valid date" in e.reason
+    assert f.field == "received_at" and "no UTC offset" in f.reason
+    assert g.field == "received_at" and "ISO 8601" in g.reason
+    assert h.field == "currency" and "required" in h.reason
+
+
+def test_a_bare_date_is_noon_utc_so_it_stays_on_its_day_everywhere():
+    received = parse_received_at("2026-03-05")
+    assert received == datetime(2026, 3, 5, tzinfo=timezone.utc) + NOON
+    for zone in ("America/Los_Angeles", "Europe/Istanbul", "Asia/Tokyo", "Pacific/Honolulu"):
+        from zoneinfo import ZoneInfo
+
+        assert received.astimezone(ZoneInfo(zone)).date().isoformat() == "2026-03-05", zone
+    assert parse_received_at("2026-03-05T23:30:00Z") == datetime(2026, 3, 5, 23, 30, tzinfo=timezone.utc)
+
+
+def test_payment_header_problems_stop_the_file(tmp_path):
+    for header, message in (("external_id,customer_id,currency,amount,colour", "unknown column 'colour'"),
+                            ("external_id,customer_id,currency", "lacks amount or amount_minor"),
+                            ("external_id,customer_id,amount", "lacks currency"),
+                            ("date,amount,currency,reference", "lacks transaction_id")):
+        path = write(tmp_path, "p.csv", header + "\n")
+        with pytest.raises(ImportFileError, match=message):
+            payment_rows(path, "bank" if header.startswith("date") else None)
+
+
+def test_payment_jsonl_lines_are_record_payment_bodies(tmp_path):
+    good = {"external_id": "P-1", "customer_id": "C1", "currency": "EUR", "amount_minor": 100,
+            "received_at": "2026-03-05T10:00:00Z", "invoice_refs": ["INV-1"]}
+    path = write(tmp_path, "p.ndjson", json.dumps(good) + "\n\n{nope\n")
+    a, b = payment_rows(path)
+    assert (a.row, a.record, a.external_id) == (1, good, "P-1")
+    assert RecordPayment.model_validate(a.record).invoice_refs == ["INV-1"]
+    assert (b.row, b.field, b.record) == (3, "line", None)
+
+
+BANK = (
+    "date,amount,currency,reference,counterparty_id,transaction_id\n"
+    '2026-03-05,1500.00,EUR,"INV-1001 and INV-1002 / ACME",C1,TX-1\n'
+    "2026-03-05,-49.90,EUR,card fee,,TX-2\n"
+    "2026-03-06,+250,TRY,Fatura 2026/0042.,,TX-3\n"
+    "2026-03-06,0.00,EUR,,,TX-4\n"
+    "2026-03-07,12.345,EUR,INV-1,,TX-5\n"
+    "2026-03-07,10.00,EUR,INV-1,,\n"
+    "2026-03-07,1.234.00,EUR,INV-1,,TX-6\n"
+    "07.03.2026,10.00,EUR,INV-1,,TX-7\n"
+    "2026-03-08,-oops,EUR,,,TX-8\n"
+    "2026-03-08,-1.999,XYZ,,,\n"
+)
+
+
+def test_bank_credits_become_payments_and_debits_are_skipped(tmp_path):
+    path = write(tmp_path, "statement.csv", BANK)
+    rows_ = payment_rows(path, "bank")
+    by_row = {r.row: r for r in rows_}
+    assert sorted(by_row) == list(range(2, 12))
+
+    tx1 = by_row[2]
+    assert tx1.record == {"external_id": "TX-1", "currency": "EUR", "amount_minor": 150000,
+                          "received_at": datetime(2026, 3, 5, 12, tzinfo=timezone.utc), "customer_id": "C1"}
+    assert tx1.reference_tokens == ("INV-1001", "and", "INV-1002", "ACME")
+    assert "invoice_refs" not in tx1.record  # found against the database at import time
+
+    tx3 = by_row[4]
+    assert "customer_id" not in tx3.record and tx3.record["amount_minor"] == 25000  # no counterparty
+    assert tx3.reference_tokens == ("Fatura", "2026/0042", "2026/0042.")
+
+    assert (by_row[3].skipped, by_row[3].record, by_row[3].field) == ("a debit", None, None)
+    assert by_row[5].skipped == "a zero amount"
+    assert by_row[11].skipped == "a debit"  # a debit is skipped whatever else is wrong with it
+
+    assert by_row[6].field == "amount" and "more decimals than EUR allows" in by_row[6].reason
+    assert (by_row[7].field, by_row[7].external_id) == ("transaction_id", None)
+    assert by_row[8].field == "amount" and "not a decimal number" in by_row[8].reason
+    assert by_row[9].field == "date" and "ISO 8601" in by_row[9].reason
+    assert by_row[10].field == "amount" and not by_row[10].skipped
+
+
+def test_bank_columns_in_any_order_and_without_the_optional_ones(tmp_path):
+    path = write(tmp_path, "s.txt", "transaction_id,currency,amount,date\nTX-9,JPY,1500,2026-03-05\n")
+    [row] = payment_rows(path, "bank")
+    assert row.record == {"external_id": "TX-9", "currency": "JPY", "amount_minor": 1500,
+                          "received_at": datetime(2026, 3, 5, 12, tzinfo=timezone.utc)}
+    assert row.reference_tokens == ()
+
+
+def test_bank_exports_may_carry_columns_the_import_does_not_use(tmp_path):
+    path = write(tmp_path, "s.csv", "booking_text,transaction_id,currency,amount,date,balance\n"
+                                    "SEPA credit,TX-1,EUR,10.00,2026-03-05,1000.00\n")
+    [row] = payment_rows(path, "bank")
+    assert row.record["external_id"] == "TX-1" and row.record["amount_minor"] == 1000
+
+
+@pytest.mark.parametrize(("text", "tokens"), [
+    ("INV-1001 and INV-1002 / ACME", ["INV-1001", "and", "INV-1002", "ACME"]),
+    ("INV-1001,INV-1002;INV-1003", ["INV-1001", "INV-1002", "INV-1003"]),
+    ("Payment for (INV-7). Thanks!", ["Payment", "for", "INV-7", "Thanks", "Thanks!"]),
+    ("#1001 #1001 #1001", ["1001", "#1001"]),
+    ('Ref: "A/2026/5"', ["Ref", "Ref:", "A/2026/5"]),
+    ("", []),
+    (None, []),
+    (" - / . ", []),
+])
+def test_reference_tokens(text, tokens):
+    assert reference_tokens(text) == tokens
+
+
+def test_reference_tokens_are_bounded():
+    assert len(reference_tokens(" ".join(f"T{i}" for i in range(5000)))) == 1000
+    assert reference_tokens("x" * 201 + " INV-1") == ["INV-1"]
+
+
+def test_payment_formats(tmp_path):
+    from pathlib import Path
+
+    assert detect_payment_format(Path("x.csv")) == "csv"
+    assert detect_payment_format(Path("x.ndjson")) == "jsonl"
+    assert detect_payment_format(Path("x.csv"), "BANK") == "bank"
+    with pytest.raises(ImportFileError, match="csv\\|jsonl\\|bank"):
+        detect_payment_format(Path("statement.txt"))
+    with pytest.raises(ImportFileError, match="unknown format 'mt940'"):
+        detect_payment_format(Path("x.csv"), "mt940")
+    with pytest.raises(ImportFileError, match="no such file"):
+        PaymentReader(tmp_path / "missing.csv", "bank")
