@@ -117,11 +117,9 @@ def keys_create(
         raise typer.Exit(2)
 
     async def create() -> str:
-        from shared.db import with_database
         from tahsilat.keys import create_key
 
-        server, _ = await resolve_postgres(VAR)
-        urls = {s: with_database(server, f"{db_prefix}_{s}") for s in SERVICES}
+        urls = {s: await _service_database(s, db_prefix) for s in SERVICES}
         return await create_key(urls, tenant_id=tenant, role=role, source_name=source, label=label)
 
     try:
@@ -193,23 +191,27 @@ def import_invoices_command(
 
 async def _import_invoices(file: Path, rejects_path: Path, *, format: str | None, source: str, tenant: str,
                            db_prefix: str, topic_prefix: str, grace_days: int, chunk: int):
+    from services.invoicing.entrypoints.file_import import import_invoices
+
+    return await _run_import(file, db_prefix, topic_prefix, lambda pool, clock, topics, progress: import_invoices(
+        pool, clock, topics, tenant_id=tenant, source=source, path=file, rejects_path=rejects_path, chunk=chunk,
+        progress=progress, fmt=format, grace_days=grace_days))
+
+
+async def _run_import(file: Path, db_prefix: str, topic_prefix: str, run):
+    """Open the invoicing database (migrated), show a byte-based progress bar, and run the import.
+    The events go to the outbox; the running service's relay publishes them."""
     from rich.progress import (
         BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn,
     )
 
     from services.invoicing.bootstrap import MIGRATIONS
-    from services.invoicing.entrypoints.file_import import import_invoices
-    from shared.clock import SystemClock
+    from shared.clock import clock_from
     from shared.contract import Topics
-    from shared.db import create_pool, ensure_database, migrate, with_database
+    from shared.db import create_pool, migrate
 
-    server, _ = await resolve_postgres(VAR)
-    name = f"{db_prefix}_invoicing"
-    await ensure_database(server, name)
-    url = with_database(server, name)
+    url = await _service_database("invoicing", db_prefix, create=True)
     await migrate(url, MIGRATIONS)
-    clock_file = os.environ.get("CLOCK_FILE")
-    clock = FileClock(Path(clock_file)) if clock_file else SystemClock()
     pool = await create_pool(url, max_size=4)
     try:
         with Progress(TextColumn("[bold]importing[/bold] {task.description}"), BarColumn(), DownloadColumn(),
@@ -220,11 +222,19 @@ async def _import_invoices(file: Path, rejects_path: Path, *, format: str | None
             def progress(rows: int, done: int, total: int) -> None:
                 bar.update(task, completed=done, total=total, rows=rows)
 
-            return await import_invoices(pool, clock, Topics(topic_prefix), tenant_id=tenant, source=source,
-                                         path=file, rejects_path=rejects_path, chunk=chunk, progress=progress,
-                                         fmt=format, grace_days=grace_days)
+            return await run(pool, clock_from(os.environ.get("CLOCK_FILE")), Topics(topic_prefix), progress)
     finally:
         await pool.close()
+
+
+async def _service_database(service: str, db_prefix: str, create: bool = False) -> str:
+    """URL of <db-prefix>_<service> on the platform's PostgreSQL (DATABASE_URL, local or embedded)."""
+    from shared.db import ensure_database, with_database
+
+    server, _ = await resolve_postgres(VAR)
+    if create:
+        await ensure_database(server, f"{db_prefix}_{service}")
+    return with_database(server, f"{db_prefix}_{service}")
 
 
 def _print_import_summary(summary, file: Path) -> None:
@@ -310,37 +320,11 @@ def import_payments_command(
 
 async def _import_payments(file: Path, rejects_path: Path, *, format: str | None, source: str, tenant: str,
                            db_prefix: str, topic_prefix: str):
-    from rich.progress import (
-        BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn,
-    )
-
-    from services.invoicing.bootstrap import MIGRATIONS
     from services.invoicing.entrypoints.file_import import import_payments
-    from shared.clock import SystemClock
-    from shared.contract import Topics
-    from shared.db import create_pool, ensure_database, migrate, with_database
 
-    server, _ = await resolve_postgres(VAR)
-    name = f"{db_prefix}_invoicing"
-    await ensure_database(server, name)
-    url = with_database(server, name)
-    await migrate(url, MIGRATIONS)
-    clock_file = os.environ.get("CLOCK_FILE")
-    clock = FileClock(Path(clock_file)) if clock_file else SystemClock()
-    pool = await create_pool(url, max_size=4)
-    try:
-        with Progress(TextColumn("[bold]importing[/bold] {task.description}"), BarColumn(), DownloadColumn(),
-                      TextColumn("{task.fields[rows]:,} rows"), TimeElapsedColumn(), TimeRemainingColumn(),
-                      console=console, transient=False) as bar:
-            task = bar.add_task(file.name, total=file.stat().st_size, rows=0)
-
-            def progress(rows: int, done: int, total: int) -> None:
-                bar.update(task, completed=done, total=total, rows=rows)
-
-            return await import_payments(pool, clock, Topics(topic_prefix), tenant_id=tenant, source=source,
-                                         path=file, rejects_path=rejects_path, fmt=format, progress=progress)
-    finally:
-        await pool.close()
+    return await _run_import(file, db_prefix, topic_prefix, lambda pool, clock, topics, progress: import_payments(
+        pool, clock, topics, tenant_id=tenant, source=source, path=file, rejects_path=rejects_path, fmt=format,
+        progress=progress))
 
 
 def _print_payment_import_summary(summary, file: Path) -> None:
@@ -391,10 +375,7 @@ def _report_query(db_prefix: str, query):
     async def run():
         import asyncpg
 
-        from shared.db import with_database
-
-        server, _ = await resolve_postgres(VAR)
-        conn = await asyncpg.connect(with_database(server, f"{db_prefix}_invoicing"))
+        conn = await asyncpg.connect(await _service_database("invoicing", db_prefix))
         try:
             return await query(conn)
         finally:
