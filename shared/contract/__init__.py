@@ -5,6 +5,7 @@ from shared.contract.events import (
     BalanceConfirmed,
     BalanceContested,
     CreditApplied,
+    CreditNoteIssued,
     CustomerUpserted,
     DisputeOpened,
     DunningStepExecuted,
@@ -27,7 +28,7 @@ from shared.contract.topics import Topics
 
 __all__ = [
     "Envelope", "new_envelope", "partition_key", "EventPayload", "CustomerUpserted",
-    "InvoiceIssued", "InvoiceAdjusted", "InvoiceCancelled", "PaymentReceived", "PaymentReversed", "CreditApplied",
+    "InvoiceIssued", "InvoiceAdjusted", "InvoiceCancelled", "PaymentReceived", "PaymentReversed", "CreditApplied", "CreditNoteIssued",
     "LateFeeAssessed", "BalanceConfirmationRequested", "BalanceConfirmed", "BalanceContested", "DisputeOpened", "InvoicePaid", "InvoiceOverdue",
     "NotificationRequested", "NotificationSent", "NotificationFailed", "RiskAssessed",
     "DunningStepExecuted", "REGISTRY", "UnknownEventType", "parse_payload", "Topics",

@@ -31,7 +31,7 @@ DEFAULT_OUTDIR = Path("docs/events")
 # the same name. A registered type missing here is still catalogued (components) but on no channel.
 PRODUCERS: dict[str, tuple[str, ...]] = {
     "invoicing": ("CustomerUpserted", "InvoiceIssued", "InvoiceAdjusted", "InvoiceCancelled", "PaymentReceived",
-                  "PaymentReversed", "CreditApplied", "InvoicePaid", "InvoiceOverdue", "BalanceConfirmationRequested",
+                  "PaymentReversed", "CreditApplied", "CreditNoteIssued", "InvoicePaid", "InvoiceOverdue", "BalanceConfirmationRequested",
                   "BalanceConfirmed", "BalanceContested"),
     "dunning": ("NotificationRequested", "DunningStepExecuted", "LateFeeAssessed", "DisputeOpened"),
     "notifier": ("NotificationSent", "NotificationFailed"),

@@ -100,6 +100,21 @@ class PaymentReceived(EventPayload):
     unapplied_minor: int = Field(ge=0, default=0)
 
 
+@REGISTRY.register("CreditNoteIssued", 1)
+class CreditNoteIssued(EventPayload):
+    """A billing source credited the customer; applied like a payment."""
+
+    credit_note_id: str
+    billing_source: str
+    external_id: str
+    currency: CurrencyCode
+    amount_minor: int = Field(gt=0)
+    issue_date: date
+    allocations: list[Allocation] = []
+    unapplied_minor: int = Field(ge=0, default=0)
+    reason: str | None = None
+
+
 @REGISTRY.register("CreditApplied", 1)
 class CreditApplied(EventPayload):
     """Unapplied credit from an earlier payment settled (part of) invoices issued later."""

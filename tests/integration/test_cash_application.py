@@ -157,3 +157,39 @@ async def test_late_fees_from_dunning_are_booked_once_and_paid_like_invoices(ser
     await balance_reconciles(app)
     kinds = Counter(r["kind"] for r in await app.state.pool.fetch("SELECT kind FROM ledger_entries"))
     assert kinds == {"invoice": 1, "fee": 2, "payment": 1}
+
+
+async def test_credit_notes_reduce_what_is_owed(service, kafka_bootstrap):
+    app, http, topics = service
+    await http.post("/v1/invoices/bulk", json={"items": [invoice("A", 10_000), invoice("B", 10_000, due="2026-03-20")]})
+    note = {"external_id": "CN-1", "customer_id": "C1", "currency": "EUR", "amount_minor": 4_000,
+            "issue_date": "2026-03-01", "invoice_refs": ["B"], "reason": "damaged goods"}
+    r = await http.post("/v1/credit-notes", json=note)
+    assert (r.status_code, r.json()["status"]) == (201, "created")
+    assert (await http.post("/v1/credit-notes", json=note)).json()["status"] == "unchanged"
+    changed = await http.post("/v1/credit-notes", json=note | {"amount_minor": 5})
+    assert changed.status_code == 409 and changed.json()["problems"][0]["field"] == "external_id"
+    # A payment may share the credit note's external id: they are different documents.
+    assert (await http.post("/v1/payments", json=payment("CN-1", 10_000))).status_code == 201
+    assert await open_amounts(app) == {"A": (0, "paid"), "B": (6_000, "open")}
+    await balance_reconciles(app)
+    statement_kinds = Counter(r["kind"] for r in await app.state.pool.fetch("SELECT kind FROM ledger_entries"))
+    assert statement_kinds == {"invoice": 2, "credit_note": 1, "payment": 1}
+    issued = await wait_for(lambda: _types(kafka_bootstrap, topics, "CreditNoteIssued"), message="CreditNoteIssued")
+    assert issued[0].data["allocations"][0]["invoice_open_minor"] == 6_000
+    assert issued[0].data["reason"] == "damaged goods"
+
+
+async def test_a_payment_naming_no_open_invoice_is_kept_for_a_person(service):
+    app, http, _ = service
+    await http.post("/v1/invoices/bulk", json={"items": [invoice("A", 10_000)]})
+    assert (await http.post("/v1/payments", json=payment("P1", 10_000, invoice_refs=["A"]))).status_code == 201
+    # The same invoice paid twice, and an invoice nobody knows: neither pays something else.
+    await http.post("/v1/invoices/bulk", json={"items": [invoice("B", 5_000)]})
+    await http.post("/v1/payments", json=payment("P2", 10_000, invoice_refs=["A"]))
+    await http.post("/v1/payments", json=payment("P3", 700, invoice_refs=["NO-SUCH-INVOICE"]))
+    assert (await open_amounts(app))["B"] == (5_000, "open")
+    unapplied = {u["external_id"]: u["unapplied_reason"] for u in (await http.get("/v1/payments/unapplied")).json()}
+    assert unapplied == {"P2": "no open invoice matches the reference(s) A",
+                         "P3": "no open invoice matches the reference(s) NO-SUCH-INVOICE"}
+    await balance_reconciles(app)

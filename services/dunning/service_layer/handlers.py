@@ -11,7 +11,7 @@ from services.dunning.domain.policy import (
 )
 from shared.clock import Clock
 from shared.contract import (
-    BalanceConfirmationRequested, BalanceContested, CreditApplied, CustomerUpserted, DisputeOpened, DunningStepExecuted, Envelope, InvoiceAdjusted, InvoiceCancelled, InvoiceIssued, InvoiceOverdue, InvoicePaid,
+    BalanceConfirmationRequested, BalanceContested, CreditApplied, CreditNoteIssued, CustomerUpserted, DisputeOpened, DunningStepExecuted, Envelope, InvoiceAdjusted, InvoiceCancelled, InvoiceIssued, InvoiceOverdue, InvoicePaid,
     NotificationRequested, PaymentReceived, PaymentReversed, RiskAssessed, Topics, new_envelope,
 )
 from shared.contract.events import NoticeItem
@@ -33,6 +33,7 @@ class Dunning:
             "InvoiceOverdue": self.on_invoice_overdue,
             "InvoiceAdjusted": self.on_invoice_adjusted,
             "CreditApplied": self.on_payment_received,
+            "CreditNoteIssued": self.on_payment_received,
             "BalanceConfirmationRequested": self.on_balance_confirmation_requested,
             "BalanceContested": self.on_balance_contested,
             "PaymentReversed": self.on_payment_reversed,
@@ -114,7 +115,8 @@ class Dunning:
                     env.tenant_id, case_id, now,
                 )
 
-    async def on_payment_received(self, conn: asyncpg.Connection, env: Envelope, p: PaymentReceived | CreditApplied) -> None:
+    async def on_payment_received(self, conn: asyncpg.Connection, env: Envelope,
+                                  p: PaymentReceived | CreditApplied | CreditNoteIssued) -> None:
         for a in p.allocations:
             await self._reduce(conn, env.tenant_id, a.invoice_id, a.invoice_open_minor, "paid")
 

@@ -52,7 +52,7 @@ async def lock_open_invoices(conn: asyncpg.Connection, tenant_id: str, customer_
 async def get_payment_by_external(conn: asyncpg.Connection, tenant_id: str, source: str, external_id: str,
                                   lock: bool = False):
     return await conn.fetchrow(
-        "SELECT * FROM payments WHERE tenant_id = $1 AND billing_source = $2 AND external_id = $3"
+        "SELECT * FROM payments WHERE tenant_id = $1 AND billing_source = $2 AND kind = 'payment' AND external_id = $3"
         + (" FOR UPDATE" if lock else ""),
         tenant_id, source, external_id,
     )

@@ -66,6 +66,12 @@ def allocate_payment(
     return CashApplication(lines, remaining)
 
 
+def unmatched_references(open_invoices: list[OpenInvoice], currency: str, references: list[str]) -> list[str]:
+    """References (invoice numbers or external ids) that name no open invoice in `currency`."""
+    known = {k for i in open_invoices if i.currency == currency and i.open_minor > 0 for k in (i.number, i.external_id)}
+    return [r for r in references if r not in known]
+
+
 def overdue_at(due_date: date, timezone: str, grace_days: int = 0) -> datetime:
     """An invoice is overdue once its due date (plus grace) has ended in the customer's timezone."""
     local_midnight = datetime.combine(due_date + timedelta(days=1 + grace_days), time(0), ZoneInfo(timezone))

@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from services.invoicing.adapters import repository as repo
 from services.invoicing.domain.reports import parse_buckets
-from services.invoicing.service_layer.commands import CustomerIn, InvoiceRecord, RecordPayment
+from services.invoicing.service_layer.commands import CreditNoteRecord, CustomerIn, InvoiceRecord, RecordPayment
 from services.invoicing.service_layer import reports
 from services.invoicing.service_layer.handlers import Invoicing
 from services.invoicing.service_layer.ingest import validation_problem
@@ -417,3 +417,15 @@ async def upsert_customers(body: BulkCustomers, principal: Writer, request: Requ
     for r in results:
         summary[r.status] += 1
     return BulkOut(summary=summary, results=[ItemOut(**vars(r)) for r in results])
+
+
+# -- credit notes --------------------------------------------------------------------------
+@router.post("/credit-notes", response_model=Created, response_model_exclude_none=True, status_code=201,
+             tags=["credit notes"], responses={200: {"model": Created, "description": "already recorded"}})
+async def record_credit_note(body: CreditNoteRecord, principal: Writer, invoicing: UseCases,
+                             response: Response) -> Created:
+    """A credit note reduces what is owed: applied to the invoices it names, else oldest first."""
+    outcome = await invoicing.record_credit_note(principal.tenant_id, _source(principal, body.billing_source), body)
+    if outcome.status != "created":
+        response.status_code = status.HTTP_200_OK
+    return Created(id=outcome.id, status=outcome.status)

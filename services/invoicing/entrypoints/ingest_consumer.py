@@ -2,8 +2,8 @@
 HTTP API. A record that cannot be read, names an unregistered billing source, or is rejected
 goes to the dead-letter topic with the reason; the consumer carries on.
 
-Record value (JSON): {"tenant_id": ..., "billing_source": ..., "kind": "customer" | "invoice" | "payment",
-"record": <the same body as PUT /v1/customers/{id}, POST /v1/invoices or /v1/payments>};
+Record value (JSON): {"tenant_id": ..., "billing_source": ..., "kind": "customer" | "invoice" | "payment" | "credit_note",
+"record": <the same body as PUT /v1/customers/{id}, POST /v1/invoices, /v1/payments or /v1/credit-notes>};
 key: "tenant_id:customer_id"."""
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any, Literal
 import asyncpg
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from services.invoicing.service_layer.commands import RecordPayment
+from services.invoicing.service_layer.commands import CreditNoteRecord, RecordPayment
 from services.invoicing.service_layer.handlers import Invoicing
 from services.invoicing.service_layer.ingest import InvoiceIngestor, validation_problem
 from shared.http import DomainError
@@ -24,7 +24,7 @@ class IngestRecord(BaseModel):
     model_config = ConfigDict(extra="forbid")
     tenant_id: str = Field(min_length=1, max_length=200)
     billing_source: str = Field(min_length=1, max_length=100)
-    kind: Literal["customer", "invoice", "payment"]
+    kind: Literal["customer", "invoice", "payment", "credit_note"]
     record: dict[str, Any]
 
 
@@ -60,7 +60,10 @@ def ingest_handler(pool: asyncpg.Pool, ingestor: InvoiceIngestor, invoicing: Inv
                 continue
             for r, m in items:
                 try:
-                    await invoicing.record_payment(tenant, source, RecordPayment.model_validate(m.record))
+                    if kind == "payment":
+                        await invoicing.record_payment(tenant, source, RecordPayment.model_validate(m.record))
+                    else:
+                        await invoicing.record_credit_note(tenant, source, CreditNoteRecord.model_validate(m.record))
                 except ValidationError as exc:
                     field, reason = validation_problem(exc)
                     await reject(r, f"record.{field}: {reason}")

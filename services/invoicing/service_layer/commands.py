@@ -75,3 +75,18 @@ class RecordPayment(BaseModel):
     invoice_refs: list[str] = Field(default_factory=list, max_length=1000, description="invoice numbers or external ids")
     status: Literal["received", "reversed"] = Field(default="received", description='"reversed": the payment bounced')
     reason: str | None = Field(default=None, max_length=500, description="why it was reversed")
+
+
+class CreditNoteRecord(BaseModel):
+    """A credit note from a billing source: it reduces what the customer owes, applied to the
+    invoices it names (else oldest first), the rest kept as credit."""
+
+    model_config = ConfigDict(extra="forbid")
+    external_id: str = Identifier
+    billing_source: str | None = Field(default=None, min_length=1, max_length=100)
+    customer_id: str = Identifier
+    currency: CurrencyCode
+    amount_minor: int = Field(gt=0, lt=10**15)
+    issue_date: date
+    invoice_refs: list[str] = Field(default_factory=list, max_length=1000, description="invoice numbers or external ids")
+    reason: str | None = Field(default=None, max_length=500)

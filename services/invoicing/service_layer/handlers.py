@@ -2,18 +2,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, time, timezone
 
 import asyncpg
 
 from services.invoicing.adapters import repository as repo
-from services.invoicing.domain.model import allocate_payment
+from services.invoicing.domain.model import CashApplication, allocate_payment, unmatched_references
 from services.invoicing.service_layer import cash
-from services.invoicing.service_layer.commands import RecordPayment
+from services.invoicing.service_layer.commands import CreditNoteRecord, RecordPayment
 from services.invoicing.service_layer.ingest import stable_id
 from shared.clock import Clock
 from shared.contract import (
-    Envelope, InvoiceOverdue, LateFeeAssessed, PaymentReceived, Topics, new_envelope,
+    CreditNoteIssued, Envelope, InvoiceOverdue, LateFeeAssessed, PaymentReceived, Topics, new_envelope,
 )
 from shared.contract.events import Allocation
 from shared.http import DomainError
@@ -58,38 +58,79 @@ class Invoicing:
                 ):
                     raise DomainError("external_id", "a different payment is already recorded under this external_id", 409)
                 return Outcome(str(payment_id), "unchanged"), None
-            customer = await repo.get_customer(conn, tenant_id, cmd.customer_id)
-            open_invoices = await repo.lock_open_invoices(conn, tenant_id, cmd.customer_id) if customer else []
-            application = allocate_payment(open_invoices, cmd.amount_minor, cmd.currency, cmd.invoice_refs)
-            reason = None
-            if customer is None:
-                reason = "unknown customer"
-            elif application.unapplied_minor:
-                reason = "over-payment: no open invoice left in this currency"
             received_at = cmd.received_at or now
-            await conn.execute(
-                """INSERT INTO payments (tenant_id, payment_id, billing_source, external_id, customer_id, currency,
-                     amount_minor, unapplied_minor, unapplied_reason, references_, received_at, recorded_at)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)""",
-                tenant_id, payment_id, source, cmd.external_id, cmd.customer_id, cmd.currency, cmd.amount_minor,
-                application.unapplied_minor, reason, cmd.invoice_refs, received_at, now,
-            )
-            await repo.book_ledger(conn, tenant_id, [
-                (cmd.customer_id, cmd.currency, "payment", str(payment_id), -cmd.amount_minor,
-                 received_at.astimezone(timezone.utc).date(),
-                 f"payment {cmd.external_id}")], now)
-            received = PaymentReceived(
-                customer_id=cmd.customer_id, payment_id=str(payment_id), billing_source=source,
-                external_id=cmd.external_id, currency=cmd.currency, amount_minor=cmd.amount_minor,
-                received_at=received_at,
-                allocations=[Allocation(**vars(a)) for a in application.allocations],
-                unapplied_minor=application.unapplied_minor,
-            )
-            events = [self._envelope(received, tenant_id, str(payment_id), now)]
-            events += await cash.settle(conn, tenant_id, cmd.customer_id, payment_id, application, open_invoices,
-                                        received_at, now)
+            events, received = await self._receive(
+                conn, tenant_id, source, "payment", payment_id, cmd.external_id, cmd.customer_id, cmd.currency,
+                cmd.amount_minor, received_at, cmd.invoice_refs, None, now)
             await add_events(conn, self.topics.invoicing, events)
         return Outcome(str(payment_id), "created", len(events)), received
+
+    async def record_credit_note(self, tenant_id: str, source: str, cmd: CreditNoteRecord) -> Outcome:
+        """A credit note reduces what is owed: applied like a payment, booked as a credit note."""
+        now = self.clock.now()
+        note_id = stable_id(tenant_id, source, "credit_note", cmd.external_id)
+        async with self.pool.acquire() as conn, conn.transaction():
+            existing = await conn.fetchrow(
+                "SELECT * FROM payments WHERE tenant_id = $1 AND billing_source = $2 AND kind = 'credit_note'"
+                " AND external_id = $3 FOR UPDATE", tenant_id, source, cmd.external_id)
+            if existing is not None:
+                if (existing["customer_id"], existing["currency"], existing["amount_minor"]) != (
+                        cmd.customer_id, cmd.currency, cmd.amount_minor):
+                    raise DomainError("external_id", "a different credit note is already recorded under this external_id",
+                                      409)
+                return Outcome(str(note_id), "unchanged")
+            issued_at = datetime.combine(cmd.issue_date, time(12), timezone.utc)  # noon UTC: the same day everywhere
+            events, _ = await self._receive(conn, tenant_id, source, "credit_note", note_id, cmd.external_id,
+                                            cmd.customer_id, cmd.currency, cmd.amount_minor, issued_at,
+                                            cmd.invoice_refs, cmd.reason, now)
+            await add_events(conn, self.topics.invoicing, events)
+        return Outcome(str(note_id), "created", len(events))
+
+    async def _receive(self, conn: asyncpg.Connection, tenant_id: str, source: str, kind: str, receipt_id,
+                       external_id: str, customer_id: str, currency: str, amount_minor: int, received_at: datetime,
+                       refs: list[str], reason: str | None, now: datetime) -> tuple[list[Envelope], PaymentReceived | None]:
+        """Money in the customer's favour (a payment or a credit note): apply it to the invoices it
+        names, else oldest first; keep the rest as credit, saying why. A reference naming no open
+        invoice (unknown, or already paid) keeps the whole amount unapplied for a person to look at."""
+        customer = await repo.get_customer(conn, tenant_id, customer_id)
+        open_invoices = await repo.lock_open_invoices(conn, tenant_id, customer_id) if customer else []
+        unknown_refs = unmatched_references(open_invoices, currency, refs)
+        if customer is None:
+            application, why = CashApplication([], amount_minor), "unknown customer"
+        elif refs and len(unknown_refs) == len(refs):
+            application = CashApplication([], amount_minor)
+            why = f"no open invoice matches the reference(s) {', '.join(unknown_refs)}"
+        else:
+            application = allocate_payment(open_invoices, amount_minor, currency, refs)
+            why = "over-payment: no open invoice left in this currency" if application.unapplied_minor else None
+        await conn.execute(
+            """INSERT INTO payments (tenant_id, payment_id, billing_source, external_id, customer_id, currency,
+                 amount_minor, unapplied_minor, unapplied_reason, references_, received_at, recorded_at, kind)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)""",
+            tenant_id, receipt_id, source, external_id, customer_id, currency, amount_minor,
+            application.unapplied_minor, why, refs, received_at, now, kind,
+        )
+        label = "payment" if kind == "payment" else "credit note"
+        await repo.book_ledger(conn, tenant_id, [
+            (customer_id, currency, kind, str(receipt_id), -amount_minor, received_at.astimezone(timezone.utc).date(),
+             reason or f"{label} {external_id}")], now)
+        allocations = [Allocation(**vars(a)) for a in application.allocations]
+        received = None
+        if kind == "payment":
+            received = PaymentReceived(
+                customer_id=customer_id, payment_id=str(receipt_id), billing_source=source, external_id=external_id,
+                currency=currency, amount_minor=amount_minor, received_at=received_at, allocations=allocations,
+                unapplied_minor=application.unapplied_minor)
+            first = received
+        else:
+            first = CreditNoteIssued(
+                customer_id=customer_id, credit_note_id=str(receipt_id), billing_source=source, external_id=external_id,
+                currency=currency, amount_minor=amount_minor, issue_date=received_at.date(), allocations=allocations,
+                unapplied_minor=application.unapplied_minor, reason=reason)
+        events = [self._envelope(first, tenant_id, str(receipt_id), now)]
+        events += await cash.settle(conn, tenant_id, customer_id, receipt_id, application, open_invoices,
+                                    received_at, now)
+        return events, received
 
     async def on_late_fee_assessed(self, conn: asyncpg.Connection, env: Envelope, p: LateFeeAssessed) -> None:
         """Book a dunning fee as a charge on the customer's account (in the consumer's inbox
