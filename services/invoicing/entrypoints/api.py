@@ -167,6 +167,7 @@ async def record_payments(body: BulkPayments, principal: Writer, invoicing: UseC
 
 class UnappliedCash(BaseModel):
     payment_id: str
+    kind: str = Field(description="payment or credit_note")
     billing_source: str
     external_id: str
     customer_id: str

@@ -157,7 +157,7 @@ class Invoicing:
     async def unapplied_cash(self, tenant_id: str, limit: int = 500) -> list[asyncpg.Record]:
         """Money received that is not on any invoice: for a person to resolve."""
         return await self.pool.fetch(
-            "SELECT payment_id, billing_source, external_id, customer_id, currency, amount_minor, unapplied_minor,"
+            "SELECT payment_id, kind, billing_source, external_id, customer_id, currency, amount_minor, unapplied_minor,"
             " unapplied_reason, received_at FROM payments"
             " WHERE tenant_id = $1 AND unapplied_minor > 0 AND status = 'received' ORDER BY received_at LIMIT $2",
             tenant_id, limit,
