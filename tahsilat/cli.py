@@ -162,29 +162,14 @@ def import_invoices_command(
                                             help="days after the due date before an invoice is overdue")] = 0,
     chunk: Annotated[int, typer.Option(min=1, max=10_000, help="rows per batch")] = 5000,
 ) -> None:
-    from services.invoicing.entrypoints.file_import import ImportFileError, RecordReader
-    from shared.db import DatabaseUnavailable
+    from services.invoicing.entrypoints.file_import import RecordReader
 
     rejects_path = rejects or file.with_name(file.name + ".rejects.csv")
-    try:
-        RecordReader(file, format)  # the file exists and its format is known, before touching the database
-    except ImportFileError as exc:
-        console.print(f"[red]cannot import:[/red] {exc}")
-        raise typer.Exit(2) from None
-    try:
-        summary = asyncio.run(_import_invoices(file, rejects_path, format=format, source=source, tenant=tenant,
-                                               db_prefix=db_prefix, topic_prefix=topic_prefix,
-                                               grace_days=grace_days, chunk=chunk))
-    except ImportFileError as exc:
-        console.print(f"[red]cannot import:[/red] {exc}")
-        raise typer.Exit(2) from None
-    except (StartupError, DatabaseUnavailable, OSError) as exc:
-        console.print(f"[red]cannot import:[/red] {exc}")
-        raise typer.Exit(2) from None
-    except Exception as exc:  # noqa: BLE001 - e.g. the database went away midway
-        console.print(f"[red]import failed:[/red] {type(exc).__name__}: {exc}"
-                      " (rows of finished batches stay imported; importing the file again is safe)")
-        raise typer.Exit(2) from None
+    summary = _run_import_command(
+        lambda: RecordReader(file, format),
+        lambda: _import_invoices(file, rejects_path, format=format, source=source, tenant=tenant, db_prefix=db_prefix,
+                                 topic_prefix=topic_prefix, grace_days=grace_days, chunk=chunk),
+        "rows of finished batches stay imported; importing the file again is safe")
     _print_import_summary(summary, file)
     raise typer.Exit(1 if summary.rejected else 0)
 
@@ -196,6 +181,23 @@ async def _import_invoices(file: Path, rejects_path: Path, *, format: str | None
     return await _run_import(file, db_prefix, topic_prefix, lambda pool, clock, topics, progress: import_invoices(
         pool, clock, topics, tenant_id=tenant, source=source, path=file, rejects_path=rejects_path, chunk=chunk,
         progress=progress, fmt=format, grace_days=grace_days))
+
+
+def _run_import_command(check_file, start, after_failure: str):
+    """Check the file before touching the database, run the import, and turn any failure into
+    one clear line and exit code 2."""
+    from services.invoicing.entrypoints.file_import import ImportFileError
+    from shared.db import DatabaseUnavailable
+
+    try:
+        check_file()
+        return asyncio.run(start())
+    except (ImportFileError, StartupError, DatabaseUnavailable, OSError) as exc:
+        console.print(f"[red]cannot import:[/red] {exc}")
+        raise typer.Exit(2) from None
+    except Exception as exc:  # noqa: BLE001 - e.g. the database went away midway
+        console.print(f"[red]import failed:[/red] {type(exc).__name__}: {exc} ({after_failure})")
+        raise typer.Exit(2) from None
 
 
 async def _run_import(file: Path, db_prefix: str, topic_prefix: str, run):
@@ -292,28 +294,14 @@ def import_payments_command(
     db_prefix: Annotated[str, typer.Option(help="database name prefix of the platform")] = "tahsilat",
     topic_prefix: Annotated[str, typer.Option(envvar="TOPIC_PREFIX", help="topic prefix of the platform")] = "",
 ) -> None:
-    from services.invoicing.entrypoints.file_import import ImportFileError, PaymentReader
-    from shared.db import DatabaseUnavailable
+    from services.invoicing.entrypoints.file_import import PaymentReader
 
     rejects_path = rejects or file.with_name(file.name + ".rejects.csv")
-    try:
-        PaymentReader(file, format)  # the file exists and its format is known, before touching the database
-    except ImportFileError as exc:
-        console.print(f"[red]cannot import:[/red] {exc}")
-        raise typer.Exit(2) from None
-    try:
-        summary = asyncio.run(_import_payments(file, rejects_path, format=format, source=source, tenant=tenant,
-                                               db_prefix=db_prefix, topic_prefix=topic_prefix))
-    except ImportFileError as exc:
-        console.print(f"[red]cannot import:[/red] {exc}")
-        raise typer.Exit(2) from None
-    except (StartupError, DatabaseUnavailable, OSError) as exc:
-        console.print(f"[red]cannot import:[/red] {exc}")
-        raise typer.Exit(2) from None
-    except Exception as exc:  # noqa: BLE001 - e.g. the database went away midway
-        console.print(f"[red]import failed:[/red] {type(exc).__name__}: {exc}"
-                      " (payments recorded so far stay recorded; importing the file again is safe)")
-        raise typer.Exit(2) from None
+    summary = _run_import_command(
+        lambda: PaymentReader(file, format),
+        lambda: _import_payments(file, rejects_path, format=format, source=source, tenant=tenant, db_prefix=db_prefix,
+                                 topic_prefix=topic_prefix),
+        "payments recorded so far stay recorded; importing the file again is safe")
     _print_payment_import_summary(summary, file)
     raise typer.Exit(1 if summary.rejected else 0)
 

@@ -207,23 +207,31 @@ def csv_row(number: int, columns: list[str], cells: list[str], width: int | None
         if "customer_id" in record:
             customer = {"id": record.pop("customer_id"), **customer}
         record["customer"] = customer
-    amount = values.get("amount")
-    if amount:
-        if "amount_minor" in record:
-            return Row(number, external_id=external_id, field="amount",
-                       reason="give amount or amount_minor, not both")
-        currency = record.get("currency") or default_currency
-        if currency is None:
-            return Row(number, external_id=external_id, field="currency",
-                       reason="required to convert amount to minor units (the billing source has no default currency)")
-        if currency not in known_currencies():
-            return Row(number, external_id=external_id, field="currency",
-                       reason=f"unknown ISO 4217 currency code {currency!r}")
-        try:
-            record["amount_minor"] = to_minor_units(amount, currency)
-        except ValueError as exc:
-            return Row(number, external_id=external_id, field="amount", reason=str(exc))
+    problem = convert_amount(values, record, default_currency,
+                             "required to convert amount to minor units (the billing source has no default currency)")
+    if problem:
+        return Row(number, external_id=external_id, field=problem[0], reason=problem[1])
     return Row(number, record=record, external_id=external_id)
+
+
+def convert_amount(values: dict[str, str], record: dict[str, Any], default_currency: str | None,
+                   no_currency: str) -> tuple[str, str] | None:
+    """Turn the decimal `amount` cell into record["amount_minor"]; or (field, reason) why not."""
+    amount = values.get("amount")
+    if not amount:
+        return None
+    if "amount_minor" in record:
+        return "amount", "give amount or amount_minor, not both"
+    currency = record.get("currency") or default_currency
+    if currency is None:
+        return "currency", no_currency
+    if currency not in known_currencies():
+        return "currency", f"unknown ISO 4217 currency code {currency!r}"
+    try:
+        record["amount_minor"] = to_minor_units(amount, currency)
+    except ValueError as exc:
+        return "amount", str(exc)
+    return None
 
 
 _DECIMAL = re.compile(r"[0-9]+(\.[0-9]+)?|\.[0-9]+")
@@ -543,22 +551,9 @@ def payment_csv_row(number: int, columns: list[str], cells: list[str]) -> Paymen
             record["received_at"] = parse_received_at(values["received_at"])
         except ValueError as exc:
             return PaymentRow(number, external_id=external_id, field="received_at", reason=str(exc))
-    amount = values.get("amount")
-    if amount:
-        if "amount_minor" in record:
-            return PaymentRow(number, external_id=external_id, field="amount",
-                              reason="give amount or amount_minor, not both")
-        currency = record.get("currency")
-        if currency is None:
-            return PaymentRow(number, external_id=external_id, field="currency",
-                              reason="required (also to convert amount to minor units)")
-        if currency not in known_currencies():
-            return PaymentRow(number, external_id=external_id, field="currency",
-                              reason=f"unknown ISO 4217 currency code {currency!r}")
-        try:
-            record["amount_minor"] = to_minor_units(amount, currency)
-        except ValueError as exc:
-            return PaymentRow(number, external_id=external_id, field="amount", reason=str(exc))
+    problem = convert_amount(values, record, None, "required (also to convert amount to minor units)")
+    if problem:
+        return PaymentRow(number, external_id=external_id, field=problem[0], reason=problem[1])
     return PaymentRow(number, record=record, external_id=external_id)
 
 
