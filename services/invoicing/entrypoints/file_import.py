@@ -140,30 +140,8 @@ def _jsonl_rows(raw: BinaryIO) -> Iterator[Row]:
 # -- CSV ----------------------------------------------------------------------------------------
 
 def _csv_rows(raw: BinaryIO, path: Path, default_currency: str | None) -> Iterator[Row]:
-    text = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
-    reader = csv.reader(text)
-    try:
-        header = next(reader)
-    except StopIteration:
-        return
-    except UnicodeDecodeError as exc:
-        raise ImportFileError(f"{path.name}: not UTF-8 text ({exc.reason} in the header)") from None
-    columns = _check_header([h.strip() for h in header], path)
-    width = len(columns)
-    number = 1
-    while True:
-        try:
-            cells = next(reader)
-        except StopIteration:
-            break
-        except UnicodeDecodeError as exc:
-            raise ImportFileError(f"{path.name}: not UTF-8 text ({exc.reason}) after row {number}") from None
-        except csv.Error as exc:
-            raise ImportFileError(f"{path.name}: unreadable CSV after row {number}: {exc}") from None
-        number += 1
-        if not any(c.strip() for c in cells):  # a blank line, or one of empty cells only
-            continue
-        yield csv_row(number, columns, cells, width, default_currency)
+    for number, columns, cells in _csv_table(raw, path, CSV_COLUMNS, REQUIRED_COLUMNS, amount_minor_allowed=True):
+        yield csv_row(number, columns, cells, len(columns), default_currency)
 
 
 def _check_header(columns: list[str], path: Path, known: frozenset[str] = CSV_COLUMNS,
