@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import logging.config
 import re
 import sys
 from typing import Any
@@ -49,8 +50,41 @@ def _redact_processor(_logger: Any, _name: str, event_dict: dict[str, Any]) -> d
     return out
 
 
+def _renderer(fmt: str):
+    return structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer()
+
+
+def stdlib_logging_config(service: str, fmt: str = "json", library_level: str = "WARNING") -> dict[str, Any]:
+    """A logging.config.dictConfig that renders what libraries log through the standard library
+    (uvicorn, aiokafka, faust, ...) like our own lines: structured, redacted, one per line."""
+    def add_service(_logger: Any, _name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+        event_dict.setdefault("service", service)
+        return event_dict
+
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {
+            "structured": {
+                "()": structlog.stdlib.ProcessorFormatter,
+                "processors": [structlog.stdlib.ProcessorFormatter.remove_processors_meta, _renderer(fmt)],
+                "foreign_pre_chain": [
+                    structlog.stdlib.add_log_level,
+                    structlog.stdlib.add_logger_name,
+                    structlog.processors.TimeStamper(fmt="iso", utc=True),
+                    structlog.processors.format_exc_info,
+                    add_service,
+                    _redact_processor,
+                ],
+            },
+        },
+        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "structured",
+                                "stream": "ext://sys.stderr"}},
+        "root": {"handlers": ["stderr"], "level": library_level},
+    }
+
+
 def configure_logging(service: str, level: str = "info", fmt: str = "json") -> None:
-    renderer = structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer()
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -58,15 +92,15 @@ def configure_logging(service: str, level: str = "info", fmt: str = "json") -> N
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
             _redact_processor,
-            renderer,
+            _renderer(fmt),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
     structlog.contextvars.bind_contextvars(service=service)
-    # Libraries log through the standard library; keep them quiet unless warning.
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s %(message)s")
+    # Libraries log through the standard library: same format, quiet unless warning.
+    logging.config.dictConfig(stdlib_logging_config(service, fmt))
 
 
 def get_logger(name: str | None = None) -> Any:

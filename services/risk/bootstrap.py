@@ -43,5 +43,5 @@ def run_stream(settings: RiskSettings) -> None:
     asyncio.run(ensure_topics(settings.kafka_bootstrap_servers, Topics(settings.topic_prefix).all(), settings.kafka_partitions))
     app = create_app(settings)
     level = {"warning": "warn"}.get(settings.log_level, settings.log_level)
-    sys.argv = [sys.argv[0], "worker", "--without-web", "--loglevel", level]
+    sys.argv = [sys.argv[0], "--quiet", "worker", "--without-web", "--loglevel", level]  # no banner: JSON logs only
     app.main()

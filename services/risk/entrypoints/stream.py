@@ -15,7 +15,7 @@ from shared.clock import Clock, clock_from
 from shared.contract import Topics
 from shared.db import create_pool
 from shared.kafka import RecordProcessor, start_producer
-from shared.logging import get_logger
+from shared.logging import get_logger, stdlib_logging_config
 
 log = get_logger(__name__)
 
@@ -36,6 +36,7 @@ def create_app(settings: RiskSettings, clock: Clock | None = None) -> faust.App:
         broker_heartbeat_interval=settings.kafka_heartbeat_interval_ms / 1000,
         web_enabled=False,
         producer_acks=-1,
+        logging_config=stdlib_logging_config(settings.service_name, settings.log_format),
     )
     source = app.topic(topics.invoicing, key_serializer="raw", value_serializer="raw")
     risk = Risk(clock, topics)
