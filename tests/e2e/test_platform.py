@@ -237,3 +237,18 @@ async def test_balance_confirmation_contested_opens_a_dispute_that_pauses_dunnin
         steps = r.json()[0]["steps"]
         assert all(s["status"] in ("scheduled", "skipped") for s in steps if s["step"] != "pre_due"), steps
         assert len(await emails_to(http, p.sinks_url, customer["email"])) == 1
+
+
+def test_service_logs_are_structured_and_hold_no_contact_details(platform):
+    """Runs after the scenarios above: every line every service wrote is a JSON object, and no
+    customer's email address or phone number appears in full."""
+    import json
+
+    p, _clock = platform
+    contacts = ["tr1@example.com", "en1@example.com", "ap@globex.example", "ucetni@initech.example"]
+    for service in ("invoicing", "dunning", "risk", "risk-stream", "notifier"):
+        text = (p.log_dir / f"{service}.log").read_text()
+        for line in text.splitlines():
+            assert isinstance(json.loads(line), dict), f"{service}: {line}"
+        assert not any(c in text for c in contacts), service
+        assert "+90555" not in text, service
