@@ -6,6 +6,7 @@ are kept), then applied in waves of distinct external ids, each wave in one tran
 handful of statements whatever its size."""
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -64,8 +65,9 @@ _CUSTOMER_FIELDS = ("name", "language", "timezone", "email", "phone", "credit_te
 class InvoiceIngestor:
     CUSTOMER_CACHE = 10_000  # validated customer master data kept for reuse (e-mail validation is slow)
 
-    def __init__(self, pool: asyncpg.Pool, clock: Clock, topics: Topics, grace_days: int = 0) -> None:
+    def __init__(self, pool: asyncpg.Pool, clock: Clock, topics: Topics, grace_days: int = 0, writers: int = 3) -> None:
         self.pool, self.clock, self.topics, self.grace_days = pool, clock, topics, grace_days
+        self._writers = asyncio.Semaphore(writers)  # transactions of one ingest running side by side
         self._customers: OrderedDict[tuple, CustomerIn] = OrderedDict()
 
     def _validate(self, raw: dict | InvoiceRecord) -> InvoiceRecord:
@@ -116,19 +118,25 @@ class InvoiceIngestor:
                     continue
                 record = record.model_copy(update={"currency": default_currency})
             valid.append((i, record))
-        for start in range(0, len(valid), CHUNK):
-            chunk = valid[start:start + CHUNK]
-            for wave in waves([r.external_id for _, r in chunk]):
-                batch = [chunk[j] for j in wave]
-                for attempt in range(3):
-                    try:
-                        for result in await self._apply(tenant_id, source, batch):
-                            results[result.index] = result
-                        break
-                    except _Race:
-                        if attempt == 2:
-                            raise
+        # Waves run one after the other (a repeated external id applies in order); the batches of
+        # one wave have distinct ids and run side by side on separate connections.
+        for wave in waves([r.external_id for _, r in valid]):
+            batches = [[valid[j] for j in wave[k:k + CHUNK]] for k in range(0, len(wave), CHUNK)]
+            for applied in await asyncio.gather(*(self._apply_with_retry(tenant_id, source, b) for b in batches)):
+                for result in applied:
+                    results[result.index] = result
         return [r for r in results if r is not None]
+
+    async def _apply_with_retry(self, tenant_id: str, source: str,
+                                batch: list[tuple[int, InvoiceRecord]]) -> list[ItemResult]:
+        async with self._writers:
+            for attempt in range(3):
+                try:
+                    return await self._apply(tenant_id, source, batch)
+                except (_Race, asyncpg.DeadlockDetectedError):
+                    if attempt == 2:
+                        raise
+        raise AssertionError("unreachable")
 
     async def _apply(self, tenant_id: str, source: str, batch: list[tuple[int, InvoiceRecord]]) -> list[ItemResult]:
         now = self.clock.now()
@@ -226,8 +234,8 @@ class InvoiceIngestor:
             if cid not in wanted and cid not in existing:
                 wanted[cid] = {"customer_id": cid, "name": cid, "language": "en", "timezone": "UTC", "email": None,
                                "phone": None, "credit_terms_days": None, "billing_source": source, "placeholder": True}
-        changed = [
-            w for cid, w in wanted.items()
+        changed = [  # sorted: concurrent writers lock customer rows in the same order
+            w for cid, w in sorted(wanted.items())
             if cid not in existing or existing[cid]["placeholder"] != w["placeholder"]
             or any(existing[cid][f] != w[f] for f in _CUSTOMER_FIELDS)
         ]
