@@ -69,7 +69,7 @@ class OutboxRelay:
         producer,
         *,
         service: str,
-        batch_size: int = 500,
+        batch_size: int = 2000,
         poll_interval: float = 1.0,
         max_backoff: float = 60.0,
         retention_hours: float = 24.0,
