@@ -84,16 +84,15 @@ def detect_format(path: Path, fmt: str | None = None) -> str:
         ) from None
 
 
-class RecordReader:
-    """Iterates the rows of one file; `bytes_read` says how far into the file it has got."""
+class _FileReader:
+    """A file read once, front to back; `bytes_read` says how far it has got (for progress)."""
 
-    def __init__(self, path: Path | str, fmt: str | None = None, *, default_currency: str | None = None) -> None:
+    def __init__(self, path: Path | str, fmt: str) -> None:
         self.path = Path(path)
-        self.format = detect_format(self.path, fmt)
+        self.format = fmt
         if not self.path.is_file():
             raise ImportFileError(f"{'not a file' if self.path.exists() else 'no such file'}: {self.path}")
         self.total_bytes = self.path.stat().st_size
-        self.default_currency = default_currency
         self._raw: BinaryIO | None = None
 
     @property
@@ -101,6 +100,14 @@ class RecordReader:
         if self._raw is None or self._raw.closed:
             return self.total_bytes if self._raw is not None else 0
         return self._raw.tell()
+
+
+class RecordReader(_FileReader):
+    """Iterates the invoice rows of one CSV or JSON Lines file."""
+
+    def __init__(self, path: Path | str, fmt: str | None = None, *, default_currency: str | None = None) -> None:
+        super().__init__(path, detect_format(Path(path), fmt))
+        self.default_currency = default_currency
 
     def __iter__(self) -> Iterator[Row]:
         with open(self.path, "rb") as raw:
@@ -413,22 +420,11 @@ def detect_payment_format(path: Path, fmt: str | None = None) -> str:
         ) from None
 
 
-class PaymentReader:
+class PaymentReader(_FileReader):
     """Iterates the rows of one payment file; a bank statement is read only with fmt="bank"."""
 
     def __init__(self, path: Path | str, fmt: str | None = None) -> None:
-        self.path = Path(path)
-        self.format = detect_payment_format(self.path, fmt)
-        if not self.path.is_file():
-            raise ImportFileError(f"{'not a file' if self.path.exists() else 'no such file'}: {self.path}")
-        self.total_bytes = self.path.stat().st_size
-        self._raw: BinaryIO | None = None
-
-    @property
-    def bytes_read(self) -> int:
-        if self._raw is None or self._raw.closed:
-            return self.total_bytes if self._raw is not None else 0
-        return self._raw.tell()
+        super().__init__(path, detect_payment_format(Path(path), fmt))
 
     def __iter__(self) -> Iterator[PaymentRow]:
         with open(self.path, "rb") as raw:
