@@ -239,23 +239,31 @@ async def _service_database(service: str, db_prefix: str, create: bool = False) 
     return with_database(server, f"{db_prefix}_{service}")
 
 
-def _print_import_summary(summary, file: Path) -> None:
+def _summary_table(summary, file: Path, statuses: tuple[str, ...]) -> None:
     t = Table(title=f"import of {file.name}", show_header=False)
     t.add_row("read", f"{summary.rows:,}")
-    for status in ("created", "unchanged", "adjusted", "cancelled", "rejected"):
+    for status in statuses:
         t.add_row(status, f"{summary.counts[status]:,}")
     t.add_row("rows/s", f"{summary.rows_per_second:,.0f}")
     t.add_row("seconds", f"{summary.seconds:.1f}")
     console.print(t)
-    if not summary.source_registered:
-        console.print("[yellow]note:[/yellow] this billing source is not registered for this tenant, so it has no"
-                      " default currency: every row needs a currency (register it: POST /v1/billing-sources)")
+
+
+def _rejects_and_outbox(summary) -> None:
     if summary.rejects_path is not None:
         console.print(f"[yellow]{summary.rejected:,} rejected rows[/yellow] (row, field, reason):"
                       f" {summary.rejects_path}")
     else:
         console.print("[green]no rows rejected[/green]")
     console.print("events are in the invoicing outbox; the running invoicing service publishes them")
+
+
+def _print_import_summary(summary, file: Path) -> None:
+    _summary_table(summary, file, ("created", "unchanged", "adjusted", "cancelled", "rejected"))
+    if not summary.source_registered:
+        console.print("[yellow]note:[/yellow] this billing source is not registered for this tenant, so it has no"
+                      " default currency: every row needs a currency (register it: POST /v1/billing-sources)")
+    _rejects_and_outbox(summary)
 
 
 IMPORT_PAYMENTS_HELP = "\n\n".join([
@@ -318,24 +326,13 @@ async def _import_payments(file: Path, rejects_path: Path, *, format: str | None
 def _print_payment_import_summary(summary, file: Path) -> None:
     from services.invoicing.entrypoints.file_import import UNIDENTIFIED_CUSTOMER
 
-    t = Table(title=f"import of {file.name}", show_header=False)
-    t.add_row("read", f"{summary.rows:,}")
-    for status in ("created", "unchanged", "reversed", "skipped", "rejected"):
-        t.add_row(status, f"{summary.counts[status]:,}")
-    t.add_row("rows/s", f"{summary.rows_per_second:,.0f}")
-    t.add_row("seconds", f"{summary.seconds:.1f}")
-    console.print(t)
+    _summary_table(summary, file, ("created", "unchanged", "reversed", "skipped", "rejected"))
     if summary.skipped:
         console.print(f"{summary.skipped:,} debits and zero amounts skipped (only credits are payments)")
     if summary.unidentified:
         console.print(f"[yellow]{summary.unidentified:,} credits could not be matched to a customer[/yellow]: kept"
                       f" as unapplied cash of customer {UNIDENTIFIED_CUSTOMER} (GET /v1/payments/unapplied)")
-    if summary.rejects_path is not None:
-        console.print(f"[yellow]{summary.rejected:,} rejected rows[/yellow] (row, field, reason):"
-                      f" {summary.rejects_path}")
-    else:
-        console.print("[green]no rows rejected[/green]")
-    console.print("events are in the invoicing outbox; the running invoicing service publishes them")
+    _rejects_and_outbox(summary)
 
 
 # --------------------------------------------------------------------------- reports

@@ -69,18 +69,19 @@ class Row:
 
 # -- format -------------------------------------------------------------------------------------
 
-def detect_format(path: Path, fmt: str | None = None) -> str:
+def detect_format(path: Path, fmt: str | None = None, formats: tuple[str, ...] = FORMATS) -> str:
+    """The format asked for (one of `formats`), else the one the file extension names."""
     if fmt is not None:
         fmt = fmt.lower()
-        if fmt not in FORMATS:
-            raise ImportFileError(f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")
+        if fmt not in formats:
+            raise ImportFileError(f"unknown format {fmt!r}: use one of {', '.join(formats)}")
         return fmt
     try:
         return _EXTENSIONS[path.suffix.lower()]
     except KeyError:
         raise ImportFileError(
             f"cannot tell the format of {path.name!r} from its extension: name it .csv, .jsonl or .ndjson,"
-            " or pass --format csv|jsonl"
+            f" or pass --format {'|'.join(formats)}"
         ) from None
 
 
@@ -406,18 +407,7 @@ class PaymentRow:
 
 
 def detect_payment_format(path: Path, fmt: str | None = None) -> str:
-    if fmt is not None:
-        fmt = fmt.lower()
-        if fmt not in PAYMENT_FORMATS:
-            raise ImportFileError(f"unknown format {fmt!r}: use one of {', '.join(PAYMENT_FORMATS)}")
-        return fmt
-    try:
-        return _EXTENSIONS[path.suffix.lower()]
-    except KeyError:
-        raise ImportFileError(
-            f"cannot tell the format of {path.name!r} from its extension: name it .csv, .jsonl or .ndjson,"
-            " or pass --format csv|jsonl|bank"
-        ) from None
+    return detect_format(path, fmt, PAYMENT_FORMATS)
 
 
 class PaymentReader(_FileReader):
