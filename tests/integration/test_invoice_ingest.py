@@ -145,6 +145,9 @@ async def test_a_source_key_cannot_write_for_another_source(erp, database):
     assert r.status_code == 403 and r.json()["problems"][0]["field"] == "billing_source"
     r = await http.post("/v1/invoices/bulk", json={"items": []})
     assert r.status_code == 422 and r.json()["problems"][0]["field"] == "items"
+    r = await http.post("/v1/invoices/bulk", content=b'{"items": [', headers={"Content-Type": "application/json"})
+    assert r.status_code == 422 and r.json()["problems"][0]["field"] == "body"
+    assert r.json()["problems"][0]["reason"].startswith("invalid JSON")
     assert await app.state.pool.fetchval("SELECT count(*) FROM invoices") == 0
 
 

@@ -88,3 +88,12 @@ def test_references_that_name_no_open_invoice_in_the_currency():
                 OpenInvoice("2", "N-2", "X-2", "USD", 100, ISSUE, DUE),
                 OpenInvoice("3", "N-3", "X-3", "EUR", 0, ISSUE, DUE)]
     assert unmatched_references(invoices, "EUR", ["N-1", "X-1", "N-2", "N-3", "NOPE"]) == ["N-2", "N-3", "NOPE"]
+
+
+@given(st.lists(st.text(min_size=1, max_size=40), min_size=1, max_size=4))
+def test_stable_ids_are_uuid5_of_the_joined_parts(parts):
+    import uuid
+
+    from services.invoicing.service_layer.ingest import _NS, stable_id
+
+    assert stable_id(*parts) == str(uuid.uuid5(_NS, "\x1f".join(parts)))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
@@ -72,6 +73,7 @@ def unmatched_references(open_invoices: list[OpenInvoice], currency: str, refere
     return [r for r in references if r not in known]
 
 
+@lru_cache(maxsize=65536)  # pure, and invoices share few (due date, timezone) pairs
 def overdue_at(due_date: date, timezone: str, grace_days: int = 0) -> datetime:
     """An invoice is overdue once its due date (plus grace) has ended in the customer's timezone."""
     local_midnight = datetime.combine(due_date + timedelta(days=1 + grace_days), time(0), ZoneInfo(timezone))

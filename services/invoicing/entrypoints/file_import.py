@@ -15,6 +15,8 @@ Payment files (CSV, JSON Lines, bank statements) are read the same way and recor
 in file order, by `import_payments`: see the payments section below."""
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import csv
 import io
 import json
@@ -322,18 +324,31 @@ async def import_invoices(
     ingestor = InvoiceIngestor(pool, clock, topics, grace_days)
     summary = ImportSummary(source_registered=default_currency is not None)
     rejects = _Rejects(rejects_path)
+    # One chunk is written while the next one is read: at most two chunks in memory, and chunks
+    # are applied in file order (a flush starts only when the one before it has finished).
+    writing: asyncio.Task | None = None
     try:
         batch: list[Row] = []
         for row in reader:
             batch.append(row)
+            if len(batch) % 512 == 0:
+                await asyncio.sleep(0)  # let the chunk being written make progress
             if len(batch) >= chunk:
-                await _flush(ingestor, tenant_id, source, batch, summary, rejects)
+                if writing is not None:
+                    await writing
+                writing = asyncio.create_task(_flush(ingestor, tenant_id, source, batch, summary, rejects))
                 batch = []
                 if progress is not None:
                     progress(summary.rows, reader.bytes_read, reader.total_bytes)
+        if writing is not None:
+            await writing
         if batch:
             await _flush(ingestor, tenant_id, source, batch, summary, rejects)
     finally:
+        if writing is not None and not writing.done():
+            writing.cancel()
+            with contextlib.suppress(BaseException):
+                await writing
         rejects.close()
     summary.bytes = reader.total_bytes
     if progress is not None:
