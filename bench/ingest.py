@@ -4,15 +4,16 @@
 
 1. yardstick: asyncpg COPY (`copy_records_to_table`) of the invoice rows into a bare table with
    the columns of `invoices` (no keys, no indexes): the fastest way rows get into PostgreSQL.
-2. bulk HTTP API: the invoicing service in-process (uvicorn on a free port) receives the
-   invoices in requests of 10,000 items; timed until every invoice is stored AND every event
-   is published (outbox backlog 0).
-3. file import: the same number of invoices from a CSV through `import_invoices`, timed until
-   stored and published (the service of step 2 keeps running and relays the events).
+2. bulk HTTP API: the invoicing service, started as in production (`python -m services.invoicing
+   serve`, its own process), receives the invoices in requests of 10,000 items from this
+   process; timed until every invoice is stored AND every event is published (outbox backlog 0).
+3. file import: the same number of invoices from a CSV through `import_invoices` in this process,
+   as `tahsilat import invoices` runs it, timed until stored and published (the service's outbox
+   relay publishes the events).
 
 It prints invoices/s, the ratio of each to the yardstick (targets: bulk API >= 0.10, file import
->= 0.20, reported as PASS or BELOW TARGET, never failing) and the peak RSS of this process
-(the service runs in it too). The broker is the embedded one (or KAFKA_BOOTSTRAP_SERVERS);
+>= 0.20, reported as PASS or BELOW TARGET, never failing) and the peak RSS of the service and of
+this process (the file import's). The broker is the embedded one (or KAFKA_BOOTSTRAP_SERVERS);
 PostgreSQL is DATABASE_URL, else the local server, else the embedded one. The databases it
 creates are dropped at the end."""
 from __future__ import annotations
@@ -20,7 +21,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
+import os
 import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -30,21 +33,18 @@ from pathlib import Path
 
 import asyncpg
 import httpx
-from fastapi import FastAPI
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from services.invoicing.bootstrap import MIGRATIONS, build
+from services.invoicing.bootstrap import MIGRATIONS
 from services.invoicing.entrypoints.file_import import import_invoices
-from services.invoicing.settings import InvoicingSettings
 from shared.auth import new_key, store_api_key
 from shared.clock import SystemClock
 from shared.contract import Topics
-from shared.db import drop_database, ensure_database, migrate, with_database
-from shared.host import serve_in_process
+from shared.db import create_pool, drop_database, ensure_database, migrate, with_database
 from shared.logging import configure_logging
-from tahsilat.embedded import Broker, resolve_postgres
+from tahsilat.embedded import Broker, free_port, resolve_postgres
 
 TENANT = "bench"
 TARGETS = {"bulk API": 0.10, "file import": 0.20}
@@ -55,8 +55,53 @@ ZONES = ("Europe/Istanbul", "Europe/Prague", "Asia/Tehran", "Europe/London")
 console = Console(width=max(Console().width, 110))
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+def peak_rss_mb(pid: int | None = None) -> float:
+    """Peak resident memory of this process, or of another one (its VmHWM)."""
+    if pid is None:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class InvoicingProcess:
+    """`python -m services.invoicing serve` on a free port, API and outbox relay (no consumers or
+    timers: nothing else runs), until stopped."""
+
+    def __init__(self, database_url: str, bootstrap: str, prefix: str, log: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "DATABASE_URL": database_url, "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+               "TOPIC_PREFIX": prefix, "KAFKA_PARTITIONS": "6", "HTTP_HOST": "127.0.0.1", "HTTP_PORT": str(self.port),
+               "POLL_INTERVAL_SECONDS": "0.2", "LOG_LEVEL": "warning", "ROLES": "api"}
+        self.log = log
+        with open(log, "ab") as out:
+            self.proc = subprocess.Popen([sys.executable, "-m", "services.invoicing", "serve"], env=env, stdout=out,
+                                         stderr=subprocess.STDOUT)
+
+    async def ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        async with httpx.AsyncClient(timeout=2) as http:
+            while True:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"the invoicing service exited ({self.proc.returncode}); see {self.log}")
+                try:
+                    if (await http.get(f"{self.url}/health/ready")).status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the invoicing service was not ready after {timeout} s; see {self.log}")
+                await asyncio.sleep(0.1)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
 
 
 # -- the data --------------------------------------------------------------------------------------
@@ -148,8 +193,7 @@ async def yardstick(server: str, n: int, customers: int) -> float:
     return seconds
 
 
-async def bulk_api(url: str, app: FastAPI, n: int, customers: int, batch: int) -> float:
-    pool = app.state.pool
+async def bulk_api(url: str, pool: asyncpg.Pool, n: int, customers: int, batch: int) -> float:
     key_id, secret, admin = new_key()
     await store_api_key(pool, key_id=key_id, secret=secret, tenant_id=TENANT, role="admin")
     async with httpx.AsyncClient(base_url=url, timeout=600) as http:
@@ -173,8 +217,7 @@ async def bulk_api(url: str, app: FastAPI, n: int, customers: int, batch: int) -
             return time.perf_counter() - started
 
 
-async def file_import(app: FastAPI, topics: Topics, path: Path, n: int) -> float:
-    pool = app.state.pool
+async def file_import(pool: asyncpg.Pool, topics: Topics, path: Path, n: int) -> float:
     await pool.execute("INSERT INTO billing_sources (tenant_id, name, default_currency) VALUES ($1, 'file', 'EUR')",
                        TENANT)
     with progress_display() as progress:
@@ -209,19 +252,24 @@ async def run(n: int, customers: int, batch: int, work: Path, bootstrap: str) ->
         url = with_database(server, name)
         await migrate(url, MIGRATIONS)
         prefix = f"bench{uuid.uuid4().hex[:6]}."
-        settings = InvoicingSettings(database_url=url, kafka_bootstrap_servers=bootstrap, topic_prefix=prefix,
-                                     kafka_partitions=6, poll_interval_seconds=0.2, log_level="warning",
-                                     roles="api")  # the outbox relay, no consumers or timers
-        app = build(settings, SystemClock())
-        async with serve_in_process(app) as base_url:
+        service = InvoicingProcess(url, bootstrap, prefix, work / "invoicing.log")
+        pool = await create_pool(url, max_size=8)
+        try:
+            await service.ready()
             console.print(f"[bold]2/3[/bold] bulk HTTP API: {n // batch} requests of {batch:,} items …")
-            results["bulk API"] = await bulk_api(base_url, app, n, customers, batch)
-            console.print(f"    {n / results['bulk API']:,.0f} invoices/s; peak RSS {peak_rss_mb():,.0f} MB")
+            results["bulk API"] = await bulk_api(service.url, pool, n, customers, batch)
+            console.print(f"    {n / results['bulk API']:,.0f} invoices/s; peak RSS of the service"
+                          f" {peak_rss_mb(service.proc.pid):,.0f} MB")
 
             console.print(f"[bold]3/3[/bold] file import: {csv_path.stat().st_size / 2**20:,.1f} MB CSV …")
-            results["file import"] = await file_import(app, Topics(prefix), csv_path, n)
-            console.print(f"    {n / results['file import']:,.0f} invoices/s; peak RSS {peak_rss_mb():,.0f} MB")
-            events = await app.state.pool.fetchval("SELECT count(*) FROM outbox")
+            results["file import"] = await file_import(pool, Topics(prefix), csv_path, n)
+            console.print(f"    {n / results['file import']:,.0f} invoices/s; peak RSS of the import"
+                          f" {peak_rss_mb():,.0f} MB")
+            events = await pool.fetchval("SELECT count(*) FROM outbox")
+            service_rss = peak_rss_mb(service.proc.pid)
+        finally:
+            await pool.close()
+            service.stop()
     finally:
         await drop_database(server, name)
 
@@ -238,8 +286,8 @@ async def run(n: int, customers: int, batch: int, work: Path, bootstrap: str) ->
         table.add_row(path, "" if stored is None else f"{stored:.2f}", f"{seconds:.2f}", f"{rate:,.0f}", f"{rate / base:.3f}",
                       "" if target is None else f">= {target:.2f}", verdict)
     console.print(table)
-    console.print(f"events published: {events:,}; peak RSS of this process (benchmark + service):"
-                  f" {peak_rss_mb():,.0f} MB")
+    console.print(f"events published: {events:,}; peak RSS: the service {service_rss:,.0f} MB,"
+                  f" the file import (this process) {peak_rss_mb():,.0f} MB")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -249,8 +297,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=10_000, help="items per bulk request (at most 10,000)")
     args = parser.parse_args(argv)
     configure_logging("bench", "warning", "console")
-    import os
-
     with tempfile.TemporaryDirectory(prefix="tahsilat-bench-") as tmp:
         work = Path(tmp)
         external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
