@@ -95,6 +95,13 @@ class InvoicingProcess:
                     raise TimeoutError(f"the invoicing service was not ready after {timeout} s; see {self.log}")
                 await asyncio.sleep(0.1)
 
+    async def published(self) -> int:
+        """Events its outbox relay has published (its metrics)."""
+        async with httpx.AsyncClient(timeout=5) as http:
+            text = (await http.get(f"{self.url}/metrics")).text
+        return sum(int(float(line.rsplit(" ", 1)[1])) for line in text.splitlines()
+                   if line.startswith("tahsilat_outbox_published_total{"))
+
     def stop(self) -> None:
         self.proc.terminate()
         try:
@@ -265,7 +272,7 @@ async def run(n: int, customers: int, batch: int, work: Path, bootstrap: str) ->
             results["file import"] = await file_import(pool, Topics(prefix), csv_path, n)
             console.print(f"    {n / results['file import']:,.0f} invoices/s; peak RSS of the import"
                           f" {peak_rss_mb():,.0f} MB")
-            events = await pool.fetchval("SELECT count(*) FROM outbox")
+            events = await service.published()
             service_rss = peak_rss_mb(service.proc.pid)
         finally:
             await pool.close()

@@ -166,4 +166,9 @@ async def test_customer_master_data_on_its_own(erp, kafka_bootstrap):
     row = await app.state.pool.fetchrow("SELECT * FROM customers WHERE customer_id = 'C9'")
     assert (row["credit_terms_days"], row["placeholder"]) == (30, False)
     events = await wait_for(lambda: _at_least(read_events(kafka_bootstrap, topics.invoicing), 2), message="upserts")
-    assert [e.data["credit_terms_days"] for e in events if e.type == "CustomerUpserted"] == [45, 30]
+    upserts = [e.payload() for e in events if e.type == "CustomerUpserted"]
+    assert [u.credit_terms_days for u in upserts] == [45, 30]
+    assert upserts[0].model_dump() == {
+        "customer_id": "C9", "name": "Karadeniz Fındık", "language": "tr", "timezone": "Europe/Istanbul",
+        "email": "muhasebe@karadeniz.example", "phone": "+905321112233", "billing_source": "erp", "placeholder": False,
+        "credit_terms_days": 45}

@@ -10,7 +10,7 @@ import asyncio
 import hashlib
 import uuid
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -61,6 +61,40 @@ def validation_problem(exc: ValidationError) -> tuple[str, str]:
     return field, err["msg"].removeprefix("Value error, ")
 
 
+# $1 tenant, $2 time (ISO text), $3 billing source, $4 topic, then one array per column. Rows are
+# locked in customer id order (the same in every transaction); a placeholder never overwrites.
+_UPSERT_CUSTOMERS = f"""
+WITH w AS (
+  SELECT * FROM unnest($5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::int[],
+                       $12::boolean[])
+    AS t(customer_id, name, language, timezone, email, phone, credit_terms_days, placeholder)
+), up AS (
+  INSERT INTO customers AS c (tenant_id, customer_id, name, language, timezone, email, phone, credit_terms_days,
+                              billing_source, placeholder)
+  SELECT $1, customer_id, name, language, timezone, email, phone, credit_terms_days, $3, placeholder
+  FROM w ORDER BY customer_id
+  ON CONFLICT (tenant_id, customer_id) DO UPDATE SET
+    name = EXCLUDED.name, language = EXCLUDED.language, timezone = EXCLUDED.timezone, email = EXCLUDED.email,
+    phone = EXCLUDED.phone, credit_terms_days = EXCLUDED.credit_terms_days, billing_source = EXCLUDED.billing_source,
+    placeholder = false, updated_at = now()
+  WHERE NOT EXCLUDED.placeholder
+    AND (c.name, c.language, c.timezone, c.email, c.phone, c.credit_terms_days, c.placeholder) IS DISTINCT FROM
+        (EXCLUDED.name, EXCLUDED.language, EXCLUDED.timezone, EXCLUDED.email, EXCLUDED.phone,
+         EXCLUDED.credit_terms_days, false)
+  RETURNING c.*
+), events AS (
+  INSERT INTO outbox (topic, event_id, tenant_id, event_type, key, envelope)
+  SELECT $4, {envelope_select(CustomerUpserted, source=SOURCE, subject="customer_id", data={
+      "customer_id": "customer_id", "name": "name", "language": "language", "timezone": "timezone", "email": "email",
+      "phone": "phone", "billing_source": "billing_source", "placeholder": "placeholder",
+      "credit_terms_days": "credit_terms_days"})}
+  FROM (SELECT *, gen_random_uuid() AS eid FROM up ORDER BY customer_id) AS x
+)
+SELECT w.customer_id, coalesce(up.timezone, k.timezone) AS timezone, up.customer_id IS NOT NULL AS changed
+FROM w LEFT JOIN up USING (customer_id)
+LEFT JOIN LATERAL (SELECT timezone FROM customers WHERE tenant_id = $1 AND customer_id = w.customer_id OFFSET 0) AS k
+  ON true"""
+
 # $1 tenant, $2 time (ISO text), $3 billing source, $4 time, $5 topic, then one array per column.
 _CREATE_INVOICES = f"""
 WITH s AS (
@@ -98,7 +132,6 @@ class _Race(Exception):
     """Another transaction created one of these invoices first: apply the wave again."""
 
 
-_CUSTOMER_FIELDS = ("name", "language", "timezone", "email", "phone", "credit_terms_days")
 
 
 class InvoiceIngestor:
@@ -234,17 +267,10 @@ class InvoiceIngestor:
                     changed.append((rec, decision, invoice_id))
                 results.append(ItemResult(i, decision.outcome, str(invoice_id), changes=decision.changes or None))
             accepted = [rec for rec, _ in created] + [rec for rec, _, _ in changed] + unchanged
-            customer_ids = {rec.customer_key for rec in accepted}
             # Customer events go out before the invoice events that name the customer.
-            await add_events(conn, self.topics.invoicing, await self._upsert_customers(
+            timezones, _ = await self._upsert_customers(
                 conn, tenant_id, source, [rec.customer for rec in accepted if rec.customer is not None],
-                list(customer_ids), now))
-            timezones = {
-                r["customer_id"]: r["timezone"] for r in await conn.fetch(
-                    "SELECT c.customer_id, c.timezone FROM unnest($2::text[]) AS x(id), LATERAL (SELECT customer_id,"
-                    " timezone FROM customers WHERE tenant_id = $1 AND customer_id = x.id OFFSET 0) AS c",
-                    tenant_id, list(customer_ids))
-            } if accepted else {}
+                {rec.customer_key for rec in accepted}, now)
             await self._create(conn, tenant_id, source, created, timezones, now)
             events = await self._apply_credit(conn, tenant_id, created, now)
             for rec, decision, inv_id in changed:
@@ -274,52 +300,28 @@ class InvoiceIngestor:
             results.append(ItemResult(i, "unchanged", customer.id))
         now = self.clock.now()
         async with self.pool.acquire() as conn, conn.transaction():
-            events = await self._upsert_customers(conn, tenant_id, source, valid, [], now)
-            await add_events(conn, self.topics.invoicing, events)
-        changed = {e.subject for e in events}
+            _, changed = await self._upsert_customers(conn, tenant_id, source, valid, [], now)
         for r in results:
             if r.status == "unchanged" and r.id in changed:
                 r.status = "upserted"
         return results
 
     async def _upsert_customers(self, conn, tenant_id: str, source: str, customers: list[CustomerIn],
-                                referenced: list[str], now: datetime) -> list[Envelope]:
-        """Master data (last one wins), and placeholders for referenced ids nobody knows."""
-        wanted: dict[str, dict[str, Any]] = {}
+                                referenced: Iterable[str], now: datetime) -> tuple[dict[str, str], set[str]]:
+        """Master data (last one wins), and placeholders for referenced ids nobody knows, with a
+        CustomerUpserted for each customer that changed: one statement, the comparison and the
+        events done by PostgreSQL. Returns every customer's timezone and the ids that changed."""
+        wanted: dict[str, tuple] = {}
         for c in customers:
-            wanted[c.id] = {"customer_id": c.id, "name": c.name, "language": c.language, "timezone": c.timezone,
-                            "email": c.email, "phone": c.phone, "credit_terms_days": c.credit_terms_days,
-                            "billing_source": source, "placeholder": False}
-        ids = list(set(wanted) | set(referenced))
-        existing = {
-            r["customer_id"]: r for r in await conn.fetch(
-                "SELECT c.* FROM unnest($2::text[]) AS x(id), LATERAL (SELECT * FROM customers"
-                " WHERE tenant_id = $1 AND customer_id = x.id OFFSET 0) AS c", tenant_id, ids)
-        }
-        for cid in ids:
-            if cid not in wanted and cid not in existing:
-                wanted[cid] = {"customer_id": cid, "name": cid, "language": "en", "timezone": "UTC", "email": None,
-                               "phone": None, "credit_terms_days": None, "billing_source": source, "placeholder": True}
-        changed = [  # sorted: concurrent writers lock customer rows in the same order
-            w for cid, w in sorted(wanted.items())
-            if cid not in existing or existing[cid]["placeholder"] != w["placeholder"]
-            or any(existing[cid][f] != w[f] for f in _CUSTOMER_FIELDS)
-        ]
-        if not changed:
-            return []
-        await conn.execute(
-            """INSERT INTO customers (tenant_id, customer_id, name, language, timezone, email, phone, credit_terms_days,
-                                      billing_source, placeholder)
-               SELECT $1, * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-                                        $8::int[], $9::text[], $10::boolean[])
-               ON CONFLICT (tenant_id, customer_id) DO UPDATE SET
-                 name = EXCLUDED.name, language = EXCLUDED.language, timezone = EXCLUDED.timezone,
-                 email = EXCLUDED.email, phone = EXCLUDED.phone, credit_terms_days = EXCLUDED.credit_terms_days,
-                 billing_source = EXCLUDED.billing_source, placeholder = EXCLUDED.placeholder, updated_at = now()""",
-            tenant_id, *([w[k] for w in changed] for k in ("customer_id", *_CUSTOMER_FIELDS, "billing_source",
-                                                            "placeholder")),
-        )
-        return [self._envelope(CustomerUpserted(**w), tenant_id, w["customer_id"], now) for w in changed]
+            wanted[c.id] = (c.id, c.name, c.language, c.timezone, c.email, c.phone, c.credit_terms_days, False)
+        for cid in referenced:
+            if cid not in wanted:
+                wanted[cid] = (cid, cid, "en", "UTC", None, None, None, True)
+        if not wanted:
+            return {}, set()
+        rows = await conn.fetch(_UPSERT_CUSTOMERS, tenant_id, iso_time(now), source, self.topics.invoicing,
+                                *(list(col) for col in zip(*wanted.values())))
+        return {r["customer_id"]: r["timezone"] for r in rows}, {r["customer_id"] for r in rows if r["changed"]}
 
     async def _create(self, conn, tenant_id: str, source: str, created: list[tuple[InvoiceRecord, str]],
                       timezones: dict[str, str], now: datetime) -> None:
