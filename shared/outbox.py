@@ -15,6 +15,7 @@ from datetime import datetime
 
 import asyncpg
 from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from shared.contract import Envelope
 from shared.contract.events import EventPayload
@@ -101,6 +102,7 @@ class OutboxRelay:
         batch_size: int = 2000,
         poll_interval: float = 1.0,
         max_backoff: float = 60.0,
+        max_event_bytes: int = 1_000_000,
     ) -> None:
         self.pool = pool
         self.producer = producer
@@ -108,6 +110,7 @@ class OutboxRelay:
         self.batch_size = batch_size
         self.poll_interval = poll_interval
         self.max_backoff = max_backoff
+        self.max_event_bytes = max_event_bytes  # under Kafka's default message.max.bytes (1 MiB)
         self._wake = asyncio.Event()
         self._paused = False
         partitioner = DefaultPartitioner()
@@ -210,6 +213,11 @@ class OutboxRelay:
                 r = rows[n]
                 record = {"key": r["key"].encode(), "value": r["value"].encode(), "timestamp": None,
                           "headers": [("event_type", r["event_type"].encode())]}
+                size = DefaultRecordBatchBuilder.estimate_size_in_bytes(record["key"], record["value"], record["headers"])
+                if size > self.max_event_bytes:  # no broker takes it: keep it back (with backoff) for a person
+                    results[n] = ValueError(f"the event is {size} bytes, more than max_event_bytes"
+                                            f" ({self.max_event_bytes})")
+                    continue
                 if batch.append(**record) is None:  # full: send it, start the next
                     await submit(taken, batch, topic, part)
                     batch, taken = self.producer.create_batch(), []

@@ -7,6 +7,7 @@ from collections import Counter
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from services.invoicing.bootstrap import build
 from services.invoicing.settings import InvoicingSettings
@@ -236,3 +237,52 @@ async def test_events_accumulate_while_the_relay_is_stopped_and_all_go_out_once_
     # Per customer, the order of the outbox is the order on the partition.
     issued_c0 = [e.data["external_id"] for e in published if e.type == "InvoiceIssued" and e.data["customer_id"] == "C0"]
     assert issued_c0 == [f"INV-{n}" for n in range(0, 40, 7)]
+
+
+async def _records(bootstrap: str, topic: str, n: int) -> list | None:
+    """The first n records of `topic` as (key, partition, event type), or None while fewer exist."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=20)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        if not tps:
+            return None
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        batches = await consumer.getmany(*tps, timeout_ms=500)
+        out = [(r.key, r.partition, dict(r.headers)["event_type"].decode()) for rs in batches.values() for r in rs]
+        return out if len(out) >= n else None
+    finally:
+        await consumer.stop()
+
+
+async def test_the_relay_partitions_as_producer_send_and_holds_back_only_what_cannot_be_sent(service, kafka_bootstrap):
+    app, http, _clock, topics, _ = service
+    relay, pool = app.state.host.relay, app.state.pool
+    relay.pause()
+    for n in range(12):
+        assert (await http.post("/v1/invoices", json=invoice(f"INV-{n}", customer_id=f"C{n % 5}"))).status_code == 201
+    # An event larger than any broker takes by default (1 MiB).
+    await pool.execute(
+        "INSERT INTO outbox (event_id, tenant_id, event_type, topic, key, envelope)"
+        " VALUES (gen_random_uuid(), 't1', 'Oversized', $1, 't1:C0', json_build_object('blob', repeat('x', 1100000)))",
+        topics.invoicing)
+    relay.resume()
+
+    records = await wait_for(lambda: _records(kafka_bootstrap, topics.invoicing, 17), message="17 events published")
+    assert sorted(Counter(t for _, _, t in records).items()) == [("CustomerUpserted", 5), ("InvoiceIssued", 12)]
+    held = await wait_for(lambda: pool.fetch("SELECT event_type, attempts, last_error FROM outbox WHERE attempts > 0"),
+                          message="the oversized event held back")
+    assert [(r["event_type"], "more than max_event_bytes" in r["last_error"]) for r in held] == [("Oversized", True)]
+    assert await pool.fetchval("SELECT count(*) FROM outbox") == 1  # what was published is gone from the outbox
+
+    # Each key is on the partition producer.send picks for it (the Java client's murmur2), so
+    # consumers see one customer's events on one partition whichever way they were published.
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    await producer.start()
+    try:
+        for key in {k for k, _, _ in records}:
+            probe = await producer.send_and_wait(topics.invoicing, b"probe", key=key)
+            assert {p for k, p, _ in records if k == key} == {probe.partition}
+    finally:
+        await producer.stop()
