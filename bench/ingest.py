@@ -3,7 +3,8 @@
     .venv/bin/python -m bench.ingest [--invoices 100000]
 
 1. yardstick: asyncpg COPY (`copy_records_to_table`) of the invoice rows into a bare table with
-   the columns of `invoices` (no keys, no indexes): the fastest way rows get into PostgreSQL.
+   the columns of `invoices` (no keys, no indexes): the fastest way rows get into PostgreSQL
+   (the median of three such copies).
 2. bulk HTTP API: the invoicing service, started as in production (`python -m services.invoicing
    serve`, its own process), receives the invoices in requests of 10,000 items from this
    process; timed until every invoice is stored AND every event is published (outbox backlog 0).
@@ -182,17 +183,20 @@ async def yardstick(server: str, n: int, customers: int) -> float:
     try:
         conn = await asyncpg.connect(with_database(server, name))
         try:
-            await conn.execute(
-                """CREATE TABLE invoices (tenant_id text, invoice_id uuid, billing_source text, external_id text,
-                     customer_id text, number text, currency char(3), amount_minor bigint, open_minor bigint,
-                     issue_date date, due_date date, status text, issued_at timestamptz, paid_at timestamptz,
-                     version int, cancelled_at timestamptz)""")
             now = SystemClock().now()
             rows = [copy_row(i, customers, "INV", now) for i in range(n)]
-            started = time.perf_counter()
-            await conn.copy_records_to_table("invoices", records=rows)
-            seconds = time.perf_counter() - started
-            assert await conn.fetchval("SELECT count(*) FROM invoices") == n
+            timings = []
+            for attempt in range(3):  # a run of a few tenths of a second is noisy: the median of three
+                await conn.execute(
+                    f"""CREATE TABLE invoices_{attempt} (tenant_id text, invoice_id uuid, billing_source text,
+                         external_id text, customer_id text, number text, currency char(3), amount_minor bigint,
+                         open_minor bigint, issue_date date, due_date date, status text, issued_at timestamptz,
+                         paid_at timestamptz, version int, cancelled_at timestamptz)""")
+                started = time.perf_counter()
+                await conn.copy_records_to_table(f"invoices_{attempt}", records=rows)
+                timings.append(time.perf_counter() - started)
+                assert await conn.fetchval(f"SELECT count(*) FROM invoices_{attempt}") == n
+            seconds = sorted(timings)[1]
         finally:
             await conn.close()
     finally:
@@ -200,7 +204,7 @@ async def yardstick(server: str, n: int, customers: int) -> float:
     return seconds
 
 
-async def bulk_api(url: str, pool: asyncpg.Pool, n: int, customers: int, batch: int) -> float:
+async def bulk_api(url: str, pool: asyncpg.Pool, n: int, customers: int, batch: int, concurrency: int) -> float:
     key_id, secret, admin = new_key()
     await store_api_key(pool, key_id=key_id, secret=secret, tenant_id=TENANT, role="admin")
     async with httpx.AsyncClient(base_url=url, timeout=600) as http:
@@ -212,13 +216,18 @@ async def bulk_api(url: str, pool: asyncpg.Pool, n: int, customers: int, batch: 
         with progress_display() as progress:
             task = progress.add_task("bulk API: invoices posted", total=n)
             started = time.perf_counter()
-            for items in requests:
-                r = await http.post("/v1/invoices/bulk", json={"items": items}, headers={"X-API-Key": token})
-                r.raise_for_status()
-                summary = r.json()["summary"]
-                if summary["created"] != len(items):
-                    raise RuntimeError(f"bulk API: unexpected summary {summary}")
-                progress.advance(task, len(items))
+            pending = iter(requests)
+
+            async def client() -> None:  # one of `concurrency` clients posting the next request
+                for items in pending:
+                    r = await http.post("/v1/invoices/bulk", json={"items": items}, headers={"X-API-Key": token})
+                    r.raise_for_status()
+                    summary = r.json()["summary"]
+                    if summary["created"] != len(items):
+                        raise RuntimeError(f"bulk API: unexpected summary {summary}")
+                    progress.advance(task, len(items))
+
+            await asyncio.gather(*(client() for _ in range(concurrency)))
             STORED["bulk API"] = time.perf_counter() - started
             await until_published(pool, n, "erp", progress)
             return time.perf_counter() - started
@@ -242,7 +251,7 @@ async def file_import(pool: asyncpg.Pool, topics: Topics, path: Path, n: int) ->
 
 # -- main ------------------------------------------------------------------------------------------
 
-async def run(n: int, customers: int, batch: int, work: Path, bootstrap: str) -> None:
+async def run(n: int, customers: int, batch: int, concurrency: int, work: Path, bootstrap: str) -> None:
     server, origin = await resolve_postgres(work / "pg")
     console.print(f"PostgreSQL: {origin}; broker: {bootstrap}; {n:,} invoices, {customers:,} customers")
     results: dict[str, float] = {}
@@ -263,8 +272,9 @@ async def run(n: int, customers: int, batch: int, work: Path, bootstrap: str) ->
         pool = await create_pool(url, max_size=8)
         try:
             await service.ready()
-            console.print(f"[bold]2/3[/bold] bulk HTTP API: {n // batch} requests of {batch:,} items …")
-            results["bulk API"] = await bulk_api(service.url, pool, n, customers, batch)
+            console.print(f"[bold]2/3[/bold] bulk HTTP API: {n // batch} requests of {batch:,} items,"
+                          f" {concurrency} at a time …")
+            results["bulk API"] = await bulk_api(service.url, pool, n, customers, batch, concurrency)
             console.print(f"    {n / results['bulk API']:,.0f} invoices/s; peak RSS of the service"
                           f" {peak_rss_mb(service.proc.pid):,.0f} MB")
 
@@ -302,6 +312,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--invoices", type=int, default=100_000)
     parser.add_argument("--customers", type=int, default=10_000)
     parser.add_argument("--batch", type=int, default=10_000, help="items per bulk request (at most 10,000)")
+    parser.add_argument("--concurrency", type=int, default=1,
+                        help="bulk requests in flight at once, as a billing source catching up would send them")
     args = parser.parse_args(argv)
     configure_logging("bench", "warning", "console")
     with tempfile.TemporaryDirectory(prefix="tahsilat-bench-") as tmp:
@@ -310,7 +322,7 @@ def main(argv: list[str] | None = None) -> None:
         broker = None if external else Broker(log_file=work / "broker.log")
         try:
             bootstrap = external or broker.start()
-            asyncio.run(run(args.invoices, args.customers, args.batch, work, bootstrap))
+            asyncio.run(run(args.invoices, args.customers, args.batch, args.concurrency, work, bootstrap))
         finally:
             if broker is not None:
                 broker.stop()

@@ -2,12 +2,14 @@
 adjustments, cancellations, placeholder customers, and the ledger they leave behind."""
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 
 import pytest
 
 from services.invoicing.bootstrap import build
+from services.invoicing.domain.model import overdue_at
 from services.invoicing.settings import InvoicingSettings
 from shared.clock import ManualClock
 from shared.contract import Topics
@@ -172,3 +174,25 @@ async def test_customer_master_data_on_its_own(erp, kafka_bootstrap):
         "customer_id": "C9", "name": "Karadeniz Fındık", "language": "tr", "timezone": "Europe/Istanbul",
         "email": "muhasebe@karadeniz.example", "phone": "+905321112233", "billing_source": "erp", "placeholder": False,
         "credit_terms_days": 45}
+
+
+async def test_a_customer_created_by_a_concurrent_ingest_is_found(erp):
+    """The invoices' customer is inserted by another transaction while this ingest waits on it."""
+    app, http, _clock, _topics = erp
+    pool = app.state.pool
+    async with pool.acquire() as other:
+        tx = other.transaction()
+        await tx.start()
+        await other.execute("INSERT INTO customers (tenant_id, customer_id, name, timezone)"
+                            " VALUES ('t1', 'C7', 'Ege Tekstil', 'Europe/Istanbul')")
+        posting = asyncio.create_task(http.post("/v1/invoices/bulk", json={"items": [
+            item("A", customer_id=None, customer={"id": "C7", "name": "Ege Tekstil", "timezone": "Europe/Istanbul"}),
+            item("B", customer_id="C7")]}))
+        await wait_for(lambda: pool.fetchval("SELECT count(*) > 0 FROM pg_locks WHERE NOT granted"),
+                       message="the ingest waiting on the uncommitted customer")
+        await tx.commit()
+    r = await posting
+    assert r.status_code == 200, r.text
+    assert [x["status"] for x in r.json()["results"]] == ["created", "created"]
+    due = await pool.fetchval("SELECT min(due_at) FROM overdue_timers")
+    assert due.utcoffset() is not None and due == overdue_at(date(2026, 3, 3), "Europe/Istanbul")

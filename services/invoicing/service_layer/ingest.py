@@ -321,7 +321,14 @@ class InvoiceIngestor:
             return {}, set()
         rows = await conn.fetch(_UPSERT_CUSTOMERS, tenant_id, iso_time(now), source, self.topics.invoicing,
                                 *(list(col) for col in zip(*wanted.values())))
-        return {r["customer_id"]: r["timezone"] for r in rows}, {r["customer_id"] for r in rows if r["changed"]}
+        timezones = {r["customer_id"]: r["timezone"] for r in rows}
+        if None in timezones.values():
+            # Inserted by a transaction that committed while this statement waited on it: the
+            # statement's snapshot cannot see the row, a new statement can.
+            timezones.update(await conn.fetch(
+                "SELECT customer_id, timezone FROM customers WHERE tenant_id = $1 AND customer_id = ANY($2::text[])",
+                tenant_id, [cid for cid, tz in timezones.items() if tz is None]))
+        return timezones, {r["customer_id"] for r in rows if r["changed"]}
 
     async def _create(self, conn, tenant_id: str, source: str, created: list[tuple[InvoiceRecord, str]],
                       timezones: dict[str, str], now: datetime) -> None:
