@@ -196,3 +196,19 @@ async def test_a_customer_created_by_a_concurrent_ingest_is_found(erp):
     assert [x["status"] for x in r.json()["results"]] == ["created", "created"]
     due = await pool.fetchval("SELECT min(due_at) FROM overdue_timers")
     assert due.utcoffset() is not None and due == overdue_at(date(2026, 3, 3), "Europe/Istanbul")
+
+
+async def test_the_same_bulk_sent_twice_at_once_creates_each_invoice_once(erp, kafka_bootstrap):
+    app, http, _clock, topics = erp
+    items = [item(f"INV-{n}", customer_id=f"C{n % 40}") for n in range(600)]
+    first, second = await asyncio.gather(*(http.post("/v1/invoices/bulk", json={"items": items}) for _ in range(2)))
+    assert first.status_code == second.status_code == 200, (first.text, second.text)
+    statuses = [(a["status"], b["status"]) for a, b in zip(first.json()["results"], second.json()["results"])]
+    assert all(sorted(pair) == ["created", "unchanged"] for pair in statuses)  # whichever came first
+    pool = app.state.pool
+    assert await pool.fetchval("SELECT count(*) FROM invoices") == 600
+    assert await pool.fetchval("SELECT count(*) FROM ledger_entries") == 600
+    assert await pool.fetchval("SELECT count(*) FROM overdue_timers") == 600
+    published = await wait_for(lambda: _at_least(read_events(kafka_bootstrap, topics.invoicing), 640),
+                               message="600 InvoiceIssued and 40 CustomerUpserted")
+    assert Counter(e.type for e in published) == {"InvoiceIssued": 600, "CustomerUpserted": 40}
