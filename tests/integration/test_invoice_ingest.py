@@ -6,6 +6,7 @@ import asyncio
 from collections import Counter
 from datetime import date, datetime, timezone
 
+import asyncpg
 import pytest
 
 from services.invoicing.bootstrap import build
@@ -212,3 +213,17 @@ async def test_the_same_bulk_sent_twice_at_once_creates_each_invoice_once(erp, k
     published = await wait_for(lambda: _at_least(read_events(kafka_bootstrap, topics.invoicing), 640),
                                message="600 InvoiceIssued and 40 CustomerUpserted")
     assert Counter(e.type for e in published) == {"InvoiceIssued": 600, "CustomerUpserted": 40}
+
+
+async def test_a_database_failure_is_raised_as_itself_and_leaves_nothing_half_written(erp):
+    app, _http, _clock, _topics = erp
+    pool = app.state.pool
+    await pool.execute("ALTER TABLE ledger_entries RENAME TO ledger_entries_away")
+    try:
+        with pytest.raises(asyncpg.UndefinedTableError):
+            await app.state.ingestor.ingest("t1", "erp", [item(f"INV-{n}") for n in range(4500)])  # three writers
+    finally:
+        await pool.execute("ALTER TABLE ledger_entries_away RENAME TO ledger_entries")
+    assert await pool.fetchval("SELECT count(*) FROM invoices") == 0
+    assert await pool.fetchval("SELECT count(*) FROM overdue_timers") == 0
+    assert await pool.fetchval("SELECT count(*) FROM outbox WHERE event_type = 'InvoiceIssued'") == 0

@@ -187,22 +187,29 @@ class InvoiceIngestor:
                 results[result.index] = result
 
         for wave in waves([_raw_key(i, raw) for i, raw in enumerate(items)]):
-            async with asyncio.TaskGroup() as writers:
-                batch: list[tuple[int, InvoiceRecord]] = []
-                for n, i in enumerate(wave, 1):
-                    record = self._admit(items[i], source, default_currency)
-                    if isinstance(record, ItemResult):
-                        results[i] = replace(record, index=i)
-                    else:
-                        batch.append((i, record))
-                    if len(batch) == CHUNK:
-                        writers.create_task(write(batch))
-                        batch = []
-                    if n % 256 == 0:
-                        await asyncio.sleep(0)  # let the writers' statements go out and come back
-                if batch:
-                    writers.create_task(write(batch))
+            try:
+                await self._write_wave(items, wave, source, default_currency, results, write)
+            except ExceptionGroup as failed:  # callers see the first failure itself, as from a plain await
+                raise failed.exceptions[0] from None
         return [r for r in results if r is not None]
+
+    async def _write_wave(self, items: Sequence[dict | InvoiceRecord], wave: list[int], source: str,
+                          default_currency: str | None, results: list[ItemResult | None], write) -> None:
+        async with asyncio.TaskGroup() as writers:
+            batch: list[tuple[int, InvoiceRecord]] = []
+            for n, i in enumerate(wave, 1):
+                record = self._admit(items[i], source, default_currency)
+                if isinstance(record, ItemResult):
+                    results[i] = replace(record, index=i)
+                else:
+                    batch.append((i, record))
+                if len(batch) == CHUNK:
+                    writers.create_task(write(batch))
+                    batch = []
+                if n % 256 == 0:
+                    await asyncio.sleep(0)  # let the writers' statements go out and come back
+            if batch:
+                writers.create_task(write(batch))
 
     def _admit(self, raw: dict | InvoiceRecord, source: str, default_currency: str | None) -> InvoiceRecord | ItemResult:
         """The validated record, or why it is rejected (before anything is looked up)."""
