@@ -256,11 +256,7 @@ class InvoiceIngestor:
             unchanged: list[InvoiceRecord] = []
             for i, rec in batch:
                 row = recorded.get(rec.external_id)
-                if row is None:  # the common case, decided without building a domain object
-                    if rec.status == "cancelled":
-                        results.append(ItemResult(i, "rejected", None, "status",
-                                                  "cannot cancel an invoice that was never issued"))
-                        continue
+                if row is None and rec.status == "open":  # the common case: new, no domain objects needed
                     invoice_id = stable_id(tenant_id, source, rec.external_id)
                     created.append((rec, invoice_id))
                     results.append(ItemResult(i, "created", invoice_id))
@@ -268,13 +264,15 @@ class InvoiceIngestor:
                 decision = decide(
                     IncomingInvoice(rec.customer_key, rec.number or rec.external_id, rec.currency, rec.amount_minor,
                                     rec.issue_date, rec.due_date, rec.status == "cancelled"),
-                    RecordedInvoice(row["customer_id"], row["number"], row["currency"], row["amount_minor"],
-                                    row["open_minor"], row["issue_date"], row["due_date"], row["status"]),
+                    None if row is None else RecordedInvoice(
+                        row["customer_id"], row["number"], row["currency"], row["amount_minor"], row["open_minor"],
+                        row["issue_date"], row["due_date"], row["status"]),
                 )
-                invoice_id = row["invoice_id"]
                 if decision.outcome == "rejected":
-                    results.append(ItemResult(i, "rejected", str(invoice_id), decision.field, decision.reason))
+                    known = None if row is None else str(row["invoice_id"])
+                    results.append(ItemResult(i, "rejected", known, decision.field, decision.reason))
                     continue
+                invoice_id = row["invoice_id"]
                 if decision.outcome == "unchanged":
                     unchanged.append(rec)  # its customer master data may still be news
                 else:
