@@ -13,6 +13,7 @@ from pydantic.networks import validate_email
 
 from shared.contract.money import CurrencyCode
 
+
 @lru_cache(maxsize=100_000)
 def _checked_email(value: str) -> str:
     """pydantic's EmailStr check, remembered: the same customers' addresses come with every
