@@ -87,7 +87,7 @@ def iso_time(moment: datetime) -> str:
 async def outbox_backlog(pool: asyncpg.Pool) -> tuple[int, float]:
     row = await pool.fetchrow(
         "SELECT count(*) AS n, coalesce(extract(epoch FROM now() - min(created_at)), 0) AS age"
-        " FROM outbox WHERE published_at IS NULL"
+        " FROM outbox"
     )
     return int(row["n"]), float(row["age"])
 
@@ -154,7 +154,7 @@ class OutboxRelay:
             rows = await conn.fetch(
                 # The stored JSON goes out as PostgreSQL prints it: no decode and re-encode here.
                 "SELECT id, topic, key, event_type, envelope::text AS value FROM outbox"
-                " WHERE published_at IS NULL AND next_attempt_at <= now()"
+                " WHERE next_attempt_at <= now()"
                 " ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
                 self.batch_size,
             )
@@ -218,12 +218,10 @@ class OutboxRelay:
                     results[n] = ValueError(f"the event is {size} bytes, more than max_event_bytes"
                                             f" ({self.max_event_bytes})")
                     continue
-                if batch.append(**record) is None:  # full: send it, start the next
+                if batch.append(**record) is None:  # full: send it, start the next (which takes any first record)
                     await submit(taken, batch, topic, part)
                     batch, taken = self.producer.create_batch(), []
-                    if batch.append(**record) is None:
-                        results[n] = ValueError("the event is larger than a whole record batch")
-                        continue
+                    batch.append(**record)
                 taken.append(n)
             if taken:
                 await submit(taken, batch, topic, part)
