@@ -1,24 +1,46 @@
-"""Money is integer minor units plus an ISO 4217 code; the exponent comes from CLDR (babel)."""
+"""Money is integer minor units plus an ISO 4217 code.
+
+The exponent is the ISO 4217 minor unit, from the maintained `iso4217` data package. It is not
+CLDR's display digits (babel's get_currency_precision), which differ: CLDR shows HUF, IDR, COP,
+ALL and MGA with 0 decimals and IQD with 0, where ISO 4217 has 2, 2, 2, 2, 2 and 3. Babel is used
+only to format, and then with the ISO number of decimals.
+"""
 from __future__ import annotations
 
 from decimal import Decimal
 from functools import lru_cache
 from typing import Annotated
 
-from babel.numbers import format_currency, get_currency_precision, list_currencies
+from babel import Locale
+from babel.numbers import NumberPattern
+from iso4217 import Currency
 from pydantic import AfterValidator
 
-# Codes that are not money a customer can owe (funds codes, precious metals, testing).
+# code -> ISO 4217 minor unit, for every active code; None where ISO says "N.A." (precious
+# metals, bond-market and accounting units, testing, "no currency").
+_MINOR_UNITS: dict[str, int | None] = {c.code: c.exponent for c in Currency}
+
+# Codes that are not money a customer can owe (funds codes, precious metals, testing). All of
+# them are "N.A." in ISO 4217 today; listed so that a new table giving one a number cannot
+# make it tender.
 _NOT_TENDER = {"XAG", "XAU", "XPD", "XPT", "XTS", "XXX", "XBA", "XBB", "XBC", "XBD", "XDR", "XSU", "XUA"}
 
 
 @lru_cache(maxsize=1)
 def known_currencies() -> frozenset[str]:
-    return frozenset(c for c in list_currencies() if c not in _NOT_TENDER)
+    """The active ISO 4217 codes a customer's debt can be in."""
+    return frozenset(code for code, units in _MINOR_UNITS.items() if units is not None and code not in _NOT_TENDER)
 
 
 def currency_exponent(code: str) -> int:
-    return get_currency_precision(code)
+    """The ISO 4217 minor unit: 2 for EUR and HUF, 0 for JPY, 3 for KWD and IQD, 4 for CLF."""
+    try:
+        units = _MINOR_UNITS[code]
+    except KeyError:
+        raise ValueError(f"unknown ISO 4217 currency code {code!r}") from None
+    if units is None:
+        raise ValueError(f"ISO 4217 currency code {code!r} has no minor unit (N.A.): it is not money")
+    return units
 
 
 def validate_currency(code: str) -> str:
@@ -34,5 +56,17 @@ def to_major(amount_minor: int, currency: str) -> Decimal:
     return Decimal(amount_minor).scaleb(-currency_exponent(currency))
 
 
+@lru_cache(maxsize=None)
+def _currency_pattern(locale: str, exponent: int) -> tuple[Locale, NumberPattern]:
+    """The locale's standard currency pattern with exactly `exponent` decimals (CLDR's own
+    pattern would round to its display digits, e.g. HUF 1,234.56 to 1,235)."""
+    parsed = Locale.parse(locale)
+    p = parsed.currency_formats["standard"]
+    return parsed, NumberPattern(p.pattern, p.prefix, p.suffix, p.grouping, p.int_prec, (exponent, exponent),
+                                 p.exp_prec, p.exp_plus, p.number_pattern)
+
+
 def format_money(amount_minor: int, currency: str, locale: str = "en") -> str:
-    return format_currency(to_major(amount_minor, currency), currency, locale=locale)
+    """E.g. 123456 HUF -> "HUF 1,234.56", 1234 JPY -> "¥1,234", 1234567 KWD -> "KWD 1,234.567"."""
+    parsed, pattern = _currency_pattern(locale, currency_exponent(currency))
+    return pattern.apply(to_major(amount_minor, currency), parsed, currency=currency, currency_digits=False)

@@ -74,6 +74,9 @@ def test_empty_cells_are_not_given(tmp_path):
     ("0.001", "KWD", 1),
     ("99999999999.99", "EUR", 9999999999999),
     ("0.1", "USD", 10),  # binary floating point would not be exact; Decimal is
+    ("1234.56", "HUF", 123456),  # ISO 4217 minor units, not CLDR display digits (HUF 0, IQD 0)
+    ("1234.56", "IDR", 123456),
+    ("1.234", "IQD", 1234),
 ])
 def test_decimal_amounts_convert_exactly_with_the_currency_exponent(amount, currency, minor):
     assert to_minor_units(amount, currency) == minor
@@ -121,6 +124,14 @@ def test_the_billing_sources_default_currency_converts_amounts(tmp_path):
     a, b = rows(path, default_currency="KWD")
     assert a.record["amount_minor"] == 12500 and "currency" not in a.record  # the ingestor fills in the default
     assert b.record["amount_minor"] == 12
+
+
+def test_a_huf_row_with_two_decimals_is_imported_not_rejected(tmp_path):
+    path = write(tmp_path, "a.csv", HEADER + "A,C1,HUF,1234.56,2026-01-01,2026-02-01\n"
+                                             "B,C1,HUF,1234.567,2026-01-01,2026-02-01\n")
+    a, b = rows(path)
+    assert (a.field, a.record["amount_minor"]) == (None, 123456)
+    assert (b.field, b.reason) == ("amount", "'1234.567' has more decimals than HUF allows (2 decimal places)")
 
 
 def test_amount_and_amount_minor_together_are_ambiguous(tmp_path):
