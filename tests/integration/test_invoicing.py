@@ -286,3 +286,56 @@ async def test_the_relay_partitions_as_producer_send_and_holds_back_only_what_ca
             assert {p for k, p, _ in records if k == key} == {probe.partition}
     finally:
         await producer.stop()
+
+
+def _pay(external_id: str, ref: str, amount: int = 100_000, **over) -> dict:
+    return {"external_id": external_id, "customer_id": "C1", "currency": "TRY", "amount_minor": amount,
+            "invoice_refs": [ref]} | over
+
+
+async def _overdue_when_settled(app, kafka_bootstrap, topics) -> list:
+    """Every InvoiceOverdue published, once every timer has fired and the outbox is empty."""
+    await wait_for(lambda: _fired_all(app), message="all timers fired")
+    await wait_for(lambda: _backlog_empty(app.state.pool), message="the outbox published")
+    return await events(kafka_bootstrap, topics.invoicing, {"InvoiceOverdue"})
+
+
+async def test_an_invoice_reopened_after_its_timer_fired_is_overdue_again(service, kafka_bootstrap):
+    """Re-opened (a payment reversed, an adjustment upwards), an invoice past its due moment is
+    overdue again at the next tick, once per re-opening, overdue since its original moment;
+    one re-opened before it is due keeps its timer."""
+    app, http, clock, topics, _ = service
+    invoicing, pool = app.state.invoicing, app.state.pool
+    for number, due in (("LATE", "2026-03-03"), ("EARLY", "2026-03-03"), ("UP", "2026-03-03"),
+                        ("NOTYET", "2026-03-20")):
+        assert (await http.post("/v1/invoices", json=invoice(number, due_date=due))).status_code == 201
+    # Paid before the due date: their timers fire quietly.
+    for number in ("EARLY", "UP", "NOTYET"):
+        assert (await http.post("/v1/payments", json=_pay(f"P-{number}", number))).status_code == 201
+    # Re-opened before it is due: the timer is still armed.
+    r = await http.post("/v1/payments", json=_pay("P-NOTYET", "NOTYET", status="reversed"))
+    assert r.json()["status"] == "reversed"
+
+    clock.set(datetime(2026, 3, 3, 21, 1, tzinfo=timezone.utc))  # 2026-03-03 has ended in Istanbul
+    await invoicing.fire_overdue_timers()  # LATE is overdue; EARLY and UP are paid
+    assert (await http.post("/v1/payments", json=_pay("P-LATE", "LATE"))).status_code == 201
+    for number in ("LATE", "EARLY"):
+        r = await http.post("/v1/payments", json=_pay(f"P-{number}", number, status="reversed", reason="bounced"))
+        assert r.json()["status"] == "reversed"
+    r = await http.post("/v1/invoices", json=invoice("UP", amount_minor=120_000))
+    assert r.json()["status"] == "adjusted"
+    rows = {r["number"]: r for r in await pool.fetch("SELECT number, status, open_minor, paid_at FROM invoices")}
+    assert {n: (r["status"], r["open_minor"], r["paid_at"]) for n, r in rows.items()} == {
+        "LATE": ("open", 100_000, None), "EARLY": ("open", 100_000, None), "UP": ("open", 20_000, None),
+        "NOTYET": ("open", 100_000, None)}
+    for _ in range(2):
+        await invoicing.fire_overdue_timers()
+    clock.set(datetime(2026, 3, 20, 21, 1, tzinfo=timezone.utc))
+    await invoicing.fire_overdue_timers()
+
+    overdue = await _overdue_when_settled(app, kafka_bootstrap, topics)
+    assert Counter(e.data["number"] for e in overdue) == {"LATE": 2, "EARLY": 1, "UP": 1, "NOTYET": 1}
+    first_moment = "2026-03-03T21:00:00Z"  # the end of the due date in Istanbul, however late it fired again
+    assert {(e.data["number"], e.data["overdue_since"], e.data["open_amount_minor"]) for e in overdue} == {
+        ("LATE", first_moment, 100_000), ("EARLY", first_moment, 100_000), ("UP", first_moment, 20_000),
+        ("NOTYET", "2026-03-20T21:00:00Z", 100_000)}

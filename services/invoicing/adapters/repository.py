@@ -49,6 +49,19 @@ async def lock_open_invoices(conn: asyncpg.Connection, tenant_id: str, customer_
     ]
 
 
+async def rearm_overdue_timers(conn: asyncpg.Connection, tenant_id: str, invoice_ids: list) -> None:
+    """Invoices open again after they were settled (a payment reversed, an adjustment upwards):
+    their overdue timers are armed again. One whose moment has passed fires at the next tick
+    (InvoiceOverdue, overdue since that moment), once per re-opening; one not yet due just waits.
+    Every one of these timers is updated, fired or not, so that a tick that claimed it at the
+    same moment (and saw the invoice still paid) is waited for and its firing undone, not lost."""
+    if invoice_ids:
+        await conn.execute(
+            "UPDATE overdue_timers SET fired_at = NULL WHERE tenant_id = $1 AND invoice_id = ANY($2::uuid[])",
+            tenant_id, invoice_ids,
+        )
+
+
 async def get_payment_by_external(conn: asyncpg.Connection, tenant_id: str, source: str, external_id: str,
                                   lock: bool = False):
     return await conn.fetchrow(

@@ -101,17 +101,20 @@ async def apply_credit(conn: asyncpg.Connection, tenant_id: str, customer_id: st
 
 async def reverse_payment(conn: asyncpg.Connection, tenant_id: str, payment: asyncpg.Record, reason: str | None,
                           now: datetime) -> list[Envelope]:
-    """A bounced payment: everything it paid is owed again; the reversal is booked on the ledger."""
-    reopened = await conn.fetch(
+    """A bounced payment: everything it paid is owed again (the invoices it settled are open and
+    their overdue timers armed again); the reversal is booked on the ledger."""
+    reopened = await conn.fetch(  # an invoice open now for just what was undone was settled before
         """WITH undone AS (
                UPDATE allocations SET reversed_at = $3
                WHERE tenant_id = $1 AND payment_id = $2 AND reversed_at IS NULL
                RETURNING invoice_id, amount_minor)
            UPDATE invoices i SET open_minor = i.open_minor + undone.amount_minor, status = 'open', paid_at = NULL
            FROM undone WHERE i.tenant_id = $1 AND i.invoice_id = undone.invoice_id
-           RETURNING i.invoice_id, undone.amount_minor, i.open_minor""",
+           RETURNING i.invoice_id, undone.amount_minor, i.open_minor,
+                     i.open_minor = undone.amount_minor AS was_settled""",
         tenant_id, payment["payment_id"], now,
     )
+    await repo.rearm_overdue_timers(conn, tenant_id, [r["invoice_id"] for r in reopened if r["was_settled"]])
     await conn.execute(
         "UPDATE payments SET status = 'reversed', reversed_at = $3, reversal_reason = $4, unapplied_minor = 0"
         " WHERE tenant_id = $1 AND payment_id = $2",

@@ -377,19 +377,25 @@ class InvoiceIngestor:
 
     async def _adjust(self, conn, tenant_id: str, source: str, rec: InvoiceRecord, decision: Decision,
                       invoice_id: uuid.UUID, row, timezones: dict[str, str], now: datetime) -> Envelope:
+        """A changed record. An adjustment upwards re-opens a paid invoice (its overdue timer armed
+        again); a moved due date moves the timer, fired or not, for when it is armed again."""
         number = rec.number or rec.external_id
         open_minor = decision.new_open_minor or 0
+        reopened = row["status"] == "paid" and open_minor > 0
         await conn.execute(
             """UPDATE invoices SET number = $3, amount_minor = $4, open_minor = $5, issue_date = $6, due_date = $7,
-                 status = CASE WHEN $5::bigint = 0 THEN 'paid' ELSE 'open' END, version = version + 1
+                 status = CASE WHEN $5::bigint = 0 THEN 'paid' ELSE 'open' END,
+                 paid_at = CASE WHEN $5::bigint = 0 THEN paid_at END, version = version + 1
                WHERE tenant_id = $1 AND invoice_id = $2""",
             tenant_id, invoice_id, number, rec.amount_minor, open_minor, rec.issue_date, rec.due_date,
         )
         if "due_date" in decision.changes:
             await conn.execute(
-                "UPDATE overdue_timers SET due_at = $3 WHERE tenant_id = $1 AND invoice_id = $2 AND fired_at IS NULL",
+                "UPDATE overdue_timers SET due_at = $3 WHERE tenant_id = $1 AND invoice_id = $2",
                 tenant_id, invoice_id, overdue_at(rec.due_date, timezones[rec.customer_key], self.grace_days),
             )
+        if reopened:
+            await repo.rearm_overdue_timers(conn, tenant_id, [invoice_id])
         delta = rec.amount_minor - row["amount_minor"]
         if delta:
             await repo.book_ledger(conn, tenant_id, [(rec.customer_key, rec.currency, "adjustment", str(invoice_id), delta,
