@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from shared.auth import ROLES
@@ -27,7 +28,9 @@ VAR = Path(os.environ.get("TAHSILAT_HOME", "var"))
 
 
 def _start(options: PlatformOptions) -> Platform:
-    platform = Platform(options, progress=lambda msg: console.print(f"[dim]·[/dim] {msg}"))
+    # Messages carry process names, paths and exit codes: printed as text, never as rich markup.
+    platform = Platform(options, progress=lambda msg: console.print(f"[dim]·[/dim] {escape(msg)}"),
+                        warning=lambda msg: console.print(f"[bold yellow]![/bold yellow] {escape(msg)}"))
     try:
         platform.start()
     except StartupError as exc:
@@ -37,16 +40,17 @@ def _start(options: PlatformOptions) -> Platform:
 
 
 def _run_until_stopped(platform: Platform) -> None:
-    """Block until Ctrl-C or SIGTERM; say so at once if a service process dies meanwhile."""
+    """Block until Ctrl-C or SIGTERM. Meanwhile the platform's supervisor restarts a process that
+    crashes, with backoff, and says so. If the embedded broker dies nothing can go on: exit 1."""
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    reported: set[str] = set()
-    while not stop.wait(1.0):
-        for name, code in platform.exited().items():
-            if name not in reported:
-                reported.add(name)
-                console.print(f"[red]{name} exited with code {code}[/red]; see {platform.log_dir / (name + '.log')}")
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while not stop.wait(0.5):
+            if platform.fatal:  # the supervisor has said why
+                raise typer.Exit(1)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 @app.command()

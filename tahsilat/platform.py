@@ -1,12 +1,17 @@
 """Runs the whole platform on one machine: broker, one database per service, the four
 services (risk as API + faust stream worker), and the SMTP/SMS sinks. Used by `tahsilat up`,
-`tahsilat demo` and the end-to-end tests."""
+`tahsilat demo` and the end-to-end tests.
+
+Once started, a supervisor thread restarts any of these processes that exits without being
+asked to, with exponential backoff, and says so. The embedded broker is not restarted: it keeps
+everything in memory, so when it dies the platform cannot go on (see `Platform.fatal`)."""
 from __future__ import annotations
 
 import asyncio
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,6 +27,20 @@ from tahsilat.embedded import Broker, StartupError, free_port, require_free, res
 SERVICES = ("invoicing", "dunning", "risk", "notifier")
 DEFAULT_PORTS = {"invoicing": 8001, "dunning": 8002, "risk": 8003, "notifier": 8004, "sinks": 8025, "smtp": 2525,
                  "broker": 9092}
+
+
+RESTART_BACKOFF_BASE = 1.0  # seconds before the first restart of a crashed process
+RESTART_BACKOFF_CAP = 30.0
+RESTART_STABLE_AFTER = 60.0  # a process that stayed up this long starts again from the first delay
+SUPERVISE_INTERVAL = 0.5
+
+
+def restart_delay(failures: int, base: float = RESTART_BACKOFF_BASE, cap: float = RESTART_BACKOFF_CAP) -> float:
+    """Seconds to wait before restarting a process that has now exited `failures` times in a row
+    (1, 2, 4, 8 … capped): 1 s, 2 s, 4 s, …, 30 s, 30 s."""
+    if failures < 1:
+        raise ValueError("failures counts from 1")
+    return min(cap, base * 2 ** min(failures - 1, 32))
 
 
 def migrations_dir(service: str) -> Path:
@@ -44,6 +63,7 @@ class PlatformOptions:
     kafka_bootstrap: str | None = None  # else KAFKA_BOOTSTRAP_SERVERS, else the embedded broker
     database_url: str | None = None  # a server to create the databases on; else DATABASE_URL, else local/embedded
     extra_env: dict[str, str] = field(default_factory=dict)
+    supervise: bool = True  # restart a process that exits on its own; off for tests that keep one down
 
 
 @dataclass
@@ -53,12 +73,18 @@ class Process:
     env: dict[str, str]
     log: Path
     proc: subprocess.Popen | None = None
+    started_at: float = 0.0  # time.monotonic() of the last start
+    stopping: bool = False  # stopped on purpose: never restarted
+    failures: int = 0  # exits in a row without staying up RESTART_STABLE_AFTER seconds
+    restart_at: float | None = None  # a restart is due then (monotonic)
 
 
 class Platform:
-    def __init__(self, options: PlatformOptions | None = None, progress: Callable[[str], None] | None = None) -> None:
+    def __init__(self, options: PlatformOptions | None = None, progress: Callable[[str], None] | None = None,
+                 warning: Callable[[str], None] | None = None) -> None:
         self.options = options or PlatformOptions()
         self.say = progress or (lambda _msg: None)
+        self.warn = warning or self.say  # crashes, restarts, a dead broker
         self.base_dir = self.options.base_dir.resolve()
         self.log_dir = self.base_dir / "logs"
         self.broker: Broker | None = None
@@ -67,6 +93,12 @@ class Platform:
         self.database_urls: dict[str, str] = {}
         self.ports: dict[str, int] = {}
         self.processes: list[Process] = []
+        self.restarts: dict[str, int] = {}  # restarts by the supervisor, per process name
+        self.fatal: str | None = None  # set when the platform cannot go on (the embedded broker died)
+        self._lock = threading.RLock()  # guards the processes against the supervisor thread
+        self._halt = threading.Event()
+        self._supervisor: threading.Thread | None = None
+        self._stopped = False
 
     # -- addresses -------------------------------------------------------------------------
     def url(self, service: str) -> str:
@@ -90,6 +122,7 @@ class Platform:
 
     def _start(self, timeout: float) -> None:
         o = self.options
+        self._stopped = False
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.ports = {k: (free_port() if o.free_ports else v) for k, v in DEFAULT_PORTS.items()}
         for name in (*SERVICES, "sinks", "smtp"):
@@ -111,6 +144,8 @@ class Platform:
             self._spawn(service, ["-m", f"services.{service}", "serve"], self._service_env(service))
         self._spawn("risk-stream", ["-m", "services.risk", "stream"], self._service_env("risk"))
         self._wait_ready(timeout)
+        if o.supervise:
+            self._start_supervisor()
 
     async def _prepare_storage(self) -> None:
         o = self.options
@@ -159,15 +194,22 @@ class Platform:
         return env | o.extra_env
 
     def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> None:
-        log = self.log_dir / f"{name}.log"
-        process = Process(name, [sys.executable, *args], env, log)
-        out = open(log, "ab")
-        process.proc = subprocess.Popen(
-            process.args, env={**os.environ, **env, "PYTHONUNBUFFERED": "1"}, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        out.close()
-        self.processes.append(process)
+        process = Process(name, [sys.executable, *args], env, self.log_dir / f"{name}.log")
+        self._launch(process)
+        with self._lock:
+            self.processes.append(process)
+            self.restarts.setdefault(name, 0)
+
+    @staticmethod
+    def _launch(process: Process, now: float | None = None) -> None:
+        """Start (or start again) the process; its output goes on appending to its log."""
+        with open(process.log, "ab") as out:
+            process.proc = subprocess.Popen(
+                process.args, env={**os.environ, **process.env, "PYTHONUNBUFFERED": "1"}, stdout=out,
+                stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        process.started_at = time.monotonic() if now is None else now
+        process.restart_at = None
 
     def _wait_ready(self, timeout: float) -> None:
         pending = {"sinks": f"{self.sinks_url}/health", **{s: f"{self.url(s)}/health/ready" for s in SERVICES}}
@@ -193,31 +235,116 @@ class Platform:
                 raise StartupError(f"{p.name} exited with code {p.proc.returncode}: " + " | ".join(tail))
 
     def exited(self) -> dict[str, int]:
-        """Processes that have stopped on their own, with their exit codes."""
-        return {p.name: p.proc.returncode for p in self.processes if p.proc is not None and p.proc.poll() is not None}
+        """Processes that have stopped on their own (not by stop_process()), with their exit codes;
+        the supervisor restarts them after their backoff."""
+        with self._lock:
+            return {p.name: p.proc.returncode for p in self.processes
+                    if p.proc is not None and not p.stopping and p.proc.poll() is not None}
 
+    # -- supervision -----------------------------------------------------------------------
+    def _start_supervisor(self) -> None:
+        self._halt.clear()
+        self._supervisor = threading.Thread(target=self._supervise_loop, name="tahsilat-supervisor", daemon=True)
+        self._supervisor.start()
+
+    def _supervise_loop(self) -> None:
+        while not self._halt.wait(SUPERVISE_INTERVAL):
+            try:
+                self.supervise()
+            except Exception as exc:  # noqa: BLE001 - the supervisor must outlive one bad pass
+                self.warn(f"supervisor: {type(exc).__name__}: {exc}")
+            if self.fatal:
+                return
+
+    def supervise(self, now: float | None = None) -> None:
+        """One pass of the supervisor (its thread runs one every SUPERVISE_INTERVAL): notice
+        processes that exited on their own and schedule their restart with backoff, restart
+        those whose delay has passed, and notice a dead embedded broker."""
+        if not self.options.supervise or self.fatal:
+            return
+        now = time.monotonic() if now is None else now
+        messages: list[str] = []
+        with self._lock:
+            if self._stopped:
+                return
+            broker = self.broker.proc if self.broker is not None else None
+            if broker is not None and broker.poll() is not None:
+                self.fatal = (f"the Kafka broker exited with code {broker.returncode}; the platform cannot continue"
+                              f" (the broker kept everything in memory): restart tahsilat up")
+                messages.append(self.fatal)
+            else:
+                for p in self.processes:
+                    if p.stopping or p.proc is None:
+                        continue
+                    if p.restart_at is None:
+                        code = p.proc.poll()
+                        if code is None:
+                            continue
+                        p.failures = 1 if now - p.started_at >= RESTART_STABLE_AFTER else p.failures + 1
+                        delay = restart_delay(p.failures)
+                        p.restart_at = now + delay
+                        messages.append(f"{p.name} exited with code {code}; restarting in {delay:g} s"
+                                        f" (restart {self.restarts.get(p.name, 0) + 1}); log: {p.log}")
+                    elif now >= p.restart_at:
+                        try:
+                            self._launch(p, now)
+                        except OSError as exc:
+                            p.failures += 1
+                            delay = restart_delay(p.failures)
+                            p.restart_at = now + delay
+                            messages.append(f"{p.name} could not be restarted ({exc}); trying again in {delay:g} s")
+                            continue
+                        self.restarts[p.name] = self.restarts.get(p.name, 0) + 1
+                        messages.append(f"{p.name} restarted (pid {p.proc.pid})")
+        for message in messages:  # outside the lock: the callback may be slow (a console)
+            self.warn(message)
+
+    def _stop_supervisor(self) -> None:
+        self._halt.set()
+        thread, self._supervisor = self._supervisor, None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(10)
+
+    # -- stopping on purpose ---------------------------------------------------------------
     def restart(self, name: str) -> None:
-        """Stop one process and start it again (tests: downtime and catch-up)."""
+        """Stop one process and start it again (tests: downtime and catch-up). Not counted in
+        `restarts`, which counts the supervisor's."""
         self.stop_process(name)
-        p = next(p for p in self.processes if p.name == name)
-        self.processes.remove(p)
-        self._spawn(name, p.args[1:], p.env)
+        with self._lock:
+            p = next(p for p in self.processes if p.name == name)
+            self._launch(p)
+            p.failures = 0
+            p.stopping = False
 
     def stop_process(self, name: str) -> None:
-        for p in self.processes:
-            if p.name == name and p.proc is not None:
-                stop_process(p.proc, grace=8)
+        """Stop one process; the supervisor leaves it down (until restart())."""
+        with self._lock:
+            procs = []
+            for p in self.processes:
+                if p.name == name:
+                    p.stopping = True
+                    p.restart_at = None
+                    if p.proc is not None:
+                        procs.append(p.proc)
+        for proc in procs:
+            stop_process(proc, grace=8)
 
     async def drop_databases(self) -> None:
         for url in self.database_urls.values():
             await drop_database(self.server_url, url.rsplit("/", 1)[-1].split("?")[0])
 
     def stop(self) -> None:
+        self._stop_supervisor()
+        with self._lock:
+            self._stopped = True
+            processes = list(reversed(self.processes))
+            for p in processes:
+                p.stopping = True
+            self.processes.clear()
         # Services first, the broker last, so no client is left looping on a dead broker.
-        for p in reversed(self.processes):
+        for p in processes:
             if p.proc is not None:
                 stop_process(p.proc, grace=8)
-        self.processes.clear()
         if self.broker is not None:
             self.broker.stop()
             self.broker = None
