@@ -227,3 +227,41 @@ async def test_a_database_failure_is_raised_as_itself_and_leaves_nothing_half_wr
     assert await pool.fetchval("SELECT count(*) FROM invoices") == 0
     assert await pool.fetchval("SELECT count(*) FROM overdue_timers") == 0
     assert await pool.fetchval("SELECT count(*) FROM outbox WHERE event_type = 'InvoiceIssued'") == 0
+
+
+async def test_an_adjustment_down_to_what_was_paid_settles_the_invoice(erp, kafka_bootstrap):
+    """Adjusted down to what was already paid, an invoice is paid: paid_at and InvoicePaid (in the
+    adjustment's transaction), and its overdue timer fires quietly. Adjusted up again, it is open
+    and overdue like any other."""
+    app, http, clock, topics = erp
+    pool = app.state.pool
+    a = (await http.post("/v1/invoices", json=item("A"))).json()["id"]
+    r = await http.post("/v1/payments", json={"external_id": "P1", "customer_id": "C1", "currency": "EUR",
+                                               "amount_minor": 8_000})
+    assert r.status_code == 201
+    r = await http.post("/v1/invoices", json=item("A", amount_minor=8_000))
+    assert r.json()["status"] == "adjusted"
+    row = await pool.fetchrow("SELECT status, open_minor, paid_at FROM invoices WHERE external_id = 'A'")
+    assert (row["status"], row["open_minor"], row["paid_at"]) == ("paid", 0, T0)
+
+    clock.set(datetime(2026, 3, 5, 9, 0, tzinfo=timezone.utc))  # past the due date (UTC: a placeholder customer)
+    await app.state.invoicing.fire_overdue_timers()
+    await wait_for(lambda: pool.fetchval("SELECT fired_at IS NOT NULL FROM overdue_timers"), message="the timer fired")
+    r = await http.post("/v1/invoices", json=item("A", amount_minor=9_000))
+    assert r.json()["status"] == "adjusted"
+    row = await pool.fetchrow("SELECT status, open_minor, paid_at FROM invoices WHERE external_id = 'A'")
+    assert (row["status"], row["open_minor"], row["paid_at"]) == ("open", 1_000, None)
+    await app.state.invoicing.fire_overdue_timers()
+
+    published = await wait_for(lambda: _at_least(read_events(kafka_bootstrap, topics.invoicing), 7), message="events")
+    about_a = [e for e in published if e.data.get("invoice_id") == a]
+    assert [e.type for e in about_a] == [
+        "InvoiceIssued", "InvoiceAdjusted", "InvoicePaid", "InvoiceAdjusted", "InvoiceOverdue"]
+    paid = about_a[2].data
+    assert (paid["amount_minor"], paid["due_date"], paid["paid_at"], paid["days_late"]) == (
+        8_000, "2026-03-03", "2026-03-02T09:00:00Z", -1)
+    assert about_a[4].data["open_amount_minor"] == 1_000
+    await wait_for(lambda: pool.fetchval("SELECT count(*) = 0 FROM outbox"), message="the outbox published")
+    assert Counter(e.type for e in await read_events(kafka_bootstrap, topics.invoicing)) == {
+        "CustomerUpserted": 1, "InvoiceIssued": 1, "PaymentReceived": 1, "InvoiceAdjusted": 2, "InvoicePaid": 1,
+        "InvoiceOverdue": 1}

@@ -25,7 +25,7 @@ from services.invoicing.service_layer import cash
 from services.invoicing.service_layer.commands import CustomerIn, InvoiceRecord
 from shared.clock import Clock
 from shared.contract import (
-    CustomerUpserted, Envelope, InvoiceAdjusted, InvoiceCancelled, InvoiceIssued, Topics, new_envelope,
+    CustomerUpserted, Envelope, InvoiceAdjusted, InvoiceCancelled, InvoiceIssued, InvoicePaid, Topics, new_envelope,
 )
 from shared.contract.events import FieldChange
 from shared.outbox import add_events, envelope_select, iso_time
@@ -287,8 +287,8 @@ class InvoiceIngestor:
             events = await self._apply_credit(conn, tenant_id, created, now)
             for rec, decision, inv_id in changed:
                 if decision.outcome == "adjusted":
-                    events.append(await self._adjust(conn, tenant_id, source, rec, decision, inv_id,
-                                                     recorded[rec.external_id], timezones, now))
+                    events += await self._adjust(conn, tenant_id, source, rec, decision, inv_id,
+                                                 recorded[rec.external_id], timezones, now)
                 else:
                     events.append(await self._cancel(conn, tenant_id, source, recorded[rec.external_id], now))
             await add_events(conn, self.topics.invoicing, events)
@@ -376,18 +376,21 @@ class InvoiceIngestor:
         return events
 
     async def _adjust(self, conn, tenant_id: str, source: str, rec: InvoiceRecord, decision: Decision,
-                      invoice_id: uuid.UUID, row, timezones: dict[str, str], now: datetime) -> Envelope:
-        """A changed record. An adjustment upwards re-opens a paid invoice (its overdue timer armed
-        again); a moved due date moves the timer, fired or not, for when it is armed again."""
+                      invoice_id: uuid.UUID, row, timezones: dict[str, str], now: datetime) -> list[Envelope]:
+        """A changed record: InvoiceAdjusted. An adjustment down to what was already paid settles
+        the invoice (paid now: InvoicePaid too, and its overdue timer fires quietly); one upwards
+        re-opens a paid invoice (its overdue timer armed again). A moved due date moves the timer,
+        fired or not, for when it is armed again."""
         number = rec.number or rec.external_id
         open_minor = decision.new_open_minor or 0
         reopened = row["status"] == "paid" and open_minor > 0
+        settled = row["status"] == "open" and open_minor == 0
         await conn.execute(
             """UPDATE invoices SET number = $3, amount_minor = $4, open_minor = $5, issue_date = $6, due_date = $7,
                  status = CASE WHEN $5::bigint = 0 THEN 'paid' ELSE 'open' END,
-                 paid_at = CASE WHEN $5::bigint = 0 THEN paid_at END, version = version + 1
+                 paid_at = CASE WHEN $5::bigint = 0 THEN coalesce(paid_at, $8) END, version = version + 1
                WHERE tenant_id = $1 AND invoice_id = $2""",
-            tenant_id, invoice_id, number, rec.amount_minor, open_minor, rec.issue_date, rec.due_date,
+            tenant_id, invoice_id, number, rec.amount_minor, open_minor, rec.issue_date, rec.due_date, now,
         )
         if "due_date" in decision.changes:
             await conn.execute(
@@ -400,11 +403,17 @@ class InvoiceIngestor:
         if delta:
             await repo.book_ledger(conn, tenant_id, [(rec.customer_key, rec.currency, "adjustment", str(invoice_id), delta,
                                                 now.date(), f"adjustment of invoice {number}")], now)
-        return self._envelope(InvoiceAdjusted(
+        events = [self._envelope(InvoiceAdjusted(
             customer_id=rec.customer_key, invoice_id=str(invoice_id), billing_source=source, external_id=rec.external_id,
             number=number, currency=rec.currency, amount_minor=rec.amount_minor, open_amount_minor=open_minor,
             issue_date=rec.issue_date, due_date=rec.due_date,
-            changes={k: FieldChange(**v) for k, v in decision.changes.items()}), tenant_id, str(invoice_id), now)
+            changes={k: FieldChange(**v) for k, v in decision.changes.items()}), tenant_id, str(invoice_id), now)]
+        if settled and row["kind"] == "invoice":  # as in cash.settle: fees are settled quietly
+            events.append(self._envelope(InvoicePaid(
+                customer_id=rec.customer_key, invoice_id=str(invoice_id), currency=rec.currency,
+                amount_minor=rec.amount_minor, due_date=rec.due_date, paid_at=now,
+                days_late=(now.date() - rec.due_date).days), tenant_id, str(invoice_id), now))
+        return events
 
     async def _cancel(self, conn, tenant_id: str, source: str, row, now: datetime) -> Envelope:
         await conn.execute(
