@@ -2,6 +2,7 @@
 multi-invoice, mixed currencies, unknown customer, reversal; and dunning following along."""
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from datetime import datetime, timezone
 
@@ -193,3 +194,30 @@ async def test_a_payment_naming_no_open_invoice_is_kept_for_a_person(service):
     assert unapplied == {"P2": "no open invoice matches the reference(s) A",
                          "P3": "no open invoice matches the reference(s) NO-SUCH-INVOICE"}
     await balance_reconciles(app)
+
+
+async def test_the_same_payment_sent_several_times_at_once_is_recorded_once(service, kafka_bootstrap):
+    """Requests with one external id at the same moment: one records it, the others find it
+    (unchanged, or 409 when they say something else), none fails."""
+    app, http, topics = service
+    pool = app.state.pool
+    await http.post("/v1/invoices/bulk", json={"items": [invoice("A", 10_000)]})
+    replies = await asyncio.gather(*(http.post("/v1/payments", json=payment("P1", 4_000)) for _ in range(10)))
+    assert sorted((r.status_code, r.json()["status"]) for r in replies) == [(200, "unchanged")] * 9 + [(201, "created")]
+    note = {"external_id": "CN-1", "customer_id": "C1", "currency": "EUR", "amount_minor": 1_000,
+            "issue_date": "2026-03-01"}
+    replies = await asyncio.gather(*(http.post("/v1/credit-notes", json=note) for _ in range(10)))
+    assert sorted((r.status_code, r.json()["status"]) for r in replies) == [(200, "unchanged")] * 9 + [(201, "created")]
+    # Two different payments under one external id: whichever came first is recorded.
+    bodies = [payment("P2", 100 * (1 + n % 2)) for n in range(10)]
+    replies = await asyncio.gather(*(http.post("/v1/payments", json=b) for b in bodies))
+    assert Counter(r.status_code for r in replies) == {201: 1, 200: 4, 409: 5}
+    recorded = await pool.fetchval("SELECT amount_minor FROM payments WHERE external_id = 'P2'")
+    assert {r.status_code for b, r in zip(bodies, replies) if b["amount_minor"] != recorded} == {409}
+
+    assert await pool.fetchval("SELECT count(*) FROM payments") == 3
+    assert await open_amounts(app) == {"A": (4_900 if recorded == 100 else 4_800, "open")}
+    await balance_reconciles(app)
+    await wait_for(lambda: pool.fetchval("SELECT count(*) = 0 FROM outbox"), message="the outbox published")
+    published = Counter(e.type for e in await read_events(kafka_bootstrap, topics.invoicing))
+    assert (published["PaymentReceived"], published["CreditNoteIssued"]) == (2, 1)

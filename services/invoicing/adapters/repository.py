@@ -62,6 +62,15 @@ async def rearm_overdue_timers(conn: asyncpg.Connection, tenant_id: str, invoice
         )
 
 
+async def lock_receipt_key(conn: asyncpg.Connection, tenant_id: str, source: str, kind: str, external_id: str) -> None:
+    """Serialise the transactions recording one (tenant, source, kind, external id) until they end:
+    a lookup FOR UPDATE cannot lock a payment or credit note that does not exist yet, so two
+    requests with the same id would both insert it. A transaction-scoped advisory lock on a 64-bit
+    hash of the key (a collision only makes two receipts wait for each other)."""
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+                       "\x1f".join((tenant_id, source, kind, external_id)))
+
+
 async def get_payment_by_external(conn: asyncpg.Connection, tenant_id: str, source: str, external_id: str,
                                   lock: bool = False):
     return await conn.fetchrow(

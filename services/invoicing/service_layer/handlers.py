@@ -38,11 +38,13 @@ class Invoicing:
 
     async def record_payment(self, tenant_id: str, source: str, cmd: RecordPayment) -> tuple[Outcome, PaymentReceived | None]:
         """Apply a payment: by invoice reference first, else oldest open invoice first; what is
-        left is unapplied credit. The same external id again changes nothing; status "reversed"
-        reverses it (a bounced payment re-opens what it paid)."""
+        left is unapplied credit. The same external id again changes nothing, even at the same
+        moment (the id is locked first); status "reversed" reverses it (a bounced payment re-opens
+        what it paid)."""
         now = self.clock.now()
         payment_id = stable_id(tenant_id, source, "payment", cmd.external_id)
         async with self.pool.acquire() as conn, conn.transaction():
+            await repo.lock_receipt_key(conn, tenant_id, source, "payment", cmd.external_id)
             existing = await repo.get_payment_by_external(conn, tenant_id, source, cmd.external_id, lock=True)
             if cmd.status == "reversed":
                 if existing is None:
@@ -70,6 +72,7 @@ class Invoicing:
         now = self.clock.now()
         note_id = stable_id(tenant_id, source, "credit_note", cmd.external_id)
         async with self.pool.acquire() as conn, conn.transaction():
+            await repo.lock_receipt_key(conn, tenant_id, source, "credit_note", cmd.external_id)
             existing = await conn.fetchrow(
                 "SELECT * FROM payments WHERE tenant_id = $1 AND billing_source = $2 AND kind = 'credit_note'"
                 " AND external_id = $3 FOR UPDATE", tenant_id, source, cmd.external_id)
