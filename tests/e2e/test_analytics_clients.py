@@ -98,8 +98,8 @@ def read_from_beginning(bootstrap: str, topics: list[str], timeout: float = 30.0
                 raise KafkaException(msg.error())
             at_end.pop(tp, None)  # a record after the end: the end has moved
             out[msg.topic()].append(Record(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value()))
-        for tp, end in at_end.items():  # the cached watermark is the fetch's, and agrees with where we stopped
-            assert consumer.get_watermark_offsets(TopicPartition(*tp), cached=True)[1] == end, tp
+        for tp, end in at_end.items():  # the cached watermark is the last fetch's: at or past where we stopped
+            assert consumer.get_watermark_offsets(TopicPartition(*tp), cached=True)[1] >= end, tp
         return out
     finally:
         consumer.close()
