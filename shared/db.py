@@ -1,6 +1,7 @@
 """PostgreSQL plumbing: pools, one database per service, ordered SQL migrations."""
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -12,6 +13,29 @@ SHARED_MIGRATIONS = Path(__file__).parent / "migrations"
 
 class DatabaseUnavailable(RuntimeError):
     pass
+
+
+# What a database restart, a failover, a full connection pool or a lost race between
+# transactions raises: the same work succeeds later, so it is retried with backoff and never
+# treated as the record's fault (never dead-lettered).
+TRANSIENT_DB_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,  # refused, reset, unreachable
+    asyncio.TimeoutError,  # connecting or acquiring took too long
+    asyncpg.InterfaceError,  # the connection closed under us
+    asyncpg.PostgresConnectionError,  # class 08
+    asyncpg.OperatorInterventionError,  # class 57: admin/crash shutdown, cannot connect now, cancelled
+    asyncpg.TransactionRollbackError,  # class 40: serialization failure, deadlock
+    asyncpg.InsufficientResourcesError,  # class 53: too many connections, out of memory, disk full
+    asyncpg.PostgresSystemError,  # class 58: I/O error
+    asyncpg.ReadOnlySQLTransactionError,  # a failover left us on a standby for a moment
+    asyncpg.LockNotAvailableError,
+    asyncpg.IdleInTransactionSessionTimeoutError,
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True when `exc` says the database is away or busy, not that the work itself is wrong."""
+    return isinstance(exc, TRANSIENT_DB_ERRORS)
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:

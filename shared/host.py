@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from datetime import timedelta
 from pathlib import Path
 
 import asyncpg
@@ -14,13 +15,13 @@ from fastapi import FastAPI
 from shared.clock import Clock, clock_from
 from shared.contract import Topics
 from shared.db import create_pool, migrate
-from shared.http import install_error_handlers, install_health
-from shared.kafka import (
-    BatchHandler, BatchProcessor, ConsumerConfig, EventConsumer, Handler, RecordProcessor, ensure_topics, start_producer,
-)
+from shared.http import install_error_handlers, install_health, install_outbox_admin
+from shared.inbox import prune_inbox
+from shared.kafka import ConsumerConfig, DeadLetters, EventConsumer, ensure_topics, start_producer
 from shared.logging import configure_logging, get_logger
-from shared.metrics import TIMERS_FIRED
+from shared.metrics import INBOX_PRUNED, TASK_RESTARTS, TIMERS_FIRED
 from shared.outbox import OutboxRelay
+from shared.processing import EventProcessor, Handler, RawBatchProcessor, RawHandler
 from shared.settings import ServiceSettings
 
 log = get_logger(__name__)
@@ -39,18 +40,20 @@ class ServiceHost:
         self.producer = None
         self.relay: OutboxRelay | None = None
         self.consumers: list[EventConsumer] = []
-        self._consumer_specs: list[tuple[str, list[str], Mapping[str, Handler] | BatchHandler]] = []
+        self._consumer_specs: list[tuple[str, list[str], Mapping[str, Handler] | RawHandler]] = []
         self._timers: list[tuple[str, float, TimerFn]] = []
         self._tasks: list[asyncio.Task] = []
+        self._down: dict[str, str] = {}  # supervised task -> why it is down, until it is restarted
         self._on_stop: list[Callable[[], Awaitable[None]]] = []
         self._checks: dict[str, Callable[[], Awaitable[bool]]] = {}
 
     # -- composition -------------------------------------------------------------------
     def consume(self, name: str, topics: list[str], handlers: Mapping[str, Handler]) -> None:
-        """Register a consumer group `<prefix><service>.<name>` (runs in the worker role)."""
+        """Register a consumer group `<prefix><service>.<name>` (worker role) whose poll batches go
+        through an EventProcessor: one transaction each, set-based handlers per event type."""
         self._consumer_specs.append((name, topics, handlers))
 
-    def consume_batches(self, name: str, topics: list[str], handler: BatchHandler) -> None:
+    def consume_raw(self, name: str, topics: list[str], handler: RawHandler) -> None:
         """Register a consumer group whose handler takes raw records a batch at a time."""
         self._consumer_specs.append((name, topics, handler))
 
@@ -75,46 +78,72 @@ class ServiceHost:
         await ensure_topics(s.kafka_bootstrap_servers, self.topics.all(), s.kafka_partitions)
         self.producer = await start_producer(s.kafka_bootstrap_servers)
 
+    def dead_letters(self, consumer: str) -> DeadLetters:
+        return DeadLetters(self.producer, self.topics.dead_letter, service=self.name, consumer=consumer)
+
+    def processor(self, name: str, handlers: Mapping[str, Handler]) -> EventProcessor:
+        consumer = f"{self.name}.{name}"
+        return EventProcessor(service=self.name, name=consumer, handlers=handlers, pool=self.pool,
+                              dead_letter=self.dead_letters(consumer))
+
     async def start_background(self) -> None:
-        """Start the outbox relay, and in the worker role the consumers and timer loops."""
+        """Start the outbox relay (relay role), the consumers and timer loops (worker role), each
+        supervised: a task that dies is restarted with backoff, and liveness is red meanwhile."""
         s = self.settings
-        self.relay = OutboxRelay(self.pool, self.producer, service=self.name, poll_interval=s.poll_interval_seconds)
-        self._spawn("outbox-relay", self.relay.run())
+        if s.has_role("relay"):
+            self.relay = OutboxRelay(self.pool, self.producer, service=self.name, poll_interval=s.poll_interval_seconds)
+            self._spawn("outbox-relay", self.relay.run)
         if s.has_role("worker"):
             for name, topics, handlers in self._consumer_specs:
+                consumer_name = f"{self.name}.{name}"
+                processor = (self.processor(name, handlers) if isinstance(handlers, Mapping) else RawBatchProcessor(
+                    service=self.name, name=consumer_name, handler=handlers,
+                    dead_letter=self.dead_letters(consumer_name)))
                 consumer = EventConsumer(
-                    topics=topics,
-                    processor=(self.processor(name, handlers) if isinstance(handlers, Mapping) else BatchProcessor(
-                        service=self.name, name=f"{self.name}.{name}", handler=handlers, producer=self.producer,
-                        dead_letter_topic=self.topics.dead_letter)),
+                    topics=topics, processor=processor, service=self.name,
                     config=ConsumerConfig(
                         bootstrap=s.kafka_bootstrap_servers,
                         group_id=f"{s.topic_prefix}{self.name}.{name}",
                         session_timeout_ms=s.kafka_session_timeout_ms,
                         heartbeat_interval_ms=s.kafka_heartbeat_interval_ms,
                         fetch_max_wait_ms=s.kafka_fetch_max_wait_ms,
+                        max_batch=s.consumer_max_batch,
                     ),
                 )
                 self.consumers.append(consumer)
-                self._spawn(f"consumer:{name}", consumer.run())
+                self._spawn(f"consumer:{name}", consumer.run)
             for name, interval, fn in self._timers:
-                self._spawn(f"timer:{name}", self._loop(name, interval, fn))
+                self._spawn(f"timer:{name}", lambda name=name, interval=interval, fn=fn: self._loop(name, interval, fn))
+            if self._consumer_specs:
+                self._spawn("timer:inbox-prune", lambda: self._loop("inbox-prune", 3600.0, self._prune_inbox))
         log.info("service started", roles=s.roles, consumers=len(self.consumers), timers=len(self._timers))
 
-    def _spawn(self, name: str, coro) -> None:
-        task = asyncio.create_task(coro, name=name)
-        task.add_done_callback(self._task_done)
-        self._tasks.append(task)
+    def _spawn(self, name: str, start: Callable[[], Awaitable[None]]) -> None:
+        self._tasks.append(asyncio.create_task(self._supervise(name, start), name=name))
 
-    def _task_done(self, task: asyncio.Task) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            log.error("background task died", task=task.get_name(), error=repr(task.exception()))
-
-    def processor(self, name: str, handlers: Mapping[str, Handler]) -> RecordProcessor:
-        return RecordProcessor(
-            service=self.name, name=f"{self.name}.{name}", handlers=handlers, pool=self.pool,
-            producer=self.producer, dead_letter_topic=self.topics.dead_letter,
-        )
+    async def _supervise(self, name: str, start: Callable[[], Awaitable[None]]) -> None:
+        """Run `start()` for ever: when it ends or raises, say so, mark the service not live,
+        wait (doubling from 0.5 s to 30 s; a run of a minute resets it) and start it again."""
+        loop = asyncio.get_running_loop()
+        failures = 0
+        while True:
+            began = loop.time()
+            try:
+                await start()
+                why = "returned"
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - whatever it was, the task comes back
+                why = repr(exc)
+            failures = 1 if loop.time() - began > 60 else failures + 1
+            delay = min(30.0, 0.5 * 2 ** (failures - 1))
+            self._down[name] = why
+            TASK_RESTARTS.labels(self.name, name).inc()
+            log.error("background task died; restarting it", task=name, error=why, restart_in=delay)
+            try:
+                await asyncio.sleep(delay)
+            finally:
+                self._down.pop(name, None)
 
     async def _loop(self, name: str, interval: float, fn: TimerFn) -> None:
         while True:
@@ -126,6 +155,12 @@ class ServiceHost:
             except Exception as exc:  # noqa: BLE001 - keep the loop alive; the next tick retries
                 log.warning("timer loop error", timer=name, error=repr(exc))
             await asyncio.sleep(interval)
+
+    async def _prune_inbox(self) -> int:
+        older = self.clock.now() - timedelta(days=self.settings.inbox_retention_days)
+        pruned = await prune_inbox(self.pool, older)
+        INBOX_PRUNED.labels(self.name).inc(pruned)
+        return pruned
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -144,6 +179,10 @@ class ServiceHost:
             await self.pool.close()
         log.info("service stopped")
 
+    async def liveness(self) -> dict[str, str]:
+        """Background tasks that died and wait to be restarted, with why (empty: live)."""
+        return dict(self._down)
+
     async def readiness(self) -> dict[str, bool]:
         checks: dict[str, bool] = {}
         try:
@@ -151,7 +190,7 @@ class ServiceHost:
         except Exception:  # noqa: BLE001
             checks["database"] = False
         checks["producer"] = self.producer is not None
-        checks["tasks"] = bool(self._tasks) and not any(t.done() for t in self._tasks)
+        checks["tasks"] = not self._down
         for c in self.consumers:
             checks[f"consumer:{c.name}"] = c.ready.is_set()
         for name, fn in self._checks.items():
@@ -180,7 +219,8 @@ class ServiceHost:
         app = FastAPI(title=title, description=description, version="1.0.0", lifespan=lifespan)
         app.state.host = self
         install_error_handlers(app)
-        install_health(app, self.readiness)
+        install_health(app, self.readiness, self.liveness)
+        install_outbox_admin(app)
         return app
 
 

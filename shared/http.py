@@ -8,7 +8,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 
 class DomainError(Exception):
@@ -64,12 +64,16 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 ReadinessCheck = Callable[[], Awaitable[dict[str, bool]]]
+LivenessCheck = Callable[[], Awaitable[dict[str, str]]]
 
 
-def install_health(app: FastAPI, readiness: ReadinessCheck) -> None:
-    @app.get("/health/live", tags=["ops"], summary="The process is up")
-    async def live() -> dict[str, str]:
-        return {"status": "ok"}
+def install_health(app: FastAPI, readiness: ReadinessCheck, liveness: LivenessCheck | None = None) -> None:
+    @app.get("/health/live", tags=["ops"], summary="The process is up and none of its background tasks is down")
+    async def live() -> JSONResponse:
+        down = await liveness() if liveness else {}
+        if down:
+            return JSONResponse(status_code=503, content={"status": "down", "tasks_down": down})
+        return JSONResponse(content={"status": "ok"})
 
     @app.get("/health/ready", tags=["ops"], summary="Dependencies reachable, consumers assigned")
     async def ready() -> JSONResponse:
@@ -80,3 +84,37 @@ def install_health(app: FastAPI, readiness: ReadinessCheck) -> None:
     @app.get("/metrics", tags=["ops"], summary="Prometheus metrics")
     async def metrics() -> PlainTextResponse:
         return PlainTextResponse(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+def install_outbox_admin(app: FastAPI) -> None:
+    """Events the outbox relay could not publish (each holds back the later events of its key):
+    list them, send one again, or discard one (kept aside with who and why). Admin keys only,
+    and only their own tenant's events."""
+    from typing import Annotated
+
+    from fastapi import HTTPException
+
+    from shared.auth import Principal, require_role
+    from shared.outbox import discard_held, held_events, retry_held
+
+    Admin = Annotated[Principal, Depends(require_role("admin"))]
+
+    class Discard(BaseModel):
+        reason: str = Field(min_length=3, max_length=500, description="why the event is given up (kept with it)")
+
+    @app.get("/v1/outbox/held", tags=["ops"], summary="Events that could not be published, first of each key first")
+    async def list_held(request: Request, who: Admin) -> list[dict[str, Any]]:
+        return [vars(h) for h in await held_events(request.app.state.pool, who.tenant_id)]
+
+    @app.post("/v1/outbox/held/{row_id}/retry", tags=["ops"], summary="Publish a held event again at the next batch")
+    async def retry(row_id: int, request: Request, who: Admin) -> dict[str, Any]:
+        if not await retry_held(request.app.state.pool, row_id, who.tenant_id):
+            raise HTTPException(404, f"no held event {row_id}")
+        return {"id": row_id, "status": "retrying"}
+
+    @app.post("/v1/outbox/held/{row_id}/discard", tags=["ops"], summary="Give up a held event; its key moves on")
+    async def discard(row_id: int, body: Discard, request: Request, who: Admin) -> dict[str, Any]:
+        if not await discard_held(request.app.state.pool, row_id, by=f"api key {who.key_id}", reason=body.reason,
+                                  tenant_id=who.tenant_id):
+            raise HTTPException(404, f"no held event {row_id}")
+        return {"id": row_id, "status": "discarded"}

@@ -1,27 +1,27 @@
-"""aiokafka wrappers: producer, topic creation, and an event consumer that commits offsets only
-after the handler's database transaction (with its inbox row) has committed."""
+"""aiokafka wrappers: producer, topic creation, dead letters, and the consumer-group member that
+hands each poll batch to a processor (shared/processing.py) and commits offsets only after it."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
 
-import asyncpg
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
-from pydantic import ValidationError
+from aiokafka.errors import (
+    CommitFailedError, IllegalStateError, KafkaConnectionError, KafkaError, TopicAlreadyExistsError,
+)
 
-from shared.contract import Envelope, EventPayload, UnknownEventType
-from shared.inbox import claim_event
 from shared.logging import get_logger
-from shared.metrics import DEAD_LETTERED, EVENT_HANDLER_SECONDS, EVENTS_CONSUMED
+from shared.metrics import (
+    CONSUMER_BATCH_RECORDS, CONSUMER_COMMIT_FAILURES, CONSUMER_LAG, DEAD_LETTERED, EVENTS_CONSUMED,
+)
+from shared.processing import backoff
 
 log = get_logger(__name__)
-
-# Errors that say "the world is down", not "this record is bad": retry, never dead-letter.
-TRANSIENT_ERRORS = (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError, asyncpg.TooManyConnectionsError)
 
 
 class BrokerUnavailable(RuntimeError):
@@ -68,9 +68,6 @@ async def ensure_topics(bootstrap: str, topics: list[str], partitions: int, repl
         await admin.close()
 
 
-Handler = Callable[[asyncpg.Connection, Envelope, EventPayload], Awaitable[None]]
-
-
 @dataclass
 class ConsumerConfig:
     bootstrap: str
@@ -78,134 +75,84 @@ class ConsumerConfig:
     session_timeout_ms: int = 10_000
     heartbeat_interval_ms: int = 3_000
     fetch_max_wait_ms: int = 50
-    max_records: int = 200
+    max_batch: int = 5_000
+    poll_timeout_ms: int = 500
 
 
-class RecordProcessor:
-    """Handles one consumed record: parse the envelope; in one transaction claim the inbox row
-    and run the handler for its type. Unreadable records and records whose handler keeps
-    failing go to the dead-letter topic with the cause; transient failures (database down) are
-    retried without moving on. Used by the aiokafka consumer and by faust agents alike."""
+class DeadLetters:
+    """Copies records that cannot be applied to the dead-letter topic, unchanged, with why and
+    where from in their headers. A failed send is retried until the broker takes it: a record
+    is never skipped without its dead letter."""
 
-    def __init__(
-        self,
-        *,
-        service: str,
-        name: str,
-        handlers: Mapping[str, Handler],
-        pool: asyncpg.Pool,
-        producer: AIOKafkaProducer,
-        dead_letter_topic: str,
-        max_attempts: int = 3,
-    ) -> None:
-        self.service = service
-        self.name = name
-        self.handlers = dict(handlers)
-        self.pool = pool
-        self.producer = producer
-        self.dead_letter_topic = dead_letter_topic
-        self.max_attempts = max_attempts
+    def __init__(self, producer: AIOKafkaProducer, topic: str, *, service: str, consumer: str) -> None:
+        self.producer, self.topic, self.service, self.consumer = producer, topic, service, consumer
 
-    async def process(self, record: ConsumerRecord) -> None:
-        try:
-            envelope = Envelope.model_validate_json(record.value or b"")
-        except ValidationError as exc:
-            await self._dead_letter(record, f"unreadable envelope: {_first_error(exc)}")
-            return
-        handler = self.handlers.get(envelope.type)
-        if handler is None:
-            EVENTS_CONSUMED.labels(self.service, self.name, envelope.type, "ignored").inc()
-            return
-        try:
-            payload = envelope.payload()
-        except (ValidationError, UnknownEventType) as exc:
-            reason = _first_error(exc) if isinstance(exc, ValidationError) else str(exc)
-            await self._dead_letter(record, f"invalid {envelope.type} v{envelope.version} payload: {reason}")
-            return
+    async def __call__(self, record: Any, reason: str) -> None:
+        original = record.headers or []
+        headers = list(original.items() if isinstance(original, Mapping) else original) + [
+            ("dlq_reason", reason[:2000].encode()),
+            ("dlq_consumer", self.consumer.encode()),
+            ("dlq_original_topic", record.topic.encode()),
+            ("dlq_original_partition", str(record.partition).encode()),
+            ("dlq_original_offset", str(record.offset).encode()),
+        ]
         attempt = 0
         while True:
-            attempt += 1
-            started = time.perf_counter()
             try:
-                async with self.pool.acquire() as conn, conn.transaction():
-                    if not await claim_event(conn, self.name, envelope):
-                        EVENTS_CONSUMED.labels(self.service, self.name, envelope.type, "duplicate").inc()
-                        return
-                    await handler(conn, envelope, payload)
-                EVENTS_CONSUMED.labels(self.service, self.name, envelope.type, "handled").inc()
-                EVENT_HANDLER_SECONDS.labels(self.service, self.name).observe(time.perf_counter() - started)
-                return
-            except TRANSIENT_ERRORS as exc:
-                delay = min(30.0, 0.2 * 2**min(attempt, 8))
-                log.warning("transient error handling event, retrying", event_id=str(envelope.id), error=str(exc), retry_in=delay)
-                await asyncio.sleep(delay)
-            except Exception as exc:  # noqa: BLE001 - any other failure is about this record
-                if attempt >= self.max_attempts:
-                    log.error("handler failed, dead-lettering", event_id=str(envelope.id), type=envelope.type, error=repr(exc))
-                    await self._dead_letter(record, f"handler failed after {attempt} attempts: {exc!r}")
-                    return
-                await asyncio.sleep(0.1 * attempt)
-
-    async def _dead_letter(self, record: ConsumerRecord, reason: str) -> None:
-        await dead_letter(self.producer, self.dead_letter_topic, record, reason, service=self.service, consumer=self.name)
-
-    async def process_batch(self, records: list[ConsumerRecord]) -> None:
-        for record in records:
-            await self.process(record)
+                await self.producer.send_and_wait(self.topic, value=record.value, key=record.key, headers=headers)
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the broker is away: wait, never drop the record
+                attempt += 1
+                log.warning("dead-letter send failed, retrying", consumer=self.consumer, error=repr(exc),
+                            retry_in=backoff(attempt))
+                await asyncio.sleep(backoff(attempt))
+        DEAD_LETTERED.labels(self.service, self.consumer).inc()
+        EVENTS_CONSUMED.labels(self.service, self.consumer, "?", "dead_lettered").inc()
+        log.warning("record dead-lettered", consumer=self.consumer, topic=record.topic, partition=record.partition,
+                    offset=record.offset, reason=reason)
 
 
-async def dead_letter(producer: AIOKafkaProducer, topic: str, record: ConsumerRecord, reason: str, *,
-                      service: str, consumer: str) -> None:
-    """Copy `record` unchanged to the dead-letter topic, with why and where from in its headers."""
-    original = record.headers or []
-    headers = list(original.items() if isinstance(original, Mapping) else original) + [
-        ("dlq_reason", reason[:2000].encode()),
-        ("dlq_consumer", consumer.encode()),
-        ("dlq_original_topic", record.topic.encode()),
-        ("dlq_original_partition", str(record.partition).encode()),
-        ("dlq_original_offset", str(record.offset).encode()),
-    ]
-    await producer.send_and_wait(topic, value=record.value, key=record.key, headers=headers)
-    DEAD_LETTERED.labels(service, consumer).inc()
-    EVENTS_CONSUMED.labels(service, consumer, "?", "dead_lettered").inc()
-    log.warning("record dead-lettered", topic=record.topic, offset=record.offset, reason=reason)
+@dataclass
+class BatchSizer:
+    """How many records to take per poll. Light traffic gives small batches anyway (a poll returns
+    what is there); under load the limit doubles while batches fill up and stay quick, and halves
+    when one takes too long (latency, and the group's poll deadline)."""
+
+    size: int = 200
+    minimum: int = 10
+    maximum: int = 5_000
+    target_seconds: float = 0.5
+
+    def observe(self, taken: int, seconds: float) -> None:
+        if seconds > 2 * self.target_seconds:
+            self.size = max(self.minimum, self.size // 2)
+        elif taken >= self.size and seconds < self.target_seconds:
+            self.size = min(self.maximum, self.size * 2)
 
 
-BatchHandler = Callable[[list[ConsumerRecord], Callable[[ConsumerRecord, str], Awaitable[None]]], Awaitable[None]]
+class BatchProcessor(Protocol):
+    name: str
 
-
-class BatchProcessor:
-    """For consumers that handle raw records a batch at a time (billing-source ingest): the
-    handler gets the records and a function that dead-letters one of them with a reason."""
-
-    def __init__(self, *, service: str, name: str, handler: BatchHandler, producer: AIOKafkaProducer,
-                 dead_letter_topic: str) -> None:
-        self.service, self.name, self.handler = service, name, handler
-        self.producer, self.dead_letter_topic = producer, dead_letter_topic
-
-    async def process_batch(self, records: list[ConsumerRecord]) -> None:
-        async def reject(record: ConsumerRecord, reason: str) -> None:
-            await dead_letter(self.producer, self.dead_letter_topic, record, reason, service=self.service,
-                              consumer=self.name)
-
-        while True:
-            try:
-                await self.handler(records, reject)
-                return
-            except TRANSIENT_ERRORS as exc:  # the database is away: wait, never skip
-                log.warning("transient error handling a batch, retrying", consumer=self.name, error=str(exc))
-                await asyncio.sleep(1.0)
+    async def process_batch(self, records: Sequence[Any]) -> None: ...
 
 
 class EventConsumer:
-    """An aiokafka consumer group member: records go through `processor`; a partition's offset
-    is committed only after its records' transactions have committed (at-least-once + inbox)."""
+    """An aiokafka consumer-group member. Each poll batch goes through `processor` as a whole;
+    offsets are committed only after it is done (so after its transactions committed). A refused
+    commit (a rebalance took the partition) is not an error: the new owner reads those records
+    again and the inbox makes that harmless. Anything else that breaks the loop ends `run()`;
+    the service host restarts it."""
 
-    def __init__(self, *, topics: list[str], processor: RecordProcessor | BatchProcessor, config: ConsumerConfig) -> None:
+    def __init__(self, *, topics: list[str], processor: BatchProcessor, config: ConsumerConfig,
+                 service: str = "") -> None:
         self.topics = topics
         self.processor = processor
         self.name = processor.name
+        self.service = service
         self.config = config
+        self.sizer = BatchSizer(maximum=config.max_batch)
         self.ready = asyncio.Event()
 
     async def run(self) -> None:
@@ -224,24 +171,40 @@ class EventConsumer:
         await consumer.start()
         try:
             while True:
-                batches = await consumer.getmany(timeout_ms=500, max_records=cfg.max_records)
+                batches = await consumer.getmany(timeout_ms=cfg.poll_timeout_ms, max_records=self.sizer.size)
                 if consumer.assignment():
                     self.ready.set()
-                for tp, records in batches.items():
-                    await self.processor.process_batch(records)
-                    await consumer.commit({tp: records[-1].offset + 1})
+                records = [r for rs in batches.values() for r in rs]
+                if not records:
+                    continue
+                started = time.perf_counter()
+                await self.processor.process_batch(records)
+                self.sizer.observe(len(records), time.perf_counter() - started)
+                CONSUMER_BATCH_RECORDS.labels(self.service, self.name).observe(len(records))
+                await self._commit(consumer, {tp: rs[-1].offset + 1 for tp, rs in batches.items()})
         finally:
-            await consumer.stop()
+            self.ready.clear()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(consumer.stop(), 10)
 
-
-def _first_error(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    field = ".".join(str(p) for p in err["loc"]) or "(record)"
-    return f"{field}: {err['msg']}"
+    async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
+        assigned = consumer.assignment()
+        mine = {tp: offset for tp, offset in offsets.items() if tp in assigned}
+        if mine:
+            try:
+                await consumer.commit(mine)
+            except (CommitFailedError, IllegalStateError, KafkaError) as exc:
+                CONSUMER_COMMIT_FAILURES.labels(self.service, self.name).inc()
+                log.warning("offset commit refused (rebalance); the records will come again", consumer=self.name,
+                            error=repr(exc))
+        lag = 0
+        for tp, offset in offsets.items():
+            high = consumer.highwater(tp) if tp in assigned else None
+            lag += max(0, (high or offset) - offset)
+        CONSUMER_LAG.labels(self.service, self.name).set(lag)
 
 
 __all__ = [
-    "BatchHandler", "BatchProcessor", "BrokerUnavailable", "ConsumerConfig", "EventConsumer", "Handler",
-    "RecordProcessor", "TopicPartition", "dead_letter",
-    "create_producer", "ensure_topics", "start_producer",
+    "BatchProcessor", "BatchSizer", "BrokerUnavailable", "ConsumerConfig", "DeadLetters", "EventConsumer",
+    "TopicPartition", "create_producer", "ensure_topics", "start_producer",
 ]

@@ -17,3 +17,23 @@ EVENT_HANDLER_SECONDS = Histogram(
 )
 DEAD_LETTERED = Counter("tahsilat_dead_lettered_total", "Records sent to the dead-letter topic", ["service", "consumer"])
 TIMERS_FIRED = Counter("tahsilat_timers_fired_total", "Durable timers fired", ["service", "timer"])
+OUTBOX_HELD = Gauge(
+    "tahsilat_outbox_held_events", "Outbox rows that failed to publish and hold back the later events of their key",
+    ["service"])
+OUTBOX_HELD_KEYS = Gauge("tahsilat_outbox_held_keys", "Keys whose events are held back by a failed row", ["service"])
+OUTBOX_RELAY_LEADER = Gauge(
+    "tahsilat_outbox_relay_leader", "1 while this process's relay owns the outbox (one relay per database)", ["service"])
+CONSUMER_RETRIES = Counter(
+    "tahsilat_consumer_retries_total",
+    "Batches retried: transient (database away), split (looking for the record at fault), record (one record again)",
+    ["service", "consumer", "reason"])
+CONSUMER_COMMIT_FAILURES = Counter(
+    "tahsilat_consumer_commit_failures_total", "Offset commits refused (a rebalance); the records come again",
+    ["service", "consumer"])
+CONSUMER_BATCH_RECORDS = Histogram(
+    "tahsilat_consumer_batch_records", "Records per poll batch", ["service", "consumer"],
+    buckets=(1, 5, 10, 50, 100, 500, 1000, 2000, 5000, 10000))
+CONSUMER_LAG = Gauge("tahsilat_consumer_lag_records", "Records on the broker not yet handled", ["service", "consumer"])
+TASK_RESTARTS = Counter("tahsilat_task_restarts_total", "Background tasks that died and were restarted",
+                        ["service", "task"])
+INBOX_PRUNED = Counter("tahsilat_inbox_pruned_total", "Inbox rows forgotten after the retention", ["service"])

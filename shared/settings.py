@@ -32,6 +32,9 @@ class ServiceSettings(BaseSettings):
     kafka_session_timeout_ms: int = 10_000
     kafka_heartbeat_interval_ms: int = 3_000
     kafka_fetch_max_wait_ms: int = 50
+    consumer_max_batch: int = Field(default=5_000, ge=1, description="most records a consumer takes per poll batch")
+    inbox_retention_days: int = Field(
+        default=30, ge=1, description="handled event ids kept for deduplication; outlast the broker's offset retention")
 
     def has_role(self, role: str) -> bool:
         roles = {r.strip() for r in self.roles.split(",")}

@@ -17,3 +17,5 @@ class NotifierSettings(ServiceSettings):
     quiet_end_hour: int = Field(default=21, ge=1, le=24)
     max_send_attempts: int = Field(default=5, ge=1)
     send_batch_size: int = Field(default=50, ge=1)
+    send_lease_seconds: float = Field(
+        default=120, gt=0, description="a notification still 'sending' after this long was interrupted: send again")

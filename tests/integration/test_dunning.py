@@ -224,4 +224,34 @@ async def test_a_reversed_payment_reopens_the_case_and_its_later_steps(dunning, 
     await send(producer, topics.invoicing, env(bounced, "P1", clock))
     await wait_for(lambda: _case_status(http, INV_A, "open"), message="re-opened by the reversal")
     case = (await http.get(f"/v1/cases/{INV_A}")).json()
-    assert case["open_minor"] == 50_000 and {s["status"] for s in case["steps"]} == {"scheduled"}
+    assert case["open_minor"] == 50_000 and case["round"] == 1
+    assert {s["status"] for s in case["steps"] if s["round"] == 0} == {"cancelled"}
+    assert {s["status"] for s in case["steps"] if s["round"] == 1} == {"scheduled"}
+
+
+async def test_an_invoice_reopened_after_its_last_step_is_dunned_again(dunning, kafka_bootstrap):
+    """Every step had passed when the payment bounced: the customer still hears that they owe,
+    once (the latest step again, in a new round with its own notification key)."""
+    from shared.contract import PaymentReversed
+
+    app, http, clock, topics, producer = dunning
+    await send(producer, topics.invoicing, env(issued(INV_A), INV_A, clock))
+    await wait_for(lambda: cases(http), message="the case")
+    clock.set(datetime(2026, 3, 25, 10, 0, tzinfo=timezone.utc))  # past the final +14 step
+    await wait_for(lambda: _n(requested(kafka_bootstrap, topics), 2), message="the final notices")
+    paid = PaymentReceived(customer_id="C1", payment_id="P1", billing_source="erp", external_id="P1", currency="EUR",
+                           amount_minor=50_000, received_at=clock.now(),
+                           allocations=[Allocation(invoice_id=INV_A, amount_minor=50_000, invoice_open_minor=0)])
+    await send(producer, topics.invoicing, env(paid, "P1", clock))
+    await wait_for(lambda: _case_status(http, INV_A, "closed"), message="closed by the payment")
+    clock.set(datetime(2026, 3, 26, 10, 0, tzinfo=timezone.utc))
+    bounced = PaymentReversed(customer_id="C1", payment_id="P1", billing_source="erp", external_id="P1", currency="EUR",
+                              amount_minor=50_000, reversed_at=clock.now(),
+                              reopened=[Allocation(invoice_id=INV_A, amount_minor=50_000, invoice_open_minor=50_000)])
+    await send(producer, topics.invoicing, env(bounced, "P1", clock), env(bounced, "P1", clock))
+    got = await wait_for(lambda: _n(requested(kafka_bootstrap, topics), 4), message="the final notices again")
+    keys = Counter(e.data["notification_key"] for e in got)
+    assert keys == {f"{INV_A}:final_14:email": 1, f"{INV_A}:final_14:sms": 1,
+                    f"{INV_A}:final_14:email:r1": 1, f"{INV_A}:final_14:sms:r1": 1}
+    case = (await http.get(f"/v1/cases/{INV_A}")).json()
+    assert case["status"] == "open" and case["round"] == 1

@@ -105,6 +105,6 @@ def schedule_case(policy: Policy, due_date: date, timezone: str, now: datetime) 
     return steps
 
 
-def notification_key(case_id: str, step: str, channel: str) -> str:
-    """One notification per (case, step, channel), whatever is retried or redelivered."""
-    return f"{case_id}:{step}:{channel}"
+def notification_key(case_id: str, step: str, channel: str, round_: int = 0) -> str:
+    """One notification per (case, step, channel) and round, whatever is retried or redelivered."""
+    return f"{case_id}:{step}:{channel}" + (f":r{round_}" if round_ else "")

@@ -17,6 +17,7 @@ Reader = Annotated[Principal, Depends(require_role("collector", "analytics"))]
 
 
 class StepOut(BaseModel):
+    round: int = 0  # a case that closes and opens again is dunned again in a new round
     step: str
     channel: str
     template: str
@@ -39,12 +40,13 @@ class CaseOut(BaseModel):
     status: str
     closed_reason: str | None
     overdue_since: datetime | None
+    round: int = 0
     steps: list[StepOut] = []
 
 
 async def _steps(pool, tenant_id: str, case_ids: list[uuid.UUID]) -> dict[uuid.UUID, list[StepOut]]:
     rows = await pool.fetch(
-        "SELECT * FROM case_steps WHERE tenant_id = $1 AND case_id = ANY($2::uuid[]) ORDER BY due_at, channel",
+        "SELECT * FROM case_steps WHERE tenant_id = $1 AND case_id = ANY($2::uuid[]) ORDER BY round, due_at, channel",
         tenant_id, case_ids,
     )
     out: dict[uuid.UUID, list[StepOut]] = {}

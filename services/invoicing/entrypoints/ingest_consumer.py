@@ -17,7 +17,7 @@ from services.invoicing.service_layer.commands import CreditNoteRecord, RecordPa
 from services.invoicing.service_layer.handlers import Invoicing
 from services.invoicing.service_layer.ingest import InvoiceIngestor, validation_problem
 from shared.http import DomainError
-from shared.kafka import BatchHandler
+from shared.processing import RawHandler
 
 
 class IngestRecord(BaseModel):
@@ -28,7 +28,7 @@ class IngestRecord(BaseModel):
     record: dict[str, Any]
 
 
-def ingest_handler(pool: asyncpg.Pool, ingestor: InvoiceIngestor, invoicing: Invoicing) -> BatchHandler:
+def ingest_handler(pool: asyncpg.Pool, ingestor: InvoiceIngestor, invoicing: Invoicing) -> RawHandler:
     async def handle(records, reject) -> None:
         parsed = []
         for r in records:

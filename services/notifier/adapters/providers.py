@@ -51,4 +51,9 @@ class SmsSender:
             raise DeliveryError(f"SMS gateway {self.url}: {exc}") from exc
         if response.status_code >= 300:
             raise DeliveryError(f"SMS gateway answered {response.status_code}: {response.text[:200]}")
-        return str(response.json().get("id", key))
+        # Accepted is accepted: a reply body we cannot read must not make us send the message again.
+        try:
+            body = response.json()
+        except ValueError:
+            return key
+        return str(body.get("id", key)) if isinstance(body, dict) else key

@@ -1,6 +1,7 @@
-"""The risk stream processor: a faust-streaming app. Its agent hands each record to the shared
-RecordProcessor, so the inbox, the PostgreSQL transaction and dead-lettering are the same as in
-every other consumer; faust commits the offset after the agent has processed the record."""
+"""The risk stream processor: a faust-streaming app. Its agent takes the records a batch at a
+time and hands each batch to the shared EventProcessor, so the inbox, the one transaction per
+batch, the set-based handlers and dead-lettering are the same as in every other consumer; faust
+commits the offsets after the agent has processed the batch."""
 from __future__ import annotations
 
 import os
@@ -14,7 +15,8 @@ from services.risk.settings import RiskSettings
 from shared.clock import Clock, clock_from
 from shared.contract import Topics
 from shared.db import create_pool
-from shared.kafka import RecordProcessor, start_producer
+from shared.kafka import DeadLetters, start_producer
+from shared.processing import EventProcessor
 from shared.logging import get_logger, stdlib_logging_config
 
 log = get_logger(__name__)
@@ -46,14 +48,23 @@ def create_app(settings: RiskSettings, clock: Clock | None = None) -> faust.App:
     async def assess_payment_behaviour(stream):
         pool = await create_pool(settings.database_url, max_size=settings.db_pool_max)
         producer = await start_producer(settings.kafka_bootstrap_servers)  # for the dead-letter topic
-        processor = RecordProcessor(
-            service=settings.service_name, name="risk.behaviour", handlers=risk.handlers(), pool=pool,
-            producer=producer, dead_letter_topic=topics.dead_letter,
+        name = "risk.behaviour"
+        processor = EventProcessor(
+            service=settings.service_name, name=name, handlers=risk.handlers(), pool=pool,
+            dead_letter=DeadLetters(producer, topics.dead_letter, service=settings.service_name, consumer=name),
         )
         log.info("risk stream agent started")
         try:
-            async for event in stream.events():
-                await processor.process(event.message)
+            async for events in stream.take_events(settings.consumer_max_batch, within=0.02):
+                try:
+                    await processor.process_batch([e.message for e in events])
+                except BaseException:
+                    # faust acknowledges a taken batch even when its processing is interrupted (a
+                    # stop): mark the messages done without acknowledging them, so their offsets are
+                    # never committed and they come again.
+                    for e in events:
+                        e.message.acked = True
+                    raise
         finally:
             await producer.stop()
             await pool.close()

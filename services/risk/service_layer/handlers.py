@@ -2,14 +2,18 @@
 consumer's inbox transaction) and publish RiskAssessed when the assessment changes."""
 from __future__ import annotations
 
-from dataclasses import asdict, fields
+import json
+from collections.abc import Callable
+from dataclasses import fields
+from typing import Any
 
 import asyncpg
 
 from services.risk.domain.scoring import PaymentBehaviour, assess
 from shared.clock import Clock
 from shared.contract import Envelope, RiskAssessed, Topics, new_envelope
-from shared.outbox import add_event
+from shared.outbox import add_events
+from shared.processing import Event, Handler
 
 SOURCE = "risk"
 _COLUMNS = [f.name for f in fields(PaymentBehaviour)]
@@ -19,45 +23,68 @@ class Risk:
     def __init__(self, clock: Clock, topics: Topics) -> None:
         self.clock, self.topics = clock, topics
 
-    def handlers(self) -> dict:
+    def handlers(self) -> dict[str, Handler]:
         return {
-            "InvoiceIssued": lambda conn, env, p: self._update(conn, env, lambda b: b.issued()),
-            "InvoicePaid": lambda conn, env, p: self._update(conn, env, lambda b: b.paid(p.days_late)),
-            "InvoiceOverdue": lambda conn, env, p: self._update(conn, env, lambda b: b.overdue()),
+            "InvoiceIssued": self._fold(lambda p: lambda b: b.issued()),
+            "InvoicePaid": self._fold(lambda p: lambda b: b.paid(p.days_late)),
+            "InvoiceOverdue": self._fold(lambda p: lambda b: b.overdue()),
         }
 
-    async def _update(self, conn: asyncpg.Connection, env: Envelope, change) -> None:
-        customer_id = env.data["customer_id"]
-        row = await conn.fetchrow(
-            f"SELECT {', '.join(_COLUMNS)} FROM payment_behaviour WHERE tenant_id = $1 AND customer_id = $2 FOR UPDATE",
-            env.tenant_id, customer_id,
-        )
-        before = PaymentBehaviour(**dict(row)) if row else PaymentBehaviour()
-        after = change(before)
-        values = asdict(after)
-        await conn.execute(
-            f"INSERT INTO payment_behaviour (tenant_id, customer_id, {', '.join(_COLUMNS)}) VALUES ($1, $2, "
-            + ", ".join(f"${i + 3}" for i in range(len(_COLUMNS)))
-            + ") ON CONFLICT (tenant_id, customer_id) DO UPDATE SET "
-            + ", ".join(f"{c} = EXCLUDED.{c}" for c in _COLUMNS) + ", updated_at = now()",
-            env.tenant_id, customer_id, *values.values(),
-        )
-        assessment = assess(after)
-        previous = await conn.fetchrow(
-            "SELECT score, segment FROM customer_risk WHERE tenant_id = $1 AND customer_id = $2", env.tenant_id, customer_id
-        )
-        if previous and (previous["score"], previous["segment"]) == (assessment.score, assessment.segment):
+    def _fold(self, change_of: Callable[[Any], Callable[[PaymentBehaviour], PaymentBehaviour]]) -> Handler:
+        """A set-based handler: fold each event into its customer's behaviour (in order), then
+        write every customer touched once and publish RiskAssessed where the assessment moved."""
+
+        async def handle(conn: asyncpg.Connection, events: list[Event]) -> None:
+            keys = sorted({(e.envelope.tenant_id, e.payload.customer_id) for e in events})
+            rows = await conn.fetch(
+                f"SELECT b.tenant_id, b.customer_id, {', '.join('b.' + c for c in _COLUMNS)}"
+                " FROM unnest($1::text[], $2::text[]) AS k(tenant_id, customer_id)"
+                " JOIN payment_behaviour b USING (tenant_id, customer_id) FOR UPDATE OF b",
+                [k[0] for k in keys], [k[1] for k in keys],
+            )
+            behaviour = {(r["tenant_id"], r["customer_id"]): PaymentBehaviour(**{c: r[c] for c in _COLUMNS})
+                         for r in rows}
+            cause: dict[tuple[str, str], Envelope] = {}
+            for e in events:
+                key = (e.envelope.tenant_id, e.payload.customer_id)
+                behaviour[key] = change_of(e.payload)(behaviour.get(key, PaymentBehaviour()))
+                cause[key] = e.envelope
+            await conn.execute(
+                f"INSERT INTO payment_behaviour (tenant_id, customer_id, {', '.join(_COLUMNS)})"
+                f" SELECT * FROM unnest($1::text[], $2::text[], {', '.join(f'${i + 3}::int[]' for i in range(len(_COLUMNS)))})"
+                " ON CONFLICT (tenant_id, customer_id) DO UPDATE SET "
+                + ", ".join(f"{c} = EXCLUDED.{c}" for c in _COLUMNS) + ", updated_at = now()",
+                [k[0] for k in keys], [k[1] for k in keys],
+                *([getattr(behaviour[k], c) for k in keys] for c in _COLUMNS),
+            )
+            await self._assess(conn, keys, behaviour, cause)
+
+        return handle
+
+    async def _assess(self, conn: asyncpg.Connection, keys: list[tuple[str, str]],
+                      behaviour: dict[tuple[str, str], PaymentBehaviour], cause: dict[tuple[str, str], Envelope]) -> None:
+        previous = {(r["tenant_id"], r["customer_id"]): (r["score"], r["segment"]) for r in await conn.fetch(
+            "SELECT r.tenant_id, r.customer_id, r.score, r.segment FROM unnest($1::text[], $2::text[])"
+            " AS k(tenant_id, customer_id) JOIN customer_risk r USING (tenant_id, customer_id)",
+            [k[0] for k in keys], [k[1] for k in keys])}
+        moved = [(k, a) for k in keys
+                 if previous.get(k) != ((a := assess(behaviour[k])).score, a.segment)]
+        if not moved:
             return
         now = self.clock.now()
         await conn.execute(
             """INSERT INTO customer_risk (tenant_id, customer_id, score, segment, factors, assessed_at)
-               VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (tenant_id, customer_id) DO UPDATE SET
+               SELECT t, c, s, g, f::jsonb, $6 FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::text[])
+                 AS u(t, c, s, g, f)
+               ON CONFLICT (tenant_id, customer_id) DO UPDATE SET
                score = EXCLUDED.score, segment = EXCLUDED.segment, factors = EXCLUDED.factors,
                assessed_at = EXCLUDED.assessed_at""",
-            env.tenant_id, customer_id, assessment.score, assessment.segment,
-            [f.model_dump(mode="json") for f in assessment.factors], now,
+            [k[0] for k, _ in moved], [k[1] for k, _ in moved], [a.score for _, a in moved],
+            [a.segment for _, a in moved],
+            [json.dumps([f.model_dump(mode="json") for f in a.factors]) for _, a in moved], now,
         )
-        event = RiskAssessed(customer_id=customer_id, score=assessment.score, segment=assessment.segment,
-                             factors=assessment.factors, assessed_at=now)
-        await add_event(conn, self.topics.risk,
-                        new_envelope(event, source=SOURCE, tenant_id=env.tenant_id, subject=customer_id, time=now, caused_by=env))
+        await add_events(conn, self.topics.risk, [
+            new_envelope(RiskAssessed(customer_id=k[1], score=a.score, segment=a.segment, factors=a.factors,
+                                      assessed_at=now),
+                         source=SOURCE, tenant_id=k[0], subject=k[1], time=now, caused_by=cause[k])
+            for k, a in moved])
