@@ -255,3 +255,22 @@ async def test_an_invoice_reopened_after_its_last_step_is_dunned_again(dunning, 
                     f"{INV_A}:final_14:email:r1": 1, f"{INV_A}:final_14:sms:r1": 1}
     case = (await http.get(f"/v1/cases/{INV_A}")).json()
     assert case["status"] == "open" and case["round"] == 1
+
+
+async def test_a_redelivered_event_whose_handler_publishes_publishes_once(dunning, kafka_bootstrap):
+    """The inbox, not luck: a balance confirmation handled twice would ask for two emails."""
+    from shared.contract import BalanceConfirmationRequested
+    from shared.contract.events import Balance
+
+    app, http, clock, topics, producer = dunning
+    request = env(BalanceConfirmationRequested(
+        customer_id="C1", confirmation_id="BC-1", as_of=date(2026, 3, 1),
+        balances=[Balance(currency="EUR", balance_minor=50_000)], items=[], confirm_url="https://x/confirm",
+        contest_url="https://x/contest", requested_at=clock.now()), "BC-1", clock)
+    await send(producer, topics.invoicing, request, request)
+    sentinel = env(issued(INV_B, customer="C1"), INV_B, clock)
+    await send(producer, topics.invoicing, request, sentinel)  # again, in a later batch too
+    await wait_for(lambda: cases(http, customer_id="C1"), message="the sentinel case")
+    await wait_for(lambda: app.state.pool.fetchval("SELECT count(*) = 0 FROM outbox"), message="all published")
+    got = await requested(kafka_bootstrap, topics)
+    assert [e.data["notification_key"] for e in got] == ["BC-1:balance_confirmation:email"]
