@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field, ValidationError
+
+from shared.auth import Principal, require_role
+from shared.outbox import discard_held, held_events, retry_held
 
 
 class DomainError(Exception):
@@ -86,22 +89,17 @@ def install_health(app: FastAPI, readiness: ReadinessCheck, liveness: LivenessCh
         return PlainTextResponse(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
+Admin = Annotated[Principal, Depends(require_role("admin"))]
+
+
+class DiscardHeld(BaseModel):
+    reason: str = Field(min_length=3, max_length=500, description="why the event is given up (kept with it)")
+
+
 def install_outbox_admin(app: FastAPI) -> None:
     """Events the outbox relay could not publish (each holds back the later events of its key):
     list them, send one again, or discard one (kept aside with who and why). Admin keys only,
     and only their own tenant's events."""
-    from typing import Annotated
-
-    from fastapi import HTTPException
-
-    from shared.auth import Principal, require_role
-    from shared.outbox import discard_held, held_events, retry_held
-
-    Admin = Annotated[Principal, Depends(require_role("admin"))]
-
-    class Discard(BaseModel):
-        reason: str = Field(min_length=3, max_length=500, description="why the event is given up (kept with it)")
-
     @app.get("/v1/outbox/held", tags=["ops"], summary="Events that could not be published, first of each key first")
     async def list_held(request: Request, who: Admin) -> list[dict[str, Any]]:
         return [vars(h) for h in await held_events(request.app.state.pool, who.tenant_id)]
@@ -113,7 +111,7 @@ def install_outbox_admin(app: FastAPI) -> None:
         return {"id": row_id, "status": "retrying"}
 
     @app.post("/v1/outbox/held/{row_id}/discard", tags=["ops"], summary="Give up a held event; its key moves on")
-    async def discard(row_id: int, body: Discard, request: Request, who: Admin) -> dict[str, Any]:
+    async def discard(row_id: int, body: DiscardHeld, request: Request, who: Admin) -> dict[str, Any]:
         if not await discard_held(request.app.state.pool, row_id, by=f"api key {who.key_id}", reason=body.reason,
                                   tenant_id=who.tenant_id):
             raise HTTPException(404, f"no held event {row_id}")

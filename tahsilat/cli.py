@@ -359,24 +359,30 @@ def _report_date(value: str | None, field: str):
 
 
 def _report_query(db_prefix: str, query):
-    """Run `query(conn)` against <db-prefix>_invoicing on the platform's PostgreSQL."""
+    """Run `query(db)` against <db-prefix>_invoicing on the platform's PostgreSQL."""
+    return _service_query("invoicing", db_prefix, query)
+
+
+def _service_query(service: str, db_prefix: str, query):
+    """Run `query(pool)` against <db-prefix>_<service> on the platform's PostgreSQL; a database
+    that cannot be reached is one clear line and exit code 2."""
 
     async def run():
         import asyncpg
 
-        conn = await asyncpg.connect(await _service_database("invoicing", db_prefix))
+        pool = await asyncpg.create_pool(await _service_database(service, db_prefix), min_size=1, max_size=2)
         try:
-            return await query(conn)
+            return await query(pool)
         finally:
-            await conn.close()
+            await pool.close()
 
     try:
         return asyncio.run(run())
     except (StartupError, OSError) as exc:
-        console.print(f"[red]cannot read the invoicing database:[/red] {exc}")
+        console.print(f"[red]cannot read the {service} database:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from None
     except Exception as exc:  # noqa: BLE001 - e.g. the database was never created
-        console.print(f"[red]cannot read the invoicing database:[/red] {exc} (has `tahsilat up` run once?)")
+        console.print(f"[red]cannot read the {service} database:[/red] {escape(str(exc))} (has `tahsilat up` run once?)")
         raise typer.Exit(2) from None
 
 
@@ -456,6 +462,79 @@ def report_dso(
     console.print(t)
     if not result.by_currency:
         console.print("no receivables and no sales")
+
+
+# --------------------------------------------------------------------------- outbox
+
+outbox_app = typer.Typer(
+    help="Events a service could not publish. Each holds back the later events of its key (its customer)"
+         " until it goes out or a person discards it.", no_args_is_help=True)
+app.add_typer(outbox_app, name="outbox")
+ServiceOption = Annotated[str, typer.Option(help=f"one of: {', '.join(SERVICES)}")]
+
+
+def _check_service(service: str) -> None:
+    if service not in SERVICES:
+        console.print(f"[red]service:[/red] must be one of {', '.join(SERVICES)}, not {escape(service)!r}")
+        raise typer.Exit(2)
+
+
+@outbox_app.command("held")
+def outbox_held(
+    service: ServiceOption,
+    tenant: Annotated[str | None, typer.Option(help="only this tenant's events")] = None,
+    db_prefix: Annotated[str, typer.Option(help="database name prefix of the platform")] = "tahsilat",
+) -> None:
+    """List the events held back, with why and how many later events of their key wait behind each."""
+    from shared.outbox import held_events
+
+    _check_service(service)
+    held = _service_query(service, db_prefix, lambda pool: held_events(pool, tenant))
+    if not held:
+        console.print(f"{service}: nothing held back")
+        return
+    t = Table(title=f"{service}: events held back")
+    for column in ("id", "type", "key", "attempts", "next try", "waiting behind", "error"):
+        t.add_column(column)
+    for h in held:
+        t.add_row(str(h.id), h.event_type, h.key, str(h.attempts),
+                  h.next_attempt_at.isoformat(timespec="seconds") if h.next_attempt_at else "needs a person",
+                  str(h.held_back), (h.last_error or "")[:120])
+    console.print(t, markup=False)
+
+
+@outbox_app.command("retry")
+def outbox_retry(
+    row: Annotated[int, typer.Argument(help="the id `tahsilat outbox held` shows")],
+    service: ServiceOption,
+    db_prefix: Annotated[str, typer.Option(help="database name prefix of the platform")] = "tahsilat",
+) -> None:
+    """Publish a held event again at the relay's next batch (e.g. after the broker's limit was raised)."""
+    from shared.outbox import retry_held
+
+    _check_service(service)
+    if not _service_query(service, db_prefix, lambda pool: retry_held(pool, row)):
+        console.print(f"[red]no held event {row}[/red] in {service}")
+        raise typer.Exit(1)
+    console.print(f"{service}: event {row} goes out at the relay's next batch")
+
+
+@outbox_app.command("discard")
+def outbox_discard(
+    row: Annotated[int, typer.Argument(help="the id `tahsilat outbox held` shows")],
+    service: ServiceOption,
+    reason: Annotated[str, typer.Option(help="why it is given up (kept with it in outbox_discarded)")],
+    db_prefix: Annotated[str, typer.Option(help="database name prefix of the platform")] = "tahsilat",
+) -> None:
+    """Give up a held event: it is kept aside with who and why, and its key's later events go out."""
+    from shared.outbox import discard_held
+
+    _check_service(service)
+    by = f"cli {os.environ.get('USER', 'unknown')}"
+    if not _service_query(service, db_prefix, lambda pool: discard_held(pool, row, by=by, reason=reason)):
+        console.print(f"[red]no held event {row}[/red] in {service}")
+        raise typer.Exit(1)
+    console.print(f"{service}: event {row} discarded; its key moves on")
 
 
 def main() -> None:

@@ -276,6 +276,24 @@ async def test_the_relay_partitions_as_producer_send_and_holds_back_only_what_ca
     assert [(r["event_type"], "more than max_event_bytes" in r["last_error"]) for r in held] == [("Oversized", True)]
     assert await pool.fetchval("SELECT count(*) FROM outbox") == 1  # what was published is gone from the outbox
 
+    # A person sees it through the API (admin keys, own tenant only) and discards it.
+    base = str(http.base_url)
+    async with client(base, await api_key(app, "t1", "admin")) as admin, \
+            client(base, await api_key(app, "t2", "admin")) as stranger:
+        r = await http.get("/v1/outbox/held")
+        assert r.status_code == 403, r.text  # a billing-source key
+        listed = (await admin.get("/v1/outbox/held")).json()
+        assert [(h["event_type"], h["key"], h["held_back"], h["next_attempt_at"]) for h in listed] == [
+            ("Oversized", "t1:C0", 0, None)]
+        assert (await stranger.get("/v1/outbox/held")).json() == []
+        row = listed[0]["id"]
+        assert (await stranger.post(f"/v1/outbox/held/{row}/discard", json={"reason": "not mine"})).status_code == 404
+        assert (await admin.post(f"/v1/outbox/held/{row}/discard", json={})).status_code == 422  # a reason is required
+        r = await admin.post(f"/v1/outbox/held/{row}/discard", json={"reason": "a test blob"})
+        assert (r.status_code, r.json()) == (200, {"id": row, "status": "discarded"})
+        assert (await admin.post(f"/v1/outbox/held/{row}/retry")).status_code == 404
+    assert await pool.fetchval("SELECT count(*) FROM outbox") == 0
+
     # Each key is on the partition producer.send picks for it (the Java client's murmur2), so
     # consumers see one customer's events on one partition whichever way they were published.
     producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
