@@ -129,12 +129,12 @@ class Notifier:
 
 @contextlib.asynccontextmanager
 async def notifier_running(database: str, kafka_bootstrap: str, topic_prefix: str, sinks: Sinks,
-                           start: datetime = START) -> AsyncIterator[Notifier]:
-    settings = NotifierSettings(
-        database_url=database, kafka_bootstrap_servers=kafka_bootstrap, topic_prefix=topic_prefix,
-        kafka_partitions=2, poll_interval_seconds=0.1, smtp_port=sinks.smtp_port,
-        sms_url=f"http://127.0.0.1:{sinks.http_port}/sms", **FAST_KAFKA,
-    )
+                           start: datetime = START, **settings_over: Any) -> AsyncIterator[Notifier]:
+    settings = NotifierSettings(**{
+        "database_url": database, "kafka_bootstrap_servers": kafka_bootstrap, "topic_prefix": topic_prefix,
+        "kafka_partitions": 2, "poll_interval_seconds": 0.1, "smtp_port": sinks.smtp_port,
+        "sms_url": f"http://127.0.0.1:{sinks.http_port}/sms", **FAST_KAFKA, **settings_over,
+    })
     clock = ManualClock(start)
     app = build(settings, clock)
     async with running(app) as url:
