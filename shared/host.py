@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import asyncpg
@@ -27,6 +27,7 @@ from shared.settings import ServiceSettings
 log = get_logger(__name__)
 
 TimerFn = Callable[[], Awaitable[int]]
+NextDue = Callable[[], Awaitable[datetime | None]]
 
 
 class ServiceHost:
@@ -41,7 +42,7 @@ class ServiceHost:
         self.relay: OutboxRelay | None = None
         self.consumers: list[EventConsumer] = []
         self._consumer_specs: list[tuple[str, list[str], Mapping[str, Handler] | RawHandler]] = []
-        self._timers: list[tuple[str, float, TimerFn]] = []
+        self._timers: list[tuple[str, float, TimerFn, str | None, NextDue | None]] = []
         self._tasks: list[asyncio.Task] = []
         self._down: dict[str, str] = {}  # supervised task -> why it is down, until it is restarted
         self._on_stop: list[Callable[[], Awaitable[None]]] = []
@@ -57,9 +58,12 @@ class ServiceHost:
         """Register a consumer group whose handler takes raw records a batch at a time."""
         self._consumer_specs.append((name, topics, handler))
 
-    def every(self, name: str, fn: TimerFn, interval: float | None = None) -> None:
-        """Run `fn` forever (worker role); it returns how much it did, 0 means sleep a while."""
-        self._timers.append((name, interval or self.settings.poll_interval_seconds, fn))
+    def every(self, name: str, fn: TimerFn, interval: float | None = None, *, wake_on: str | None = None,
+              next_due: NextDue | None = None) -> None:
+        """Run `fn` forever (worker role); it returns how much it did, 0 means sleep a while: until
+        the `next_due` time it reports (a durable timer's next row), a NOTIFY on channel `wake_on`
+        (new rows that may be due already), or `interval` at the most."""
+        self._timers.append((name, interval or self.settings.poll_interval_seconds, fn, wake_on, next_due))
 
     def add_check(self, name: str, fn: Callable[[], Awaitable[bool]]) -> None:
         """An extra readiness check (e.g. a worker in another process is alive)."""
@@ -112,8 +116,9 @@ class ServiceHost:
                 )
                 self.consumers.append(consumer)
                 self._spawn(f"consumer:{name}", consumer.run)
-            for name, interval, fn in self._timers:
-                self._spawn(f"timer:{name}", lambda name=name, interval=interval, fn=fn: self._loop(name, interval, fn))
+            for name, interval, fn, wake_on, next_due in self._timers:
+                self._spawn(f"timer:{name}", lambda name=name, interval=interval, fn=fn, wake_on=wake_on,
+                            next_due=next_due: self._loop(name, interval, fn, wake_on, next_due))
             if self._consumer_specs:
                 self._spawn("timer:inbox-prune", lambda: self._loop("inbox-prune", 3600.0, self._prune_inbox))
         log.info("service started", roles=s.roles, consumers=len(self.consumers), timers=len(self._timers))
@@ -145,16 +150,40 @@ class ServiceHost:
             finally:
                 self._down.pop(name, None)
 
-    async def _loop(self, name: str, interval: float, fn: TimerFn) -> None:
-        while True:
-            try:
-                done = await fn()
-                if done:
-                    TIMERS_FIRED.labels(self.name, name).inc(done)
-                    continue
-            except Exception as exc:  # noqa: BLE001 - keep the loop alive; the next tick retries
-                log.warning("timer loop error", timer=name, error=repr(exc))
-            await asyncio.sleep(interval)
+    async def _loop(self, name: str, interval: float, fn: TimerFn, wake_on: str | None = None,
+                    next_due: NextDue | None = None) -> None:
+        wake = asyncio.Event()
+
+        def on_notify(*_args) -> None:
+            wake.set()
+
+        listener = None
+        if wake_on:
+            listener = await self.pool.acquire()
+            await listener.add_listener(wake_on, on_notify)
+        try:
+            while True:
+                if listener is not None and listener.is_closed():
+                    raise ConnectionError(f"lost the connection listening on {wake_on!r}")  # the host restarts us
+                wake.clear()
+                delay = interval
+                try:
+                    done = await fn()
+                    if done:
+                        TIMERS_FIRED.labels(self.name, name).inc(done)
+                        continue
+                    if next_due is not None and (due := await next_due()) is not None:
+                        delay = min(interval, max(0.0, (due - self.clock.now()).total_seconds()))
+                except Exception as exc:  # noqa: BLE001 - keep the loop alive; the next tick retries
+                    log.warning("timer loop error", timer=name, error=repr(exc))
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(wake.wait(), delay)
+        finally:
+            if listener is not None:
+                with contextlib.suppress(Exception):
+                    await listener.remove_listener(wake_on, on_notify)
+                with contextlib.suppress(Exception):
+                    await self.pool.release(listener)
 
     async def _prune_inbox(self) -> int:
         older = self.clock.now() - timedelta(days=self.settings.inbox_retention_days)

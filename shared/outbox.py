@@ -210,6 +210,8 @@ class OutboxRelay:
         await listener.add_listener("outbox", self._on_notify)
         try:
             while True:
+                if listener.is_closed():
+                    raise ConnectionError("lost the connection listening for new outbox rows")  # restarted
                 if not self._paused:
                     while await self.publish_batch() == self.batch_size:
                         pass

@@ -21,7 +21,8 @@ def build(settings: DunningSettings, clock: Clock | None = None) -> FastAPI:
         dunning = Dunning(host.pool, host.clock, host.topics)
         app.state.dunning = dunning
         host.consume("events", [host.topics.invoicing, host.topics.risk], dunning.handlers())
-        host.every("steps", lambda: dunning.claim_due_steps(settings.step_batch_size))
+        host.every("steps", lambda: dunning.claim_due_steps(settings.step_batch_size), wake_on="dunning_steps",
+                   next_due=dunning.next_step_due)
 
     app = host.create_api("Tahsilat dunning", "Dunning cases, steps and policies.", wire)
     app.include_router(router)

@@ -29,7 +29,7 @@ def build(settings: NotifierSettings, clock: Clock | None = None) -> FastAPI:
         )
         app.state.notifier = notifier
         host.consume("requests", [host.topics.invoicing, host.topics.dunning], notifier.handlers())
-        host.every("dispatch", notifier.dispatch_due)
+        host.every("dispatch", notifier.dispatch_due, wake_on="notifier_due", next_due=notifier.next_send_due)
 
     app = host.create_api("Tahsilat notifier", "Email and SMS delivery, templates, opt-outs.", wire)
     app.include_router(router)

@@ -3,6 +3,7 @@ step timer that turns due steps into NotificationRequested."""
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 
 import asyncpg
 
@@ -258,6 +259,11 @@ class Dunning:
                                   reason=p.reason, opened_at=now)
             await add_events(conn, self.topics.dunning, [new_envelope(
                 event, source=SOURCE, tenant_id=env.tenant_id, subject=str(dispute_id), time=now, caused_by=env)])
+
+    async def next_step_due(self) -> datetime | None:
+        """When the next scheduled step falls due (the step timer sleeps until then)."""
+        return await self.pool.fetchval(
+            "SELECT min(due_at) FROM case_steps WHERE status = 'scheduled' AND due_at > $1", self.clock.now())
 
     async def claim_due_steps(self, limit: int = 200) -> int:
         """Execute the steps that are due (any replica may run this; SKIP LOCKED keeps them apart).

@@ -87,6 +87,11 @@ class Notifier:
     def unsubscribe_url(self, token: str) -> str:
         return f"{self.settings.public_base_url.rstrip('/')}/v1/unsubscribe/{token}"
 
+    async def next_send_due(self) -> datetime | None:
+        """When the next deferred notification may go (the dispatcher sleeps until then)."""
+        return await self.pool.fetchval(
+            "SELECT min(send_after) FROM notifications WHERE status = 'pending' AND send_after > $1", self.clock.now())
+
     async def dispatch_due(self) -> int:
         """Send what is due now, at most once per notification key:
         1. claim the due rows ('sending') in a short transaction of their own, so no other replica
