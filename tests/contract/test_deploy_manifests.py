@@ -40,13 +40,13 @@ TOPICS = ["ar.invoicing.v1", "ar.dunning.v1", "ar.risk.v1", "ar.notifier.v1", "a
 # Deployment name -> (service, component, ROLES). risk-stream is the faust worker: no HTTP.
 DEPLOYMENTS = {
     "invoicing-api": ("invoicing", "api", "api"),
-    "invoicing-worker": ("invoicing", "worker", "worker"),
+    "invoicing-worker": ("invoicing", "worker", "worker,relay"),
     "dunning-api": ("dunning", "api", "api"),
-    "dunning-worker": ("dunning", "worker", "worker"),
-    "risk-api": ("risk", "api", "api"),
+    "dunning-worker": ("dunning", "worker", "worker,relay"),
+    "risk-api": ("risk", "api", "api,relay"),
     "risk-stream": ("risk", "stream", None),
     "notifier-api": ("notifier", "api", "api"),
-    "notifier-worker": ("notifier", "worker", "worker"),
+    "notifier-worker": ("notifier", "worker", "worker,relay"),
 }
 NO_HTTP = {"risk-stream"}
 
@@ -185,6 +185,12 @@ def _workloads() -> dict[str, dict]:
 
 def test_one_deployment_per_service_role() -> None:
     assert set(_of_kind("Deployment")) == set(DEPLOYMENTS)
+
+
+def test_every_service_database_has_an_outbox_relay() -> None:
+    """Events reach Kafka only through a relay: each service runs one in exactly one Deployment."""
+    relays = [service for service, _, roles in DEPLOYMENTS.values() if roles and "relay" in roles.split(",")]
+    assert sorted(relays) == sorted(SERVICES)
 
 
 def _assert_hardened(where: str, pod: dict) -> None:
@@ -588,7 +594,7 @@ def test_kubernetes_environment_is_accepted_by_the_service(name: str) -> None:
     if name in DEPLOYMENTS and name not in NO_HTTP:
         _, component, roles = DEPLOYMENTS[name]
         assert settings.http_port == SERVICES[service]
-        assert settings.has_role(roles) and not settings.has_role("all")
+        assert all(settings.has_role(r) for r in roles.split(",")) and not settings.has_role("all")
         assert settings.has_role("worker") is (component == "worker")
 
 
