@@ -69,15 +69,16 @@ def peak_rss_mb(pid: int | None = None) -> float:
 
 
 class InvoicingProcess:
-    """`python -m services.invoicing serve` on a free port, API and outbox relay (no consumers or
-    timers: nothing else runs), until stopped."""
+    """`python -m services.invoicing serve` on a free port, API and outbox relay (roles api and
+    relay; no consumers or timers: nothing else runs), until stopped."""
 
     def __init__(self, database_url: str, bootstrap: str, prefix: str, log: Path) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "DATABASE_URL": database_url, "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
                "TOPIC_PREFIX": prefix, "KAFKA_PARTITIONS": "6", "HTTP_HOST": "127.0.0.1", "HTTP_PORT": str(self.port),
-               "POLL_INTERVAL_SECONDS": "0.2", "LOG_LEVEL": "warning", "ROLES": "api"}
+               "POLL_INTERVAL_SECONDS": "0.2", "LOG_LEVEL": "warning",
+               "ROLES": "api,relay"}  # the relay runs only in the relay role (not in "api")
         self.log = log
         with open(log, "ab") as out:
             self.proc = subprocess.Popen([sys.executable, "-m", "services.invoicing", "serve"], env=env, stdout=out,
@@ -155,10 +156,11 @@ def write_csv(path: Path, n: int, customers: int, prefix: str) -> None:
 # -- helpers ---------------------------------------------------------------------------------------
 
 async def until_published(pool: asyncpg.Pool, expected_invoices: int, source: str, progress: Progress,
-                          timeout: float = 1800) -> None:
+                          timeout: float = 1800, stall: float = 120) -> None:
     """Wait until `expected_invoices` invoices of `source` are stored and the outbox is drained."""
     task = progress.add_task("relay: outbox backlog", total=None)
     deadline = time.monotonic() + timeout
+    last, moved = None, time.monotonic()
     while True:
         stored = await pool.fetchval("SELECT count(*) FROM invoices WHERE tenant_id = $1 AND billing_source = $2",
                                      TENANT, source)
@@ -167,8 +169,13 @@ async def until_published(pool: asyncpg.Pool, expected_invoices: int, source: st
         if stored >= expected_invoices and backlog == 0:
             progress.update(task, total=1, completed=1)
             return
+        if backlog != last:
+            last, moved = backlog, time.monotonic()
         if time.monotonic() > deadline:
             raise TimeoutError(f"not published after {timeout} s: {stored} stored, backlog {backlog}")
+        if time.monotonic() - moved > stall:
+            raise TimeoutError(f"the outbox relay published nothing for {stall:.0f} s (backlog {backlog:,}):"
+                               " is a relay running?")
         await asyncio.sleep(0.05)
 
 
