@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo up test lint clean
+.PHONY: install demo up test faults lint clean
 
 install: $(STAMP)
 
@@ -22,6 +22,11 @@ up: install
 
 test: install
 	$(BIN)/pytest -q
+
+# The fault-injection suite's long profile (make test runs its short one): three kills per
+# service, a 30 s broker freeze, database connections killed and PostgreSQL restarted.
+faults: install
+	FAULTS_PROFILE=long $(BIN)/pytest -q tests/faults
 
 lint: install
 	$(BIN)/lint-imports

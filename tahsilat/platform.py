@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 
 from shared.contract import Topics
-from shared.db import ensure_database, drop_database, migrate, redact_url, with_database
+from shared.db import database_name, drop_database, ensure_database, migrate, redact_url, with_database
 from shared.kafka import BrokerUnavailable, ensure_topics
 from tahsilat.embedded import Broker, StartupError, free_port, require_free, resolve_postgres, stop_process
 
@@ -331,7 +331,24 @@ class Platform:
 
     async def drop_databases(self) -> None:
         for url in self.database_urls.values():
-            await drop_database(self.server_url, url.rsplit("/", 1)[-1].split("?")[0])
+            await drop_database(self.server_url, database_name(url))
+
+    def add_replica(self, service: str) -> str:
+        """Start one more process of `service` on the same database and consumer groups (on a port
+        of its own: `url(name)`), as a second Kubernetes replica would run; returns its name."""
+        with self._lock:
+            n = sum(1 for p in self.processes if p.name.startswith(f"{service}-"))
+        name = f"{service}-{n + 2}"
+        self.ports[name] = free_port()
+        self._spawn(name, ["-m", f"services.{service}", "serve"],
+                    self._service_env(service) | {"HTTP_PORT": str(self.ports[name])})
+        return name
+
+    def pid(self, name: str) -> int | None:
+        """The process id of process `name` (None if it is not running)."""
+        with self._lock:
+            p = next((p for p in self.processes if p.name == name), None)
+        return p.proc.pid if p is not None and p.proc is not None and p.proc.poll() is None else None
 
     def stop(self) -> None:
         self._stop_supervisor()
