@@ -287,3 +287,19 @@ async def test_relays_and_consumers_run_only_in_their_roles(database, kafka_boot
 
 def _unique() -> str:
     return uuid.uuid4().hex[:8]
+
+
+async def test_the_inbox_forgets_events_older_than_the_retention(database, kafka_bootstrap, topic_prefix, migrations):
+    app, host = build(database, kafka_bootstrap, topic_prefix, migrations, Control(), inbox_retention_days=7)
+    async with running(app):
+        pool = app.state.pool
+        await pool.execute(
+            "INSERT INTO inbox (consumer, event_id, event_type, tenant_id, processed_at)"
+            " SELECT 'plumbing.test', gen_random_uuid(), 'InvoiceIssued', 't1', now() - make_interval(days => d)"
+            " FROM generate_series(0, 13) AS d, generate_series(1, 1500)")
+        # The host prunes at start and then hourly; call it as its loop does until nothing is left.
+        while await host._prune_inbox():
+            pass
+        ages = await pool.fetch("SELECT DISTINCT extract(day FROM now() - processed_at)::int AS d FROM inbox ORDER BY d")
+        assert [r["d"] for r in ages] == list(range(7))
+        assert await pool.fetchval("SELECT count(*) FROM inbox") == 7 * 1500
