@@ -1,7 +1,8 @@
 """Validated inputs of the invoicing use cases (also the HTTP request bodies)."""
 from __future__ import annotations
 
-from datetime import date
+import re
+from datetime import date, datetime, timezone
 from functools import lru_cache
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -25,11 +26,41 @@ EmailAddress = Annotated[str, AfterValidator(_checked_email), WithJsonSchema({"t
 
 Identifier = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/\-]*$")
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+EARLIEST, LATEST = date(1900, 1, 1), date(2999, 12, 31)  # what a receivable can be dated; a typo beyond is caught
+
+
+def _no_control_characters(value: str) -> str:
+    if _CONTROL.search(value):
+        raise ValueError("must not contain control characters (such as NUL)")
+    return value
+
+
+def _plausible_date(value: date) -> date:
+    if not EARLIEST <= value <= LATEST:
+        raise ValueError(f"must be between {EARLIEST} and {LATEST}")
+    return value
+
+
+def _plausible_instant(value: datetime) -> datetime:
+    try:
+        utc = value.astimezone(timezone.utc)
+    except OverflowError:
+        utc = None
+    if utc is None or not EARLIEST <= utc.date() <= LATEST:
+        raise ValueError(f"must be between {EARLIEST} and {LATEST}")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_no_control_characters)]
+BusinessDate = Annotated[date, AfterValidator(_plausible_date)]
+BusinessInstant = Annotated[AwareDatetime, AfterValidator(_plausible_instant)]
+
 
 class CustomerIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     id: str = Identifier
-    name: str = Field(min_length=1, max_length=300)
+    name: Text = Field(min_length=1, max_length=300)
     language: Literal["en", "tr", "cs", "fa"] = "en"
     timezone: str = "UTC"
     email: EmailAddress | None = None
@@ -52,15 +83,15 @@ class InvoiceRecord(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     external_id: str = Identifier
-    number: str | None = Field(default=None, min_length=1, max_length=100)
-    billing_source: str | None = Field(default=None, min_length=1, max_length=100)
+    number: Text | None = Field(default=None, min_length=1, max_length=100)
+    billing_source: Text | None = Field(default=None, min_length=1, max_length=100)
     customer: CustomerIn | None = Field(default=None, description="master data; or give customer_id alone")
     customer_id: str | None = Field(default=None, min_length=1, max_length=200,
                                     description="an unknown id creates a placeholder customer")
     currency: CurrencyCode | None = Field(default=None, description="default: the billing source's currency")
     amount_minor: int = Field(gt=0, lt=10**15, description="total in minor units (cents)")
-    issue_date: date
-    due_date: date
+    issue_date: BusinessDate
+    due_date: BusinessDate
     status: Literal["open", "cancelled"] = "open"
 
     @model_validator(mode="after")
@@ -81,14 +112,14 @@ class InvoiceRecord(BaseModel):
 class RecordPayment(BaseModel):
     model_config = ConfigDict(extra="forbid")
     external_id: str = Identifier
-    billing_source: str | None = Field(default=None, min_length=1, max_length=100)
+    billing_source: Text | None = Field(default=None, min_length=1, max_length=100)
     customer_id: str = Identifier
     currency: CurrencyCode
     amount_minor: int = Field(gt=0, lt=10**15)
-    received_at: AwareDatetime | None = None
-    invoice_refs: list[str] = Field(default_factory=list, max_length=1000, description="invoice numbers or external ids")
+    received_at: BusinessInstant | None = None
+    invoice_refs: list[Text] = Field(default_factory=list, max_length=1000, description="invoice numbers or external ids")
     status: Literal["received", "reversed"] = Field(default="received", description='"reversed": the payment bounced')
-    reason: str | None = Field(default=None, max_length=500, description="why it was reversed")
+    reason: Text | None = Field(default=None, max_length=500, description="why it was reversed")
 
 
 class CreditNoteRecord(BaseModel):
@@ -97,10 +128,10 @@ class CreditNoteRecord(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     external_id: str = Identifier
-    billing_source: str | None = Field(default=None, min_length=1, max_length=100)
+    billing_source: Text | None = Field(default=None, min_length=1, max_length=100)
     customer_id: str = Identifier
     currency: CurrencyCode
     amount_minor: int = Field(gt=0, lt=10**15)
-    issue_date: date
-    invoice_refs: list[str] = Field(default_factory=list, max_length=1000, description="invoice numbers or external ids")
-    reason: str | None = Field(default=None, max_length=500)
+    issue_date: BusinessDate
+    invoice_refs: list[Text] = Field(default_factory=list, max_length=1000, description="invoice numbers or external ids")
+    reason: Text | None = Field(default=None, max_length=500)
