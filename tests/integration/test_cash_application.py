@@ -221,3 +221,93 @@ async def test_the_same_payment_sent_several_times_at_once_is_recorded_once(serv
     await wait_for(lambda: pool.fetchval("SELECT count(*) = 0 FROM outbox"), message="the outbox published")
     published = Counter(e.type for e in await read_events(kafka_bootstrap, topics.invoicing))
     assert (published["PaymentReceived"], published["CreditNoteIssued"]) == (2, 1)
+
+
+async def _waiting(pool, wait_event: str) -> int:
+    """Sessions of this test's database waiting for a lock of this kind (advisory, transactionid)."""
+    return await pool.fetchval("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                               " AND wait_event_type = 'Lock' AND wait_event = $1", wait_event)
+
+
+def _late_fee():
+    from shared.contract import LateFeeAssessed, new_envelope
+
+    at = datetime(2026, 3, 24, tzinfo=timezone.utc)
+    return new_envelope(LateFeeAssessed(customer_id="C1", fee_id="case-1:final_14", case_id="case-1", invoice_id="x",
+                                        currency="EUR", amount_minor=10_000, reason="flat compensation",
+                                        assessed_at=at), source="dunning", tenant_id="t1", subject="case-1", time=at)
+
+
+@pytest.mark.parametrize("charge", ["invoice", "fee"])
+async def test_a_charge_made_while_a_payment_finds_nothing_open_takes_its_credit(service, kafka_bootstrap, charge):
+    """The payment has found no open invoice and is not committed yet when an invoice is issued
+    (or dunning books a fee): the charge waits for it and takes the credit. Without that wait,
+    each misses the other and the credit stays unapplied while the charge is dunned."""
+    app, http, topics = service
+    pool = app.state.pool
+    assert (await http.put("/v1/customers/C1", json={"id": "C1", "name": "Ege Tekstil"})).status_code == 200
+    async with pool.acquire() as other:
+        tx = other.transaction()
+        await tx.start()
+        # A receipt under the payment's external id, not committed: the payment's INSERT waits on
+        # it, its transaction open after it has looked for open invoices.
+        await other.execute(
+            "INSERT INTO payments (tenant_id, payment_id, billing_source, external_id, customer_id, currency,"
+            " amount_minor, unapplied_minor, received_at, recorded_at)"
+            " VALUES ('t1', gen_random_uuid(), 'erp', 'P1', 'C1', 'EUR', 1, 1, now(), now())")
+        paying = asyncio.create_task(http.post("/v1/payments", json=payment("P1", 10_000)))
+        await wait_for(lambda: _waiting(pool, "transactionid"), message="the payment's INSERT waiting")
+        if charge == "invoice":
+            charging = asyncio.create_task(http.post("/v1/invoices", json=invoice("A", 10_000)))
+        else:
+            async def book_fee():
+                env = _late_fee()
+                async with pool.acquire() as conn, conn.transaction():
+                    await app.state.invoicing.on_late_fee_assessed(conn, env, env.payload())
+            charging = asyncio.create_task(book_fee())
+
+        async def charged_or_waiting():
+            return charging.done() or await _waiting(pool, "advisory")
+
+        await wait_for(charged_or_waiting, message="the charge done, or waiting for the payment")
+        await tx.rollback()
+    assert (await paying).status_code == 201
+    if charge == "invoice":
+        assert (await charging).status_code == 201
+    else:
+        await charging
+    assert [tuple(r) for r in await pool.fetch("SELECT open_minor, status FROM invoices")] == [(0, "paid")]
+    assert await pool.fetchval("SELECT unapplied_minor FROM payments") == 0
+    await balance_reconciles(app)
+
+
+async def test_a_payment_made_while_an_invoice_is_being_issued_pays_it(service, kafka_bootstrap):
+    """The other way round: a payment arriving while an ingest transaction that creates an invoice
+    for its customer is open waits for it, and pays that invoice."""
+    app, http, topics = service
+    pool = app.state.pool
+    assert (await http.put("/v1/customers/C1", json={"id": "C1", "name": "Ege Tekstil"})).status_code == 200
+    async with pool.acquire() as other:
+        tx = other.transaction()
+        await tx.start()
+        # An invoice under the same external id, not committed: the ingest's INSERT waits on it.
+        await other.execute(
+            "INSERT INTO invoices (tenant_id, invoice_id, billing_source, external_id, customer_id, number, currency,"
+            " amount_minor, open_minor, issue_date, due_date, issued_at)"
+            " VALUES ('t1', gen_random_uuid(), 'erp', 'A', 'C1', 'A', 'EUR', 1, 1, current_date, current_date, now())")
+        issuing = asyncio.create_task(http.post("/v1/invoices", json=invoice("A", 10_000)))
+        await wait_for(lambda: _waiting(pool, "transactionid"), message="the ingest's INSERT waiting")
+        paying = asyncio.create_task(http.post("/v1/payments", json=payment("P1", 10_000)))
+
+        async def paid_or_waiting():
+            return paying.done() or await _waiting(pool, "advisory")
+
+        await wait_for(paid_or_waiting, message="the payment done, or waiting for the ingest")
+        await tx.rollback()
+    assert (await issuing).status_code == 201
+    assert (await paying).status_code == 201
+    assert await open_amounts(app) == {"A": (0, "paid")}
+    assert await pool.fetchval("SELECT unapplied_minor FROM payments") == 0
+    received = await wait_for(lambda: _types(kafka_bootstrap, topics, "PaymentReceived"), message="PaymentReceived")
+    assert [a["amount_minor"] for a in received[0].data["allocations"]] == [10_000]  # paid on arrival, not as credit
+    await balance_reconciles(app)

@@ -94,7 +94,10 @@ class Invoicing:
                        refs: list[str], reason: str | None, now: datetime) -> tuple[list[Envelope], PaymentReceived | None]:
         """Money in the customer's favour (a payment or a credit note): apply it to the invoices it
         names, else oldest first; keep the rest as credit, saying why. A reference naming no open
-        invoice (unknown, or already paid) keeps the whole amount unapplied for a person to look at."""
+        invoice (unknown, or already paid) keeps the whole amount unapplied for a person to look at.
+        The customer's bucket is locked first: an invoice being created for the customer is waited
+        for (and paid), one created after finds the credit."""
+        await repo.lock_customer_bucket(conn, tenant_id, customer_id)
         customer = await repo.get_customer(conn, tenant_id, customer_id)
         open_invoices = await repo.lock_open_invoices(conn, tenant_id, customer_id) if customer else []
         unknown_refs = unmatched_references(open_invoices, currency, refs)
@@ -137,9 +140,12 @@ class Invoicing:
 
     async def on_late_fee_assessed(self, conn: asyncpg.Connection, env: Envelope, p: LateFeeAssessed) -> None:
         """Book a dunning fee as a charge on the customer's account (in the consumer's inbox
-        transaction): payable, aged and on the statement, but not dunned itself."""
+        transaction): payable, aged and on the statement, but not dunned itself. Like an invoice
+        it takes the customer's credit, so it holds the customer's bucket shared, as the invoice
+        ingest does (a payment recorded at the same moment and this fee see each other)."""
         now = self.clock.now()
         fee_id = stable_id(env.tenant_id, "dunning", "fee", p.fee_id)
+        await repo.share_customer_buckets(conn, env.tenant_id, [p.customer_id])
         customer = await repo.get_customer(conn, env.tenant_id, p.customer_id)
         if customer is None:
             raise DomainError("customer_id", f"no customer {p.customer_id!r} to charge the fee to")

@@ -241,6 +241,10 @@ class InvoiceIngestor:
     async def _apply(self, tenant_id: str, source: str, batch: list[tuple[int, InvoiceRecord]]) -> list[ItemResult]:
         now = self.clock.now()
         async with self.pool.acquire() as conn, conn.transaction():
+            # First, before any row lock: the customers' buckets, shared (never waits for another
+            # ingest), so that a payment deciding there is no open invoice and this transaction's
+            # credit query see each other (see repository.share_customer_buckets).
+            await repo.share_customer_buckets(conn, tenant_id, {rec.customer_key for _, rec in batch})
             # One index lookup per id (LATERAL), never a scan filtered by "= ANY($3)": that one is
             # linear in the source's invoices times the ids once the generic plan is cached. Sorted
             # ids lock the rows in one order in every transaction.
@@ -361,7 +365,8 @@ class InvoiceIngestor:
 
     async def _apply_credit(self, conn, tenant_id: str, created: list[tuple[InvoiceRecord, str]],
                             now: datetime) -> list[Envelope]:
-        """Customers with unapplied credit have it applied to their new invoices at once."""
+        """Customers with unapplied credit have it applied to their new invoices at once (their
+        buckets held shared since the transaction began: a payment not yet committed is waited for)."""
         if not created:
             return []
         with_credit = await conn.fetch(  # LATERAL: one index probe per customer, as for invoices above
