@@ -15,15 +15,39 @@ async def claim_events(conn: asyncpg.Connection, consumer: str, envelopes: Seque
     """The ids among `envelopes` that `consumer` has not seen before, now recorded as seen. A row
     another transaction is inserting makes this wait for it, so two consumers handed the same
     event (a rebalance) never both apply it."""
-    if not envelopes:
+    return await claim_ids(conn, consumer, [e.id for e in envelopes], [e.type for e in envelopes],
+                           [e.tenant_id for e in envelopes])
+
+
+async def claim_ids(conn: asyncpg.Connection, consumer: str, ids: Sequence[uuid.UUID], types: Sequence[str],
+                    tenants: Sequence[str]) -> set[uuid.UUID]:
+    """claim_events for ids of anything (records without an envelope: `record_id`)."""
+    if not ids:
         return set()
     rows = await conn.fetch(
         "INSERT INTO inbox (consumer, event_id, event_type, tenant_id)"
         " SELECT $1, i, y, t FROM unnest($2::uuid[], $3::text[], $4::text[]) AS u(i, y, t)"
         " ON CONFLICT DO NOTHING RETURNING event_id",
-        consumer, [e.id for e in envelopes], [e.type for e in envelopes], [e.tenant_id for e in envelopes],
+        consumer, list(ids), list(types), list(tenants),
     )
     return {r["event_id"] for r in rows}
+
+
+async def seen_ids(db: asyncpg.Pool | asyncpg.Connection, consumer: str, ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+    """Which of `ids` `consumer` has handled already."""
+    rows = await db.fetch("SELECT event_id FROM inbox WHERE consumer = $1 AND event_id = ANY($2::uuid[])",
+                          consumer, list(ids))
+    return {r["event_id"] for r in rows}
+
+
+_RECORDS = uuid.UUID("1d6c3f0e-8a57-4b0e-9a43-5b7c2e9f4d21")
+
+
+def record_id(record) -> uuid.UUID:
+    """An id for a record that carries none (a billing source's raw record): where it sits on the
+    broker, and when it was written there, so a redelivery has the same id and a topic created
+    anew (an embedded broker's restart) does not collide with the old one."""
+    return uuid.uuid5(_RECORDS, f"{record.topic}:{record.partition}:{record.offset}:{record.timestamp}")
 
 
 async def claim_event(conn: asyncpg.Connection, consumer: str, envelope: Envelope) -> bool:

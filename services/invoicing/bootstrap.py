@@ -27,7 +27,8 @@ def build(settings: InvoicingSettings, clock: Clock | None = None) -> FastAPI:
         app.state.confirmations = BalanceConfirmations(host.pool, host.clock, host.topics, settings.public_base_url)
         app.state.ingestor = InvoiceIngestor(host.pool, host.clock, host.topics, settings.overdue_grace_days)
         host.consume("dunning", [host.topics.dunning], {"LateFeeAssessed": each(invoicing.on_late_fee_assessed)})
-        host.consume_raw("ingest", [host.topics.ingest], ingest_handler(host.pool, app.state.ingestor, invoicing))
+        host.consume_raw("ingest", [host.topics.ingest],
+                         ingest_handler(host.pool, app.state.ingestor, invoicing, f"{host.name}.ingest"))
         host.every("overdue", lambda: invoicing.fire_overdue_timers(settings.timer_batch_size))
 
     app = host.create_api("Tahsilat invoicing", "Invoices, payments, cash application, aging.", wire)

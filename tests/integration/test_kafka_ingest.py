@@ -76,3 +76,91 @@ async def test_ingest_topic_records_are_applied_and_bad_ones_dead_lettered(datab
 async def _at_least(coro, n):
     items = await coro
     return items if len(items) >= n else None
+
+
+CONSUMER = {"session_timeout_ms": 2000, "heartbeat_interval_ms": 500, "fetch_max_wait_ms": 20}
+
+
+def _service(database, kafka_bootstrap, topic_prefix):
+    settings = InvoicingSettings(database_url=database, kafka_bootstrap_servers=kafka_bootstrap, topic_prefix=topic_prefix,
+                                 kafka_partitions=2, poll_interval_seconds=0.1, **FAST_KAFKA)
+    return build(settings, ManualClock(datetime(2026, 3, 1, tzinfo=timezone.utc)))
+
+
+async def test_hostile_records_are_dead_lettered_with_the_field_and_ingest_carries_on(
+        database, kafka_bootstrap, topic_prefix):
+    topics = Topics(topic_prefix)
+    app = _service(database, kafka_bootstrap, topic_prefix)
+    producer = await start_producer(kafka_bootstrap)
+    try:
+        async with running(app) as url:
+            async with client(url, await api_key(app, "t1", "admin")) as admin:
+                assert (await admin.post("/v1/billing-sources", json={"name": "erp", "default_currency": "EUR"})).status_code == 201
+            for value in [
+                record("invoice", invoice("A", customer={"id": "C1", "name": "Ac\x00me"}, customer_id=None)),
+                record("invoice", invoice("B", number="N\x00")),
+                record("invoice", invoice("C", due_date="9999-12-31")),
+                record("payment", {"external_id": "P1", "customer_id": "C1", "currency": "EUR", "amount_minor": 1,
+                                   "received_at": "0001-01-01T00:00:00+05:00"}),
+                record("invoice", invoice("D")),
+            ]:
+                await producer.send_and_wait(topics.ingest, value, key=b"t1:C1")
+            pool = app.state.pool
+            await wait_for(lambda: _invoice_count(pool, "D"), message="the good record after the hostile ones")
+            dead = await wait_for(lambda: _at_least(read_topic(kafka_bootstrap, topics.dead_letter), 4),
+                                  message="four dead letters")
+            assert [h["dlq_reason"] for _, h in dead] == [
+                "record.customer.name: must not contain control characters (such as NUL)",
+                "record.number: must not contain control characters (such as NUL)",
+                "record.due_date: must be between 1900-01-01 and 2999-12-31",
+                "record.received_at: must be between 1900-01-01 and 2999-12-31",
+            ]
+            assert not await app.state.host.liveness()  # no consumer died on the way
+    finally:
+        await producer.stop()
+
+
+async def test_a_redelivered_older_version_does_not_adjust_the_invoice_back(database, kafka_bootstrap, topic_prefix):
+    from aiokafka import AIOKafkaConsumer
+
+    topics = Topics(topic_prefix)
+    producer = await start_producer(kafka_bootstrap)
+    try:
+        app = _service(database, kafka_bootstrap, topic_prefix)
+        async with running(app) as url:
+            async with client(url, await api_key(app, "t1", "admin")) as admin:
+                assert (await admin.post("/v1/billing-sources", json={"name": "erp", "default_currency": "EUR"})).status_code == 201
+            for amount in (10_000, 9_000):
+                await producer.send_and_wait(topics.ingest, record("invoice", invoice("A", amount_minor=amount)),
+                                             key=b"t1:C1")
+            await wait_for(lambda: _amount(app.state.pool, "A", 9_000), message="the second version applied")
+        # Everything comes again (the committed offsets are lost, as after a group's offsets expire).
+        group = f"{topic_prefix}invoicing.ingest"
+        rewind = AIOKafkaConsumer(topics.ingest, bootstrap_servers=kafka_bootstrap, group_id=group,
+                                  enable_auto_commit=False, **{k: v for k, v in CONSUMER.items()})
+        await rewind.start()
+        try:
+            while not rewind.assignment():
+                await rewind.getmany(timeout_ms=200)
+            await rewind.commit({tp: 0 for tp in rewind.assignment()})
+        finally:
+            await rewind.stop()
+        await producer.send_and_wait(topics.ingest, record("invoice", invoice("Z")), key=b"t1:C1")
+        app = _service(database, kafka_bootstrap, topic_prefix)
+        async with running(app):
+            pool = app.state.pool
+            await wait_for(lambda: _invoice_count(pool, "Z"), message="the sentinel after the redelivery")
+            assert await pool.fetchval("SELECT amount_minor FROM invoices WHERE external_id = 'A'") == 9_000
+            assert await pool.fetchval("SELECT version FROM invoices WHERE external_id = 'A'") == 2
+            assert await pool.fetchval(
+                "SELECT count(*) FROM ledger_entries WHERE kind = 'adjustment'") == 1
+    finally:
+        await producer.stop()
+
+
+async def _invoice_count(pool, external_id):
+    return await pool.fetchval("SELECT count(*) FROM invoices WHERE external_id = $1", external_id) == 1
+
+
+async def _amount(pool, external_id, amount):
+    return await pool.fetchval("SELECT amount_minor FROM invoices WHERE external_id = $1", external_id) == amount

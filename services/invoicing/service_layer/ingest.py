@@ -10,7 +10,7 @@ import asyncio
 import hashlib
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -135,6 +135,9 @@ def _raw_key(index: int, raw: object) -> object:
     return key if isinstance(key, str) else ("\0item", index)
 
 
+InTransaction = Callable[[asyncpg.Connection, list[int]], Awaitable[None]]
+
+
 class _Race(Exception):
     """Another transaction created one of these invoices first: apply the wave again."""
 
@@ -173,17 +176,20 @@ class InvoiceIngestor:
                 raw = {**raw, "customer": validated}
         return InvoiceRecord.model_validate(raw)
 
-    async def ingest(self, tenant_id: str, source: str, items: Sequence[dict | InvoiceRecord]) -> list[ItemResult]:
+    async def ingest(self, tenant_id: str, source: str, items: Sequence[dict | InvoiceRecord],
+                     in_transaction: InTransaction | None = None) -> list[ItemResult]:
         """A result per item, in item order. Waves run one after the other (a repeated external id
         applies in order); a wave is validated a chunk at a time and each chunk is written on its
-        own connection while the next one is validated, so Python and PostgreSQL work side by side."""
+        own connection while the next one is validated, so Python and PostgreSQL work side by side.
+        `in_transaction(conn, indexes)` runs in each chunk's transaction with the positions of the
+        items it took (not the rejected): a consumer records them in its inbox there."""
         results: list[ItemResult | None] = [None] * len(items)
         default_currency = await self.pool.fetchval(
             "SELECT default_currency FROM billing_sources WHERE tenant_id = $1 AND name = $2", tenant_id, source
         )
 
         async def write(batch: list[tuple[int, InvoiceRecord]]) -> None:
-            for result in await self._apply_with_retry(tenant_id, source, batch):
+            for result in await self._apply_with_retry(tenant_id, source, batch, in_transaction):
                 results[result.index] = result
 
         for wave in waves([_raw_key(i, raw) for i, raw in enumerate(items)]):
@@ -227,18 +233,19 @@ class InvoiceIngestor:
             record = record.model_copy(update={"currency": default_currency})
         return record
 
-    async def _apply_with_retry(self, tenant_id: str, source: str,
-                                batch: list[tuple[int, InvoiceRecord]]) -> list[ItemResult]:
+    async def _apply_with_retry(self, tenant_id: str, source: str, batch: list[tuple[int, InvoiceRecord]],
+                                in_transaction: InTransaction | None = None) -> list[ItemResult]:
         async with self._writers:
             for attempt in range(3):
                 try:
-                    return await self._apply(tenant_id, source, batch)
+                    return await self._apply(tenant_id, source, batch, in_transaction)
                 except (_Race, asyncpg.DeadlockDetectedError, asyncpg.UniqueViolationError):
                     if attempt == 2:
                         raise
         raise AssertionError("unreachable")
 
-    async def _apply(self, tenant_id: str, source: str, batch: list[tuple[int, InvoiceRecord]]) -> list[ItemResult]:
+    async def _apply(self, tenant_id: str, source: str, batch: list[tuple[int, InvoiceRecord]],
+                     in_transaction: InTransaction | None = None) -> list[ItemResult]:
         now = self.clock.now()
         async with self.pool.acquire() as conn, conn.transaction():
             # First, before any row lock: the customers' buckets, shared (never waits for another
@@ -296,13 +303,17 @@ class InvoiceIngestor:
                 else:
                     events.append(await self._cancel(conn, tenant_id, source, recorded[rec.external_id], now))
             await add_events(conn, self.topics.invoicing, events)
+            if in_transaction is not None:
+                await in_transaction(conn, [r.index for r in results if r.status != "rejected"])
         return results
 
     def _envelope(self, payload, tenant_id: str, subject: str, now: datetime) -> Envelope:
         return new_envelope(payload, source=SOURCE, tenant_id=tenant_id, subject=subject, time=now)
 
-    async def upsert_customers(self, tenant_id: str, source: str, items: Sequence[dict | CustomerIn]) -> list[ItemResult]:
-        """Customer master data on its own (before or without invoices): a result per item."""
+    async def upsert_customers(self, tenant_id: str, source: str, items: Sequence[dict | CustomerIn],
+                               in_transaction: InTransaction | None = None) -> list[ItemResult]:
+        """Customer master data on its own (before or without invoices): a result per item
+        (`in_transaction` as for `ingest`)."""
         results: list[ItemResult] = []
         valid: list[CustomerIn] = []
         for i, raw in enumerate(items):
@@ -317,6 +328,8 @@ class InvoiceIngestor:
         now = self.clock.now()
         async with self.pool.acquire() as conn, conn.transaction():
             _, changed = await self._upsert_customers(conn, tenant_id, source, valid, [], now)
+            if in_transaction is not None:
+                await in_transaction(conn, [r.index for r in results if r.status != "rejected"])
         for r in results:
             if r.status == "unchanged" and r.id in changed:
                 r.status = "upserted"
