@@ -50,11 +50,6 @@ def record_id(record) -> uuid.UUID:
     return uuid.uuid5(_RECORDS, f"{record.topic}:{record.partition}:{record.offset}:{record.timestamp}")
 
 
-async def claim_event(conn: asyncpg.Connection, consumer: str, envelope: Envelope) -> bool:
-    """True the first time `consumer` sees this event id; False on every redelivery."""
-    return bool(await claim_events(conn, consumer, [envelope]))
-
-
 async def prune_inbox(pool: asyncpg.Pool, older_than: datetime, limit: int = 10_000) -> int:
     """Forget up to `limit` events handled before `older_than` (redelivery happens within minutes;
     the retention only has to outlast the broker's offset retention)."""

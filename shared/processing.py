@@ -96,9 +96,9 @@ class _Failures:
     """Applies a list of items with `apply`, handling failures as the module docstring says."""
 
     def __init__(self, *, service: str, name: str, dead_letter: DeadLetter, record_of: Callable[[Any], Any],
-                 max_attempts: int) -> None:
+                 max_attempts: int, sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep) -> None:
         self.service, self.name, self.dead_letter = service, name, dead_letter
-        self.record_of, self.max_attempts = record_of, max_attempts
+        self.record_of, self.max_attempts, self.sleep = record_of, max_attempts, sleep
 
     async def run(self, items: list, apply: Callable[[list], Awaitable[None]],
                   on_dead: Callable[[Any], Awaitable[None]] | None = None) -> None:
@@ -118,7 +118,7 @@ class _Failures:
                     CONSUMER_RETRIES.labels(self.service, self.name, "transient").inc()
                     log.warning("database unavailable, retrying the batch", consumer=self.name, records=len(items),
                                 error=repr(exc), retry_in=delay)
-                    await asyncio.sleep(delay)
+                    await self.sleep(delay)
                     continue
                 if len(items) > 1:  # find the record at fault; the others go through
                     mid = len(items) // 2
@@ -129,7 +129,7 @@ class _Failures:
                 attempt += 1
                 if attempt < self.max_attempts:
                     CONSUMER_RETRIES.labels(self.service, self.name, "record").inc()
-                    await asyncio.sleep(backoff(attempt, first=0.05))
+                    await self.sleep(backoff(attempt, first=0.05))
                     continue
                 log.error("record failed, dead-lettering", consumer=self.name, error=repr(exc))
                 await self.dead_letter(self.record_of(items[0]), f"handler failed after {attempt} attempts: {exc!r}")

@@ -63,7 +63,7 @@ def first_seen(seqs: list[int]) -> list[int]:
 async def supervised(relay: OutboxRelay) -> None:
     """What the service host does for a relay whose database connection is killed: start again."""
     while True:
-        with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+        with contextlib.suppress(Exception):  # as the service host's supervision does
             await relay.run()
         await asyncio.sleep(0.05)
 
@@ -77,7 +77,7 @@ async def start_relays(pool, bootstrap: str, n: int, **options):
         for t in tasks:
             t.cancel()
         for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, Exception):  # cancelled mid-commit, as the host's stop
                 await t
         for p in producers:
             await p.stop()

@@ -113,12 +113,12 @@ class Recorder:
         self.dead.append((item, reason))
 
 
-def failures(r: Recorder, max_attempts: int = 3) -> _Failures:
-    return _Failures(service="s", name="c", dead_letter=r.dead_letter, record_of=lambda i: i, max_attempts=max_attempts)
+def failures(r: Recorder, max_attempts: int = 3, sleep=None) -> _Failures:
+    return _Failures(service="s", name="c", dead_letter=r.dead_letter, record_of=lambda i: i, max_attempts=max_attempts,
+                     sleep=sleep or _no_sleep)
 
 
-async def test_a_poison_item_is_found_by_halving_retried_and_dead_lettered_while_the_rest_apply_in_order(monkeypatch):
-    monkeypatch.setattr(asyncio, "sleep", _no_sleep)
+async def test_a_poison_item_is_found_by_halving_retried_and_dead_lettered_while_the_rest_apply_in_order():
     r = Recorder(poison={5})
     await failures(r).run(list(range(10)), r.apply)
     assert r.applied == [0, 1, 2, 3, 4, 6, 7, 8, 9]
@@ -126,21 +126,19 @@ async def test_a_poison_item_is_found_by_halving_retried_and_dead_lettered_while
     assert r.calls.count([5]) == 3
 
 
-async def test_a_transient_failure_retries_the_same_batch_and_never_dead_letters(monkeypatch):
+async def test_a_transient_failure_retries_the_same_batch_and_never_dead_letters():
     waits: list[float] = []
 
     async def sleep(seconds: float) -> None:
         waits.append(seconds)
 
-    monkeypatch.setattr(asyncio, "sleep", sleep)
     r = Recorder(transient_failures=6)
-    await failures(r).run(list(range(4)), r.apply)
+    await failures(r, sleep=sleep).run(list(range(4)), r.apply)
     assert r.calls == [[0, 1, 2, 3]] * 7 and r.applied == [0, 1, 2, 3] and r.dead == []
     assert waits == [0.2, 0.4, 0.8, 1.6, 3.2, 6.4]
 
 
-async def test_the_dead_lettered_item_is_remembered(monkeypatch):
-    monkeypatch.setattr(asyncio, "sleep", _no_sleep)
+async def test_the_dead_lettered_item_is_remembered():
     r, remembered = Recorder(poison={0}), []
 
     async def remember(item: int) -> None:

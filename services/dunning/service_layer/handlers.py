@@ -12,8 +12,8 @@ from services.dunning.domain.policy import (
 )
 from shared.clock import Clock
 from shared.contract import (
-    BalanceConfirmationRequested, BalanceContested, CreditApplied, CreditNoteIssued, CustomerUpserted, DisputeOpened, DunningStepExecuted, Envelope, InvoiceAdjusted, InvoiceCancelled, InvoiceIssued, InvoiceOverdue, InvoicePaid,
-    NotificationRequested, PaymentReceived, PaymentReversed, RiskAssessed, Topics, new_envelope,
+    BalanceConfirmationRequested, BalanceContested, DisputeOpened, DunningStepExecuted, Envelope, InvoiceAdjusted,
+    InvoiceIssued, NotificationRequested, PaymentReversed, Topics, new_envelope,
 )
 from shared.contract.events import NoticeItem
 from shared.outbox import add_events

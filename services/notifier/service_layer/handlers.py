@@ -18,7 +18,7 @@ from services.notifier.domain.rules import blocked_reason, next_allowed_send
 from services.notifier.settings import NotifierSettings
 from shared.clock import Clock
 from shared.contract import (
-    CustomerUpserted, Envelope, EventPayload, NotificationFailed, NotificationRequested, NotificationSent, Topics, new_envelope,
+    CustomerUpserted, EventPayload, NotificationFailed, NotificationRequested, NotificationSent, Topics, new_envelope,
 )
 from shared.logging import get_logger
 from shared.outbox import add_events
