@@ -210,8 +210,8 @@ class OutboxRelay:
         """Publish until cancelled. Database errors end the run (the host restarts it); the
         listener connection is the only state kept between batches."""
         listener = await self.pool.acquire()
-        await listener.add_listener("outbox", self._on_notify)
-        try:
+        try:  # from here on the connection goes back to the pool whatever happens (else pool.close waits)
+            await listener.add_listener("outbox", self._on_notify)
             while True:
                 if listener.is_closed():
                     raise ConnectionError("lost the connection listening for new outbox rows")  # restarted
@@ -227,7 +227,7 @@ class OutboxRelay:
             with contextlib.suppress(Exception):
                 await listener.remove_listener("outbox", self._on_notify)
             with contextlib.suppress(Exception):
-                await self.pool.release(listener)
+                await self.pool.release(listener, timeout=5)
 
     def _on_notify(self, *_args) -> None:
         self._wake.set()
