@@ -245,7 +245,8 @@ class ServiceHost:
             finally:
                 await self.stop()
 
-        app = FastAPI(title=title, description=description, version="1.0.0", lifespan=lifespan)
+        app = FastAPI(title=title, description=description, version="1.0.0", lifespan=lifespan,
+                      max_body_size=self.settings.max_request_bytes)
         app.state.host = self
         install_error_handlers(app)
         install_health(app, self.readiness, self.liveness)

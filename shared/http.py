@@ -5,10 +5,12 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shared.auth import Principal, require_role
 from shared.outbox import discard_held, held_events, retry_held
@@ -57,6 +59,13 @@ def install_error_handlers(app: FastAPI) -> None:
                 reason, field = f"invalid JSON: {err.get('ctx', {}).get('error', reason)}", "body"
             problems.append({"field": field, "reason": reason})
         return JSONResponse(status_code=422, content={"error": "invalid_request", "problems": problems})
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 413:  # a streamed body that grew past the limit while being read
+            return JSONResponse(status_code=413, content={"error": "too_large", "problems": [
+                {"field": "body", "reason": "larger than this service takes (MAX_REQUEST_BYTES)"}]})
+        return await http_exception_handler(request, exc)
 
     @app.exception_handler(DomainError)
     async def _domain(_request: Request, exc: DomainError) -> JSONResponse:

@@ -35,6 +35,9 @@ class ServiceSettings(BaseSettings):
     consumer_max_batch: int = Field(default=5_000, ge=1, description="most records a consumer takes per poll batch")
     inbox_retention_days: int = Field(
         default=30, ge=1, description="handled event ids kept for deduplication; outlast the broker's offset retention")
+    max_request_bytes: int = Field(
+        default=16 * 1024 * 1024, ge=1024,
+        description="largest HTTP request body; larger ones answer 413 before they are read (a 10,000-item bulk is ~5 MB)")
 
     def has_role(self, role: str) -> bool:
         roles = {r.strip() for r in self.roles.split(",")}

@@ -244,7 +244,7 @@ async def _service_database(service: str, db_prefix: str, create: bool = False) 
 
 
 def _summary_table(summary, file: Path, statuses: tuple[str, ...]) -> None:
-    t = Table(title=f"import of {file.name}", show_header=False)
+    t = Table(title=f"import of {escape(file.name)}", show_header=False)
     t.add_row("read", f"{summary.rows:,}")
     for status in statuses:
         t.add_row(status, f"{summary.counts[status]:,}")
@@ -256,7 +256,7 @@ def _summary_table(summary, file: Path, statuses: tuple[str, ...]) -> None:
 def _rejects_and_outbox(summary) -> None:
     if summary.rejects_path is not None:
         console.print(f"[yellow]{summary.rejected:,} rejected rows[/yellow] (row, field, reason):"
-                      f" {summary.rejects_path}")
+                      f" {escape(str(summary.rejects_path))}")
     else:
         console.print("[green]no rows rejected[/green]")
     console.print("events are in the invoicing outbox; the running invoicing service publishes them")
@@ -417,7 +417,7 @@ def report_aging(
     result = _report_query(db_prefix, lambda conn: aging_report(conn, tenant, day, parsed, currency,
                                                                 by_customer=by == "customer"))
     columns = [*result.buckets, "total"]
-    t = Table(title=f"AR aging of {tenant} as of {day} (open amounts, days past due)")
+    t = Table(title=f"AR aging of {escape(tenant)} as of {day} (open amounts, days past due)")
     if by == "customer":
         t.add_column("customer")
     t.add_column("currency")
@@ -426,7 +426,7 @@ def report_aging(
     if by == "customer":
         for customer, per_currency in (result.by_customer or {}).items():
             for cur, row in per_currency.items():
-                t.add_row(customer, cur, *(_money(row[c], cur) for c in columns))
+                t.add_row(escape(customer), cur, *(_money(row[c], cur) for c in columns))
         if result.by_customer:
             t.add_section()
     for cur, row in result.by_currency.items():
@@ -450,7 +450,7 @@ def report_dso(
     day = _report_date(as_of, "as-of")
     result = _report_query(db_prefix, lambda conn: dso_report(conn, tenant, day, months, currency))
     first, last = result.periods[-1][0], result.periods[0][1]
-    t = Table(title=f"DSO of {tenant} as of {day} (countback over {first} to {last})")
+    t = Table(title=f"DSO of {escape(tenant)} as of {day} (countback over {first} to {last})")
     t.add_column("currency")
     t.add_column("AR", justify="right")
     for start, _end in result.periods:

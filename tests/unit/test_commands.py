@@ -17,13 +17,16 @@ def problems(model, body) -> list[tuple[str, str]]:
     return [(".".join(map(str, e["loc"])), e["msg"].removeprefix("Value error, ")) for e in err.value.errors()]
 
 
-@pytest.mark.parametrize("where, body", [
-    ("customer.name", INVOICE | {"customer": {"id": "C1", "name": "Ac\x00me"}}),
-    ("number", INVOICE | {"number": "INV\x00-1"}),
-    ("number", INVOICE | {"number": "INV\x1b[31m"}),
+@pytest.mark.parametrize("where, body, problem", [
+    ("customer.name", INVOICE | {"customer": {"id": "C1", "name": "Ac\x00me"}}, "control character U+0000 at position 2"),
+    ("number", INVOICE | {"number": "INV\x00-1"}, "control character U+0000 at position 3"),
+    ("number", INVOICE | {"number": "INV\x1b[31m"}, "control character U+001B at position 3"),
+    ("customer.name", INVOICE | {"customer": {"id": "C1", "name": "Invoice\u202efdp.exe"}},
+     "bidirectional control character U+202E at position 7"),
+    ("number", INVOICE | {"number": "\u2067INV-1"}, "bidirectional control character U+2067 at position 0"),
 ])
-def test_control_characters_such_as_nul_are_rejected(where, body):
-    assert problems(InvoiceRecord, body) == [(where, "must not contain control characters (such as NUL)")]
+def test_control_and_bidirectional_override_characters_are_rejected(where, body, problem):
+    assert problems(InvoiceRecord, body) == [(where, f"must not contain a {problem}")]
 
 
 def test_ordinary_text_with_tabs_accents_and_right_to_left_script_is_fine():
@@ -48,4 +51,4 @@ def test_payment_times_outside_the_calendar_are_rejected(received_at):
 def test_credit_note_reason_and_references_are_checked_too():
     body = {"external_id": "CN1", "customer_id": "C1", "currency": "EUR", "amount_minor": 1, "issue_date": "2026-01-01",
             "invoice_refs": ["INV\x00"], "reason": "ok"}
-    assert problems(CreditNoteRecord, body) == [("invoice_refs.0", "must not contain control characters (such as NUL)")]
+    assert problems(CreditNoteRecord, body) == [("invoice_refs.0", "must not contain a control character U+0000 at position 3")]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import html
+import json
 import uuid
 from datetime import date, datetime
 from typing import Annotated, Any, Literal
@@ -13,12 +14,15 @@ from pydantic import BaseModel, Field, ValidationError
 
 from services.invoicing.adapters import repository as repo
 from services.invoicing.domain.reports import parse_buckets
-from services.invoicing.service_layer.commands import CreditNoteRecord, CustomerIn, InvoiceRecord, RecordPayment
+from services.invoicing.service_layer.commands import (
+    BusinessDate, CreditNoteRecord, CustomerIn, InvoiceRecord, RecordPayment,
+)
 from services.invoicing.service_layer import reports
 from services.invoicing.service_layer.handlers import Invoicing
 from services.invoicing.service_layer.ingest import validation_problem
 from shared.auth import Principal, new_key, require_role, store_api_key
 from shared.contract.money import CurrencyCode, to_major, validate_currency
+from shared.contract.text import unsafe_character
 from shared.http import DomainError, raw_json_body
 
 router = APIRouter(prefix="/v1")
@@ -223,7 +227,7 @@ class AgingReport(BaseModel):
 @router.get("/reports/aging", response_model=AgingReport, response_model_exclude_none=True, tags=["reports"])
 async def aging(
     principal: Reader, request: Request,
-    as_of: Annotated[date | None, Query(description="default: today")] = None,
+    as_of: Annotated[BusinessDate | None, Query(description="default: today")] = None,
     currency: Annotated[str | None, Query(description="only this currency")] = None,
     buckets: Annotated[str, Query(description="upper bounds in days past due")] = "0,30,60,90",
     by: Annotated[Literal["currency", "customer"], Query()] = "currency",
@@ -269,7 +273,7 @@ class DsoReport(BaseModel):
 @router.get("/reports/dso", response_model=DsoReport, tags=["reports"])
 async def dso(
     principal: Reader, request: Request,
-    as_of: Annotated[date | None, Query(description="default: today")] = None,
+    as_of: Annotated[BusinessDate | None, Query(description="default: today")] = None,
     months: Annotated[int, Query(ge=1, le=36, description="calendar months ending at as_of")] = 3,
     currency: Annotated[str | None, Query(description="only this currency")] = None,
 ) -> DsoReport:
@@ -311,8 +315,8 @@ class StatementOut(BaseModel):
             tags=["reports"])
 async def customer_statement(
     customer_id: str, principal: Reader, request: Request,
-    from_: Annotated[date | None, Query(alias="from", description="default: the first of to's month")] = None,
-    to: Annotated[date | None, Query(description="default: today")] = None,
+    from_: Annotated[BusinessDate | None, Query(alias="from", description="default: the first of to's month")] = None,
+    to: Annotated[BusinessDate | None, Query(description="default: today")] = None,
 ) -> StatementOut:
     """Statement of account for a period, per currency: the opening balance, every entry
     (invoice, adjustment, cancellation, credit note, payment, fee) with the running balance,
@@ -342,7 +346,7 @@ Collector = Annotated[Principal, Depends(require_role("collector"))]
 
 
 class ConfirmationRequest(BaseModel):
-    as_of: date | None = Field(default=None, description="default: today")
+    as_of: BusinessDate | None = Field(default=None, description="default: today")
 
 
 @router.post("/customers/{customer_id}/balance-confirmations", status_code=201, tags=["balance confirmation"])
@@ -376,12 +380,17 @@ async def confirmation_page(token: str, request: Request) -> str:
 
 async def _reason(request: Request) -> str:
     if request.headers.get("content-type", "").startswith("application/json"):
-        body = await request.json()
+        try:
+            body = json.loads(await request.body())
+        except ValueError as exc:
+            raise DomainError("body", f"invalid JSON: {exc}") from None
         reason = body.get("reason") if isinstance(body, dict) else None
     else:
         reason = (await request.form()).get("reason")
     if not isinstance(reason, str) or not reason.strip():
         raise DomainError("reason", "required: say what is wrong with the balance")
+    if (problem := unsafe_character(reason)) is not None:
+        raise DomainError("reason", f"must not contain a {problem}")
     return reason.strip()[:1000]
 
 

@@ -38,6 +38,7 @@ from services.invoicing.service_layer.ingest import InvoiceIngestor, validation_
 from shared.clock import Clock
 from shared.contract import Topics
 from shared.contract.money import currency_exponent, known_currencies
+from shared.contract.text import spreadsheet_cell
 from shared.http import DomainError
 
 FORMATS = ("csv", "jsonl")
@@ -284,7 +285,8 @@ class _Rejects:
             self._file = open(self.path, "w", newline="", encoding="utf-8")
             self._writer = csv.writer(self._file)
             self._writer.writerow(REJECTS_HEADER)
-        self._writer.writerow((row, external_id or "", field_name or "", reason or ""))
+        # The cells echo the file's own text, which a spreadsheet must not run as a formula.
+        self._writer.writerow([spreadsheet_cell(c) for c in (row, external_id or "", field_name or "", reason or "")])
 
     @property
     def written(self) -> bool:

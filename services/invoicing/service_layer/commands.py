@@ -1,7 +1,6 @@
 """Validated inputs of the invoicing use cases (also the HTTP request bodies)."""
 from __future__ import annotations
 
-import re
 from datetime import date, datetime, timezone
 from functools import lru_cache
 from typing import Annotated, Literal
@@ -13,6 +12,7 @@ from pydantic import (
 from pydantic.networks import validate_email
 
 from shared.contract.money import CurrencyCode
+from shared.contract.text import SafeText
 
 
 @lru_cache(maxsize=100_000)
@@ -26,14 +26,7 @@ EmailAddress = Annotated[str, AfterValidator(_checked_email), WithJsonSchema({"t
 
 Identifier = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/\-]*$")
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 EARLIEST, LATEST = date(1900, 1, 1), date(2999, 12, 31)  # what a receivable can be dated; a typo beyond is caught
-
-
-def _no_control_characters(value: str) -> str:
-    if _CONTROL.search(value):
-        raise ValueError("must not contain control characters (such as NUL)")
-    return value
 
 
 def _plausible_date(value: date) -> date:
@@ -52,7 +45,7 @@ def _plausible_instant(value: datetime) -> datetime:
     return value
 
 
-Text = Annotated[str, AfterValidator(_no_control_characters)]
+Text = SafeText
 BusinessDate = Annotated[date, AfterValidator(_plausible_date)]
 BusinessInstant = Annotated[AwareDatetime, AfterValidator(_plausible_instant)]
 

@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field
 from services.notifier.adapters.templates import render_email, render_sms
 from shared.auth import Principal, require_role
 from shared.contract.money import CurrencyCode
+from shared.contract.text import SafeText
 
 router = APIRouter(prefix="/v1")
 Reader = Annotated[Principal, Depends(require_role("collector", "analytics"))]
@@ -45,7 +46,7 @@ async def list_notifications(
 
 
 class PreviewItem(BaseModel):
-    number: str = Field(min_length=1)
+    number: SafeText = Field(min_length=1, max_length=100)
     currency: CurrencyCode
     open_amount_minor: int = Field(ge=0)
     due_date: date
@@ -54,8 +55,8 @@ class PreviewItem(BaseModel):
 class PreviewRequest(BaseModel):
     template: Literal["reminder_pre_due", "reminder_due", "reminder_overdue", "final_notice"]
     language: Literal["en", "tr", "cs", "fa"] = "en"
-    name: str = "Example Customer"
-    items: list[PreviewItem] = Field(min_length=1)
+    name: SafeText = Field(default="Example Customer", min_length=1, max_length=300)
+    items: list[PreviewItem] = Field(min_length=1, max_length=500)
 
 
 @router.post("/templates/preview", tags=["templates"])

@@ -1,0 +1,132 @@
+"""Hostile and malformed input over HTTP and in files (issue #8, Input): a 4xx naming the field,
+never a 5xx, nothing written; text a person reads cannot be disguised; bodies over the limit
+are refused before they are read."""
+from __future__ import annotations
+
+import csv
+from datetime import datetime, timezone
+
+import httpx
+import pytest
+
+from services.invoicing.bootstrap import build
+from services.invoicing.entrypoints.file_import import import_invoices
+from services.invoicing.settings import InvoicingSettings
+from shared.clock import ManualClock
+from shared.contract import Topics
+from shared.contract.text import spreadsheet_cell, unsafe_character
+from tests.support import FAST_KAFKA, api_key, client, running
+
+pytestmark = pytest.mark.integration
+
+T0 = datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc)
+LIMIT = 64 * 1024
+
+
+def invoice(external_id: str = "INV-1", name: str = "Anadolu Tekstil", **over) -> dict:
+    return {
+        "external_id": external_id,
+        "customer": {"id": "C1", "name": name, "language": "tr", "timezone": "Europe/Istanbul",
+                     "email": "muhasebe@anadolu.example"},
+        "currency": "TRY", "amount_minor": 100_000, "issue_date": "2026-02-01", "due_date": "2026-03-03",
+        "billing_source": "erp",
+    } | over
+
+
+@pytest.fixture
+async def service(database, kafka_bootstrap, topic_prefix):
+    settings = InvoicingSettings(database_url=database, kafka_bootstrap_servers=kafka_bootstrap,
+                                 topic_prefix=topic_prefix, kafka_partitions=2, poll_interval_seconds=0.1,
+                                 max_request_bytes=LIMIT, **FAST_KAFKA)
+    app = build(settings, ManualClock(T0))
+    async with running(app) as url:
+        token = await api_key(app, "t1", "admin")
+        async with client(url, token) as http:
+            yield app, http
+
+
+async def nothing_written(app) -> bool:
+    return await app.state.pool.fetchval("SELECT count(*) FROM invoices") == 0 and \
+        await app.state.pool.fetchval("SELECT count(*) FROM customers") == 0
+
+
+@pytest.mark.parametrize(("name", "problem"), [
+    ("Invoice\u202efdp.exe", "bidirectional control character U+202E at position 7"),
+    ("Ali\u2066Veli", "bidirectional control character U+2066 at position 3"),
+    ("Anadolu\x00Tekstil", "control character U+0000 at position 7"),
+    ("Anadolu\x1bTekstil", "control character U+001B at position 7"),
+])
+async def test_names_that_would_disguise_or_break_text_are_refused_naming_the_field(service, name, problem):
+    app, http = service
+    r = await http.post("/v1/invoices", json=invoice(name=name))
+    assert r.status_code == 422, r.text
+    assert r.json()["problems"] == [{"field": "customer.name", "reason": f"must not contain a {problem}"}]
+    r = await http.post("/v1/invoices/bulk", json={"billing_source": "erp", "items": [invoice(name=name)]})
+    assert r.status_code == 200 and r.json()["results"][0]["status"] == "rejected", r.text
+    assert r.json()["results"][0]["field"] == "customer.name"
+    assert await nothing_written(app)
+    # What people write stays allowed: Persian with its own marks, Turkish, line breaks.
+    assert unsafe_character("شرکت آلفا\u200c\nİstanbul\tŞube") is None
+
+
+@pytest.mark.parametrize("query", [
+    "/v1/reports/dso?as_of=0001-01-15&months=2",
+    "/v1/reports/dso?as_of=9999-12-31",
+    "/v1/reports/aging?as_of=0001-01-01",
+    "/v1/customers/C1/statement?from=0001-01-01&to=2026-01-01",
+])
+async def test_report_dates_out_of_range_are_a_4xx_naming_the_parameter(service, query):
+    _app, http = service
+    r = await http.get(query)
+    assert r.status_code == 422, r.text
+    assert {p["field"] for p in r.json()["problems"]} & {"as_of", "from", "to"}
+    assert "between 1900-01-01 and 2999-12-31" in r.text
+
+
+async def test_a_contest_with_invalid_json_or_hidden_characters_is_a_4xx(service):
+    app, http = service
+    assert (await http.post("/v1/invoices", json=invoice())).status_code == 201
+    assert (await http.post("/v1/customers/C1/balance-confirmations", json={})).status_code == 201
+    token = await app.state.pool.fetchval("SELECT token FROM balance_confirmations")
+    url = f"/v1/balance-confirmations/{token}/contest"
+    r = await http.post(url, content=b'{"reason": ', headers={"Content-Type": "application/json"})
+    assert r.status_code == 422 and r.json()["problems"][0]["field"] == "body", r.text
+    r = await http.post(url, json={"reason": "paid\u202e"})
+    assert r.status_code == 422 and r.json()["problems"][0]["field"] == "reason", r.text
+    assert await app.state.pool.fetchval("SELECT status FROM balance_confirmations") == "requested"
+
+
+async def test_a_body_over_the_limit_is_refused_before_it_is_read(service):
+    app, http = service
+    big = {"items": [invoice(f"INV-{i}") for i in range(400)]}  # ~100 KB against a 64 KB limit
+    r = await http.post("/v1/invoices/bulk", json=big)
+    assert r.status_code == 413, r.text
+
+    async def streamed():  # no Content-Length: the limit applies while the body is read
+        yield b'{"items": ['
+        for _ in range(200):
+            yield b'{"x": "' + b"a" * 1000 + b'"},'
+        yield b"{}]}"
+
+    r = await http.post("/v1/invoices/bulk", content=streamed(), headers={"Content-Type": "application/json"})
+    assert r.status_code == 413, r.text
+    assert await nothing_written(app)
+    ok = await http.post("/v1/invoices/bulk", json={"billing_source": "erp", "items": [invoice(f"INV-{i}") for i in range(20)]})
+    assert ok.status_code == 200 and ok.json()["summary"]["created"] == 20
+
+
+async def test_the_rejects_csv_cannot_run_formulas_in_a_spreadsheet(service, tmp_path):
+    app, _http = service
+    source = tmp_path / "invoices.csv"
+    with open(source, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["external_id", "customer_id", "customer_name", "currency", "amount", "issue_date", "due_date"])
+        w.writerow(["=HYPERLINK(\"http://evil\")", "C1", "A", "TRY", "10.00", "2026-02-01", "2026-03-03"])
+        w.writerow(["INV-2", "C1", "A", "TRY", "-5", "2026-02-01", "2026-03-03"])
+    rejects = tmp_path / "rejects.csv"
+    summary = await import_invoices(app.state.pool, ManualClock(T0), Topics(""), tenant_id="t1", source="erp",
+                                    path=source, rejects_path=rejects)
+    assert summary.rejected == 2
+    cells = [cell for row in csv.reader(open(rejects, encoding="utf-8")) for cell in row]
+    assert not [c for c in cells if c[:1] in ("=", "+", "-", "@")], cells
+    assert spreadsheet_cell("=1+1") == "'=1+1" and spreadsheet_cell(-5) == -5 and spreadsheet_cell("INV-1") == "INV-1"
