@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from shared.clock import Clock, clock_from
 from shared.contract import Topics
 from shared.db import create_pool, migrate
-from shared.http import install_error_handlers, install_health, install_outbox_admin
+from shared.http import SecurityHeaders, install_error_handlers, install_health, install_outbox_admin
 from shared.inbox import prune_inbox
 from shared.kafka import ConsumerConfig, DeadLetters, EventConsumer, ensure_topics, start_producer
 from shared.logging import configure_logging, get_logger
@@ -248,6 +248,10 @@ class ServiceHost:
         app = FastAPI(title=title, description=description, version="1.0.0", lifespan=lifespan,
                       max_body_size=self.settings.max_request_bytes)
         app.state.host = self
+        # Outermost, around FastAPI's own error and body-limit middleware, so that 500s and 413s
+        # carry the headers too (add_middleware would place it inside those).
+        stack = app.build_middleware_stack
+        app.build_middleware_stack = lambda: SecurityHeaders(stack())
         install_error_handlers(app)
         install_health(app, self.readiness, self.liveness)
         install_outbox_admin(app)

@@ -130,3 +130,23 @@ async def test_the_rejects_csv_cannot_run_formulas_in_a_spreadsheet(service, tmp
     cells = [cell for row in csv.reader(open(rejects, encoding="utf-8")) for cell in row]
     assert not [c for c in cells if c[:1] in ("=", "+", "-", "@")], cells
     assert spreadsheet_cell("=1+1") == "'=1+1" and spreadsheet_cell(-5) == -5 and spreadsheet_cell("INV-1") == "INV-1"
+
+
+async def test_every_response_carries_the_security_headers(service):
+    app, http = service
+    assert (await http.post("/v1/invoices", json=invoice())).status_code == 201
+    assert (await http.post("/v1/customers/C1/balance-confirmations", json={})).status_code == 201
+    token = await app.state.pool.fetchval("SELECT token FROM balance_confirmations")
+    responses = [
+        await http.get(f"/v1/balance-confirmations/{token}"),  # the customer's page
+        await http.get("/v1/reports/aging"),
+        await http.get("/v1/invoices/00000000-0000-0000-0000-000000000000"),  # 404
+        await http.get("/v1/reports/dso?as_of=0001-01-01"),  # 422
+        await http.post("/v1/invoices/bulk", content=b"x" * (LIMIT + 1)),  # 413 before the app
+        await http.get("/metrics"),
+    ]
+    for r in responses:
+        assert r.headers["x-content-type-options"] == "nosniff", (r.request.url, r.status_code)
+        assert r.headers["x-frame-options"] == "DENY" and r.headers["referrer-policy"] == "no-referrer"
+        assert "frame-ancestors 'none'" in r.headers["content-security-policy"]
+    assert [r.status_code for r in responses] == [200, 200, 404, 422, 413, 200]
