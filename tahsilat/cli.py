@@ -25,6 +25,7 @@ import_app = typer.Typer(help="Import files of billing records into the platform
 app.add_typer(import_app, name="import")
 console = Console()
 VAR = Path(os.environ.get("TAHSILAT_HOME", "var"))
+ADMIN_KEY_FILE = VAR / "admin-key"  # reused by the next `tahsilat up` while the databases still accept it
 
 
 def _start(options: PlatformOptions) -> Platform:
@@ -64,11 +65,12 @@ def up(
     platform = _start(PlatformOptions(base_dir=VAR, fresh=fresh, free_ports=free_ports, db_prefix=db_prefix,
                                       topic_prefix=topic_prefix))
     try:
-        token = asyncio.run(_admin_key(platform))
+        token, reused = asyncio.run(_admin_key(platform))
         t = Table(title="Tahsilat is running (Ctrl-C stops it)", show_header=False)
         for k, v in platform.describe().items():
             t.add_row(k, v)
-        t.add_row("admin API key (tenant default)", token)
+        t.add_row("admin API key (tenant default)",
+                  f"{token}\n[dim]{'the one from before, ' if reused else ''}kept in {escape(str(ADMIN_KEY_FILE))}[/dim]")
         console.print(t)
         _run_until_stopped(platform)
     finally:
@@ -76,10 +78,10 @@ def up(
         platform.stop()
 
 
-async def _admin_key(platform: Platform) -> str:
-    from tahsilat.keys import create_key
+async def _admin_key(platform: Platform) -> tuple[str, bool]:
+    from tahsilat.keys import stored_admin_key
 
-    return await create_key(platform.database_urls, tenant_id="default", role="admin", label="tahsilat up")
+    return await stored_admin_key(platform.database_urls, ADMIN_KEY_FILE)
 
 
 @app.command()
