@@ -119,8 +119,17 @@ def keys_create(
 ) -> None:
     """Create an API key valid on every service API of TENANT. Printed once; only its hash is kept."""
     if role not in ROLES:
-        console.print(f"[red]role:[/red] must be one of {', '.join(ROLES)}, not {role!r}")
+        console.print(f"[red]role:[/red] must be one of {', '.join(ROLES)}, not {escape(role)!r}")
         raise typer.Exit(2)
+    if role == "billing-source" and not source:
+        console.print("[red]source:[/red] required for a billing-source key: it writes as that source only")
+        raise typer.Exit(2)
+    if source is not None:
+        from services.invoicing.domain.model import reserved_source
+
+        if reserved_source(source):
+            console.print(f"[red]source:[/red] {escape(source)!r} is reserved for the platform's own records")
+            raise typer.Exit(2)
 
     async def create() -> str:
         from tahsilat.keys import create_key

@@ -4,13 +4,15 @@ are refused before they are read."""
 from __future__ import annotations
 
 import csv
+import json
+import subprocess
+import sys
 from datetime import datetime, timezone
 
-import httpx
 import pytest
 
 from services.invoicing.bootstrap import build
-from services.invoicing.entrypoints.file_import import import_invoices
+from services.invoicing.entrypoints.file_import import ImportFileError, import_invoices
 from services.invoicing.settings import InvoicingSettings
 from shared.clock import ManualClock
 from shared.contract import Topics
@@ -150,3 +152,26 @@ async def test_every_response_carries_the_security_headers(service):
         assert r.headers["x-frame-options"] == "DENY" and r.headers["referrer-policy"] == "no-referrer"
         assert "frame-ancestors 'none'" in r.headers["content-security-policy"]
     assert [r.status_code for r in responses] == [200, 200, 404, 422, 413, 200]
+
+
+async def test_no_key_and_no_way_in_writes_as_a_source_the_platform_keeps_for_itself(service, tmp_path):
+    """Dunning's fee invoices are booked as source "dunning": a key that could write as it could
+    cancel or adjust them."""
+    app, http = service
+    r = await http.post("/v1/invoices", json=invoice(billing_source="dunning"))
+    assert r.status_code == 403 and r.json()["problems"][0]["field"] == "billing_source", r.text
+    r = await http.post("/v1/invoices/bulk", json={"billing_source": "Dunning", "items": [invoice()]})
+    assert r.status_code == 403, r.text
+    r = await http.post("/v1/billing-sources", json={"name": "dunning", "default_currency": "EUR"})
+    assert r.status_code == 422 and r.json()["problems"][0]["field"] == "name", r.text
+    source = tmp_path / "invoices.jsonl"
+    source.write_text(json.dumps(invoice()) + "\n")
+    with pytest.raises(ImportFileError, match="reserved"):
+        await import_invoices(app.state.pool, ManualClock(T0), Topics(""), tenant_id="t1", source="dunning",
+                              path=source, rejects_path=tmp_path / "rejects.csv")
+    assert await nothing_written(app)
+
+    for args in (["--role", "billing-source"], ["--role", "billing-source", "--source", "dunning"]):
+        result = subprocess.run([sys.executable, "-m", "tahsilat.cli", "keys", "create", "--tenant", "t1", *args],
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 2 and "source:" in result.stdout, result.stdout

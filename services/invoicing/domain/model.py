@@ -7,6 +7,15 @@ from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 
+# Billing-source names the platform writes under itself (dunning's fee invoices are "dunning").
+# No billing source may take one, or its key could cancel or adjust what the platform booked.
+RESERVED_SOURCES = frozenset({"dunning", "invoicing", "risk", "notifier", "tahsilat", "system", "internal"})
+
+
+def reserved_source(name: str) -> bool:
+    return name.strip().lower() in RESERVED_SOURCES
+
+
 @dataclass(frozen=True)
 class OpenInvoice:
     invoice_id: str

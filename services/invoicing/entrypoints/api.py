@@ -13,6 +13,7 @@ from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, Field, ValidationError
 
 from services.invoicing.adapters import repository as repo
+from services.invoicing.domain.model import reserved_source
 from services.invoicing.domain.reports import parse_buckets
 from services.invoicing.service_layer.commands import (
     BusinessDate, CreditNoteRecord, CustomerIn, InvoiceRecord, RecordPayment,
@@ -48,10 +49,14 @@ def _source(principal: Principal, requested: str | None) -> str:
     if principal.source_name:
         if requested and requested != principal.source_name:
             raise DomainError("billing_source", f"this API key belongs to billing source {principal.source_name!r}", 403)
-        return principal.source_name
-    if not requested:
+        source = principal.source_name
+    elif not requested:
         raise DomainError("billing_source", "required: this API key is not bound to a billing source")
-    return requested
+    else:
+        source = requested
+    if reserved_source(source):
+        raise DomainError("billing_source", f"{source!r} is reserved for the platform's own records", 403)
+    return source
 
 
 class ItemOut(BaseModel):
@@ -120,6 +125,8 @@ class BillingSourceOut(BaseModel):
 @router.post("/billing-sources", response_model=BillingSourceOut, status_code=201, tags=["billing sources"])
 async def register_billing_source(body: BillingSourceIn, principal: Admin, request: Request) -> BillingSourceOut:
     """Register a billing source of this tenant and issue its API key (billing-source role, bound to it)."""
+    if reserved_source(body.name):
+        raise DomainError("name", f"{body.name!r} is reserved for the platform's own records")
     pool = request.app.state.pool
     key_id, secret, token = new_key()
     async with pool.acquire() as conn, conn.transaction():

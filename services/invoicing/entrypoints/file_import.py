@@ -32,6 +32,7 @@ from typing import Any, BinaryIO
 import asyncpg
 from pydantic import ValidationError
 
+from services.invoicing.domain.model import reserved_source
 from services.invoicing.service_layer.commands import RecordPayment
 from services.invoicing.service_layer.handlers import Invoicing
 from services.invoicing.service_layer.ingest import InvoiceIngestor, validation_problem
@@ -59,6 +60,11 @@ STATUSES = ("created", "unchanged", "adjusted", "cancelled", "rejected")
 
 class ImportFileError(Exception):
     """The file as a whole cannot be imported (missing, unknown format, bad header): one line."""
+
+
+def _refuse_reserved(source: str) -> None:
+    if reserved_source(source):
+        raise ImportFileError(f"source: {source!r} is reserved for the platform's own records")
 
 
 @dataclass(frozen=True)
@@ -316,6 +322,7 @@ async def import_invoices(
     later one fails: importing the same file again is safe (unchanged rows stay unchanged)."""
     started = time.perf_counter()
     path, rejects_path = Path(path), Path(rejects_path)
+    _refuse_reserved(source)
     default_currency = await pool.fetchval(
         "SELECT default_currency FROM billing_sources WHERE tenant_id = $1 AND name = $2", tenant_id, source
     )
@@ -674,6 +681,7 @@ async def import_payments(
     what was recorded is "unchanged", a reversal already applied too."""
     started = time.perf_counter()
     path, rejects_path = Path(path), Path(rejects_path)
+    _refuse_reserved(source)
     reader = PaymentReader(path, fmt)
     if rejects_path.resolve() == path.resolve():
         raise ImportFileError("the rejects file must not be the file being imported")
