@@ -241,8 +241,18 @@ async def test_unsubscribe_suppresses_later_emails(database, kafka_bootstrap, to
         token = (await n.contact("c4"))["unsubscribe_token"]
         async with client(n.url) as anonymous:  # the link in the email needs no API key
             assert (await anonymous.get("/v1/unsubscribe/no-such-token")).status_code == 404
+            assert (await anonymous.post("/v1/unsubscribe/no-such-token")).status_code == 404
+            # A mail scanner fetching the link changes nothing: the page asks.
+            for _ in range(3):
+                page = await anonymous.get(f"/v1/unsubscribe/{token}")
+                assert page.status_code == 200 and f'method="post" action="/v1/unsubscribe/{token}"' in page.text
+            assert (await n.contact("c4"))["email_opt_out"] is False
+            # RFC 8058 one-click: the mail client POSTs List-Unsubscribe=One-Click to the header's URL.
+            done = await anonymous.post(f"/v1/unsubscribe/{token}", data={"List-Unsubscribe": "One-Click"})
+            assert done.status_code == 200 and "no more collection emails" in done.text
+            assert (await anonymous.post(f"/v1/unsubscribe/{token}")).status_code == 200  # twice: the same
             page = await anonymous.get(f"/v1/unsubscribe/{token}")
-        assert page.status_code == 200 and "no more collection emails" in page.text
+            assert "no more collection emails" in page.text and "<form" not in page.text
         assert (await n.contact("c4"))["email_opt_out"] is True
 
         key = "case-c4:reminder_overdue:email"

@@ -1,6 +1,7 @@
 """Notifier HTTP API: notification history, template preview, unsubscribe links."""
 from __future__ import annotations
 
+import html
 from datetime import date, datetime
 from typing import Annotated, Literal
 
@@ -67,12 +68,38 @@ async def preview(body: PreviewRequest, principal: Reader) -> dict:
             "sms": render_sms(body.template, body.language, body.name, items)}
 
 
-@router.api_route("/unsubscribe/{token}", methods=["GET", "POST"], response_class=HTMLResponse, tags=["opt-out"])
-async def unsubscribe(token: str, request: Request) -> str:
-    """One-click unsubscribe (RFC 8058): honoured at once, no login."""
-    done = await request.app.state.pool.fetchval(
-        "UPDATE contacts SET email_opt_out = true, updated_at = now() WHERE unsubscribe_token = $1 RETURNING 1", token
-    )
-    if not done:
+_DONE = ("You will receive no more collection emails. / Artık tahsilat e-postası almayacaksınız. /"
+         " Nebudete dostávat další e-maily o pohledávkách. / دیگر ایمیل پیگیری پرداخت دریافت نخواهید کرد.")
+
+
+def _unsubscribe_page(body: str) -> str:
+    return ('<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>Unsubscribe</title>'
+            '<meta name="viewport" content="width=device-width, initial-scale=1"></head>'
+            f"<body><main>{body}</main></body></html>")
+
+
+@router.get("/unsubscribe/{token}", response_class=HTMLResponse, tags=["opt-out"])
+async def unsubscribe_page(token: str, request: Request) -> HTMLResponse:
+    """The page the link opens. It changes nothing: mail scanners fetch links before people do."""
+    opted_out = await request.app.state.notifier.email_opted_out(token)
+    if opted_out is None:
         raise HTTPException(404, "unknown unsubscribe link")
-    return "<html><body><p>You will receive no more collection emails. / Artık tahsilat e-postası almayacaksınız.</p></body></html>"
+    if opted_out:
+        return HTMLResponse(_unsubscribe_page(f"<p>{html.escape(_DONE)}</p>"), headers=_NO_STORE)
+    action = html.escape(str(request.url.path))
+    return HTMLResponse(_unsubscribe_page(
+        "<h1>Stop collection emails? / Tahsilat e-postaları durdurulsun mu?</h1>"
+        f'<form method="post" action="{action}"><button type="submit">Unsubscribe / Aboneliği iptal et</button></form>'),
+        headers=_NO_STORE)
+
+
+@router.post("/unsubscribe/{token}", response_class=HTMLResponse, tags=["opt-out"])
+async def unsubscribe(token: str, request: Request) -> HTMLResponse:
+    """Unsubscribe: the page's button, and RFC 8058 one-click (a POST of
+    `List-Unsubscribe=One-Click` from the mail client), honoured at once, no login."""
+    if not await request.app.state.notifier.unsubscribe(token):
+        raise HTTPException(404, "unknown unsubscribe link")
+    return HTMLResponse(_unsubscribe_page(f"<p>{html.escape(_DONE)}</p>"), headers=_NO_STORE)
+
+
+_NO_STORE = {"Cache-Control": "no-store"}

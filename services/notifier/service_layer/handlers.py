@@ -87,6 +87,16 @@ class Notifier:
     def unsubscribe_url(self, token: str) -> str:
         return f"{self.settings.public_base_url.rstrip('/')}/v1/unsubscribe/{token}"
 
+    async def email_opted_out(self, token: str) -> bool | None:
+        """Whether the contact behind an unsubscribe link has opted out of email; None: no such link."""
+        return await self.pool.fetchval("SELECT email_opt_out FROM contacts WHERE unsubscribe_token = $1", token)
+
+    async def unsubscribe(self, token: str) -> bool:
+        """Opt the contact out of email; False: no such link. Doing it twice changes nothing."""
+        return bool(await self.pool.fetchval(
+            "UPDATE contacts SET email_opt_out = true, updated_at = now() WHERE unsubscribe_token = $1 RETURNING 1",
+            token))
+
     async def next_send_due(self) -> datetime | None:
         """When the next deferred notification may go (the dispatcher sleeps until then)."""
         return await self.pool.fetchval(
