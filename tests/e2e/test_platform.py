@@ -3,6 +3,8 @@ the SMTP/SMS sinks: two customers (tr and en), the clock moves, reminders arrive
 language, a payment cancels the later steps, and risk assesses both customers."""
 from __future__ import annotations
 
+import html
+import re
 import uuid
 from datetime import datetime, timedelta, timezone
 
@@ -213,10 +215,15 @@ async def test_balance_confirmation_contested_opens_a_dispute_that_pauses_dunnin
         assert mail[0]["subject"] == "Prosíme o potvrzení zůstatku účtu" and mail[0]["language"] == "cs"
         contest_url = next(line.split(": ", 1)[1] for line in mail[0]["text"].splitlines()
                            if line.startswith("Rozporovat zůstatek"))
-        assert (await http.get(contest_url.removesuffix("/contest"))).status_code == 200
-        r = await http.post(contest_url, data={"reason": "invoice INI-1 was already credited"})
+        # The link opens the page (a click is a GET: it changes nothing); its form posts the answer.
+        page = await http.get(contest_url)
+        assert page.status_code == 200 and "Contest" in page.text
+        action = re.search(r'<form id="contest" method="post" action="([^"]+)"', page.text).group(1)
+        assert action.startswith(p.url("invoicing")) and action.endswith("/contest")
+        assert "contested" not in (await http.get(contest_url)).text
+        r = await http.post(html.unescape(action), data={"reason": "invoice INI-1 was already credited"})
         assert r.status_code == 200 and "contested" in r.text
-        again = await http.post(contest_url, data={"reason": "twice"})
+        again = await http.post(html.unescape(action), data={"reason": "twice"})
         assert again.status_code == 409
 
         async def dispute():

@@ -363,26 +363,32 @@ async def request_balance_confirmation(customer_id: Annotated[str, PathParam(max
     return await request.app.state.confirmations.request(principal.tenant_id, customer_id, body.as_of)
 
 
-def _confirmation_page(row, message: str | None = None) -> str:
+def _confirmation_page(request: Request, row, message: str | None = None) -> HTMLResponse:
     balances = "".join(f"<li>{html.escape(b['currency'])} {to_major(b['balance_minor'], b['currency']):,}</li>"
                        for b in row["balances"])
     if message or row["status"] != "requested":
         action = f"<p><strong>{html.escape(message or 'This balance was already ' + row['status'] + '.')}</strong></p>"
     else:
-        action = ('<form method="post" action="confirm"><button>Confirm / Onayla</button></form>'
-                  '<form method="post" action="contest"><label>Reason / Neden <input name="reason" required '
-                  'maxlength="1000"></label><button>Contest / İtiraz et</button></form>')
-    return (f"<!DOCTYPE html><html><body><h1>Balance as of {row['as_of'].isoformat()}</h1>"
-            f"<ul>{balances}</ul>{action}</body></html>")
+        confirmations = request.app.state.confirmations
+        confirm = html.escape(confirmations.action_url(row["token"], "confirm"))
+        contest = html.escape(confirmations.action_url(row["token"], "contest"))
+        action = (f'<form id="confirm" method="post" action="{confirm}"><button>Confirm / Onayla</button></form>'
+                  f'<form id="contest" method="post" action="{contest}"><label>Reason / Neden <input name="reason"'
+                  ' required maxlength="1000"></label><button>Contest / İtiraz et</button></form>')
+    return HTMLResponse(
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>Balance confirmation</title>'
+        '<meta name="viewport" content="width=device-width, initial-scale=1"></head>'
+        f"<body><main><h1>Balance as of {row['as_of'].isoformat()}</h1><ul>{balances}</ul>{action}</main></body></html>",
+        headers={"Cache-Control": "no-store"})
 
 
 @router.get("/balance-confirmations/{token}", response_class=HTMLResponse, tags=["balance confirmation"])
-async def confirmation_page(token: str, request: Request) -> str:
+async def confirmation_page(token: str, request: Request) -> HTMLResponse:
     """The page the link in the email opens (the token is the credential)."""
     row = await request.app.state.confirmations.find(token)
     if row is None:
         raise HTTPException(404, "unknown confirmation link")
-    return _confirmation_page(row)
+    return _confirmation_page(request, row)
 
 
 async def _reason(request: Request) -> str:
@@ -402,15 +408,16 @@ async def _reason(request: Request) -> str:
 
 
 @router.post("/balance-confirmations/{token}/confirm", response_class=HTMLResponse, tags=["balance confirmation"])
-async def confirm_balance(token: str, request: Request) -> str:
+async def confirm_balance(token: str, request: Request) -> HTMLResponse:
     status_ = await request.app.state.confirmations.answer(token, None)
-    return _confirmation_page(await request.app.state.confirmations.find(token), f"Thank you: balance {status_}.")
+    return _confirmation_page(request, await request.app.state.confirmations.find(token),
+                              f"Thank you: balance {status_}.")
 
 
 @router.post("/balance-confirmations/{token}/contest", response_class=HTMLResponse, tags=["balance confirmation"])
-async def contest_balance(token: str, request: Request) -> str:
+async def contest_balance(token: str, request: Request) -> HTMLResponse:
     status_ = await request.app.state.confirmations.answer(token, await _reason(request))
-    return _confirmation_page(await request.app.state.confirmations.find(token),
+    return _confirmation_page(request, await request.app.state.confirmations.find(token),
                               f"Thank you: balance {status_}; our collections team will contact you.")
 
 

@@ -57,11 +57,17 @@ class BalanceConfirmations:
             url = f"{self.base}/v1/balance-confirmations/{token}"
             event = BalanceConfirmationRequested(
                 customer_id=customer_id, confirmation_id=str(confirmation_id), as_of=as_of, balances=balances,
-                items=items, confirm_url=f"{url}/confirm", contest_url=f"{url}/contest", requested_at=now)
+                # Both open the page (a click is a GET, which changes nothing); its buttons POST.
+                items=items, confirm_url=f"{url}#confirm", contest_url=f"{url}#contest", requested_at=now)
             await add_events(conn, self.topics.invoicing, [new_envelope(
                 event, source=SOURCE, tenant_id=tenant_id, subject=str(confirmation_id), time=now)])
         return {"confirmation_id": str(confirmation_id), "as_of": as_of, "balances": [b.model_dump() for b in balances],
                 "url": url}
+
+    def action_url(self, token: str, answer: str) -> str:
+        """Where the page's form posts: absolute, from PUBLIC_BASE_URL (a relative action resolves
+        against the page's own path, without its token)."""
+        return f"{self.base}/v1/balance-confirmations/{token}/{answer}"
 
     async def find(self, token: str) -> asyncpg.Record | None:
         return await self.pool.fetchrow("SELECT * FROM balance_confirmations WHERE token = $1", token)
