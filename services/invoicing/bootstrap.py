@@ -24,7 +24,8 @@ def build(settings: InvoicingSettings, clock: Clock | None = None) -> FastAPI:
     def wire(host: ServiceHost, app: FastAPI) -> None:
         invoicing = Invoicing(host.pool, host.clock, host.topics, settings.overdue_grace_days)
         app.state.invoicing = invoicing
-        app.state.confirmations = BalanceConfirmations(host.pool, host.clock, host.topics, settings.public_base_url)
+        app.state.confirmations = BalanceConfirmations(host.pool, host.clock, host.topics, settings.public_base_url,
+                                                      settings.confirmation_link_days)
         app.state.ingestor = InvoiceIngestor(host.pool, host.clock, host.topics, settings.overdue_grace_days)
         host.consume("dunning", [host.topics.dunning], {"LateFeeAssessed": each(invoicing.on_late_fee_assessed)})
         host.consume_raw("ingest", [host.topics.ingest],

@@ -12,3 +12,5 @@ class InvoicingSettings(ServiceSettings):
     timer_batch_size: int = Field(default=500, ge=1)
     public_base_url: str = Field(default="http://127.0.0.1:8001", pattern=r"^https?://",
                                  description="where customers reach the balance-confirmation links")
+    confirmation_link_days: int = Field(default=30, ge=1, le=365,
+                                        description="how long a balance-confirmation link can be answered")

@@ -7,8 +7,9 @@ import csv
 import json
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
+import httpx
 import pytest
 
 from services.invoicing.bootstrap import build
@@ -88,9 +89,9 @@ async def test_report_dates_out_of_range_are_a_4xx_naming_the_parameter(service,
 async def test_a_contest_with_invalid_json_or_hidden_characters_is_a_4xx(service):
     app, http = service
     assert (await http.post("/v1/invoices", json=invoice())).status_code == 201
-    assert (await http.post("/v1/customers/C1/balance-confirmations", json={})).status_code == 201
-    token = await app.state.pool.fetchval("SELECT token FROM balance_confirmations")
-    url = f"/v1/balance-confirmations/{token}/contest"
+    r = await http.post("/v1/customers/C1/balance-confirmations", json={})
+    assert r.status_code == 201
+    url = httpx.URL(r.json()["url"]).path + "/contest"
     r = await http.post(url, content=b'{"reason": ', headers={"Content-Type": "application/json"})
     assert r.status_code == 422 and r.json()["problems"][0]["field"] == "body", r.text
     r = await http.post(url, json={"reason": "paid\u202e"})
@@ -137,10 +138,10 @@ async def test_the_rejects_csv_cannot_run_formulas_in_a_spreadsheet(service, tmp
 async def test_every_response_carries_the_security_headers(service):
     app, http = service
     assert (await http.post("/v1/invoices", json=invoice())).status_code == 201
-    assert (await http.post("/v1/customers/C1/balance-confirmations", json={})).status_code == 201
-    token = await app.state.pool.fetchval("SELECT token FROM balance_confirmations")
+    r = await http.post("/v1/customers/C1/balance-confirmations", json={})
+    assert r.status_code == 201
     responses = [
-        await http.get(f"/v1/balance-confirmations/{token}"),  # the customer's page
+        await http.get(httpx.URL(r.json()["url"]).path),  # the customer's page
         await http.get("/v1/reports/aging"),
         await http.get("/v1/invoices/00000000-0000-0000-0000-000000000000"),  # 404
         await http.get("/v1/reports/dso?as_of=0001-01-01"),  # 422
@@ -175,3 +176,25 @@ async def test_no_key_and_no_way_in_writes_as_a_source_the_platform_keeps_for_it
         result = subprocess.run([sys.executable, "-m", "tahsilat.cli", "keys", "create", "--tenant", "t1", *args],
                                 capture_output=True, text=True, timeout=60)
         assert result.returncode == 2 and "source:" in result.stdout, result.stdout
+
+
+async def test_confirmation_links_are_kept_hashed_answer_once_and_expire(service):
+    app, http = service
+    assert (await http.post("/v1/invoices", json=invoice())).status_code == 201
+    first = httpx.URL((await http.post("/v1/customers/C1/balance-confirmations", json={})).json()["url"]).path
+    second = httpx.URL((await http.post("/v1/customers/C1/balance-confirmations", json={})).json()["url"]).path
+    token = first.rsplit("/", 1)[1]
+    stored = [dict(r) for r in await app.state.pool.fetch("SELECT * FROM balance_confirmations")]
+    assert not [v for row in stored for v in row.values() if isinstance(v, str) and token in v]  # only a hash
+
+    assert (await http.post(f"{first}/confirm")).status_code == 200
+    again = await http.post(f"{first}/contest", json={"reason": "changed my mind"})
+    assert again.status_code == 409  # one answer per link
+
+    app.state.host.clock.advance(timedelta(days=30))  # CONFIRMATION_LINK_DAYS
+    page = await http.get(second)
+    assert page.status_code == 200 and "expired" in page.text and "<form" not in page.text
+    late = await http.post(f"{second}/contest", json={"reason": "too late"})
+    assert late.status_code == 410 and late.json()["problems"][0]["field"] == "token", late.text
+    assert await app.state.pool.fetchval(
+        "SELECT count(*) FROM balance_confirmations WHERE status = 'requested'") == 1

@@ -363,15 +363,17 @@ async def request_balance_confirmation(customer_id: Annotated[str, PathParam(max
     return await request.app.state.confirmations.request(principal.tenant_id, customer_id, body.as_of)
 
 
-def _confirmation_page(request: Request, row, message: str | None = None) -> HTMLResponse:
+def _confirmation_page(request: Request, token: str, row, message: str | None = None) -> HTMLResponse:
+    confirmations = request.app.state.confirmations
     balances = "".join(f"<li>{html.escape(b['currency'])} {to_major(b['balance_minor'], b['currency']):,}</li>"
                        for b in row["balances"])
+    if not message and confirmations.expired(row):
+        message = "This link has expired; ask us for a new statement. / Bu bağlantının süresi doldu."
     if message or row["status"] != "requested":
         action = f"<p><strong>{html.escape(message or 'This balance was already ' + row['status'] + '.')}</strong></p>"
     else:
-        confirmations = request.app.state.confirmations
-        confirm = html.escape(confirmations.action_url(row["token"], "confirm"))
-        contest = html.escape(confirmations.action_url(row["token"], "contest"))
+        confirm = html.escape(confirmations.action_url(token, "confirm"))
+        contest = html.escape(confirmations.action_url(token, "contest"))
         action = (f'<form id="confirm" method="post" action="{confirm}"><button>Confirm / Onayla</button></form>'
                   f'<form id="contest" method="post" action="{contest}"><label>Reason / Neden <input name="reason"'
                   ' required maxlength="1000"></label><button>Contest / İtiraz et</button></form>')
@@ -388,7 +390,7 @@ async def confirmation_page(token: str, request: Request) -> HTMLResponse:
     row = await request.app.state.confirmations.find(token)
     if row is None:
         raise HTTPException(404, "unknown confirmation link")
-    return _confirmation_page(request, row)
+    return _confirmation_page(request, token, row)
 
 
 async def _reason(request: Request) -> str:
@@ -410,14 +412,14 @@ async def _reason(request: Request) -> str:
 @router.post("/balance-confirmations/{token}/confirm", response_class=HTMLResponse, tags=["balance confirmation"])
 async def confirm_balance(token: str, request: Request) -> HTMLResponse:
     status_ = await request.app.state.confirmations.answer(token, None)
-    return _confirmation_page(request, await request.app.state.confirmations.find(token),
+    return _confirmation_page(request, token, await request.app.state.confirmations.find(token),
                               f"Thank you: balance {status_}.")
 
 
 @router.post("/balance-confirmations/{token}/contest", response_class=HTMLResponse, tags=["balance confirmation"])
 async def contest_balance(token: str, request: Request) -> HTMLResponse:
     status_ = await request.app.state.confirmations.answer(token, await _reason(request))
-    return _confirmation_page(request, await request.app.state.confirmations.find(token),
+    return _confirmation_page(request, token, await request.app.state.confirmations.find(token),
                               f"Thank you: balance {status_}; our collections team will contact you.")
 
 

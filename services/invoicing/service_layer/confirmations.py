@@ -2,9 +2,10 @@
 or contest through a link. A contest goes to dunning, which opens a dispute."""
 from __future__ import annotations
 
+import hashlib
 import secrets
 import uuid
-from datetime import date
+from datetime import date, timedelta
 
 import asyncpg
 
@@ -21,10 +22,18 @@ from shared.outbox import add_events
 SOURCE = "invoicing"
 
 
+def token_hash(token: str) -> str:
+    """What is stored of a link's token: the token is a credential (192 random bits), so a plain
+    SHA-256 is enough and lets the link be found by it."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
 class BalanceConfirmations:
-    def __init__(self, pool: asyncpg.Pool, clock: Clock, topics: Topics, public_base_url: str) -> None:
+    def __init__(self, pool: asyncpg.Pool, clock: Clock, topics: Topics, public_base_url: str,
+                 link_days: int = 30) -> None:
         self.pool, self.clock, self.topics = pool, clock, topics
         self.base = public_base_url.rstrip("/")
+        self.link_lifetime = timedelta(days=link_days)
 
     async def request(self, tenant_id: str, customer_id: str, as_of: date | None = None) -> dict:
         now = self.clock.now()
@@ -50,9 +59,10 @@ class BalanceConfirmations:
             ]
             confirmation_id, token = uuid.uuid4(), secrets.token_urlsafe(24)
             await conn.execute(
-                "INSERT INTO balance_confirmations (tenant_id, confirmation_id, customer_id, as_of, balances, token,"
-                " requested_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                tenant_id, confirmation_id, customer_id, as_of, [b.model_dump() for b in balances], token, now,
+                "INSERT INTO balance_confirmations (tenant_id, confirmation_id, customer_id, as_of, balances,"
+                " token_hash, requested_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                tenant_id, confirmation_id, customer_id, as_of, [b.model_dump() for b in balances], token_hash(token),
+                now, now + self.link_lifetime,
             )
             url = f"{self.base}/v1/balance-confirmations/{token}"
             event = BalanceConfirmationRequested(
@@ -70,21 +80,28 @@ class BalanceConfirmations:
         return f"{self.base}/v1/balance-confirmations/{token}/{answer}"
 
     async def find(self, token: str) -> asyncpg.Record | None:
-        return await self.pool.fetchrow("SELECT * FROM balance_confirmations WHERE token = $1", token)
+        return await self.pool.fetchrow("SELECT * FROM balance_confirmations WHERE token_hash = $1", token_hash(token))
+
+    def expired(self, row: asyncpg.Record) -> bool:
+        return row["status"] == "requested" and self.clock.now() >= row["expires_at"]
 
     async def answer(self, token: str, contest_reason: str | None) -> str:
         """Confirm (no reason) or contest (with a reason); once only."""
         now = self.clock.now()
         async with self.pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow("SELECT * FROM balance_confirmations WHERE token = $1 FOR UPDATE", token)
+            row = await conn.fetchrow("SELECT * FROM balance_confirmations WHERE token_hash = $1 FOR UPDATE",
+                                      token_hash(token))
             if row is None:
                 raise DomainError("token", "unknown confirmation link", 404)
             if row["status"] != "requested":
                 raise DomainError("token", f"this balance was already {row['status']}", 409)
+            if self.expired(row):
+                raise DomainError("token", "this link has expired; ask us for a new statement", 410)
             status = "confirmed" if contest_reason is None else "contested"
             await conn.execute(
-                "UPDATE balance_confirmations SET status = $2, reason = $3, answered_at = $4 WHERE token = $1",
-                token, status, contest_reason, now,
+                "UPDATE balance_confirmations SET status = $2, reason = $3, answered_at = $4"
+                " WHERE tenant_id = $1 AND confirmation_id = $5",
+                row["tenant_id"], status, contest_reason, now, row["confirmation_id"],
             )
             common = {"customer_id": row["customer_id"], "confirmation_id": str(row["confirmation_id"]),
                       "as_of": row["as_of"]}
