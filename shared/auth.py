@@ -7,6 +7,7 @@ import hmac
 import secrets
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Annotated
 
 import asyncpg
@@ -44,13 +45,14 @@ async def store_api_key(
     role: str,
     source_name: str | None = None,
     label: str | None = None,
+    expires_at: datetime | None = None,
 ) -> None:
     if role not in ROLES:
         raise ValueError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
     await conn.execute(
-        "INSERT INTO api_keys (key_id, tenant_id, role, source_name, secret_hash, label)"
-        " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (key_id) DO NOTHING",
-        key_id, tenant_id, role, source_name, _hash(secret), label,
+        "INSERT INTO api_keys (key_id, tenant_id, role, source_name, secret_hash, label, expires_at)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (key_id) DO NOTHING",
+        key_id, tenant_id, role, source_name, _hash(secret), label, expires_at,
     )
 
 
@@ -71,11 +73,15 @@ async def authenticate(pool: asyncpg.Pool, token: str) -> Principal | None:
     if cached and cached[0] > now and cached[1].key_id == key_id:
         return cached[1]
     row = await pool.fetchrow(
-        "SELECT tenant_id, role, source_name, secret_hash FROM api_keys WHERE key_id = $1 AND revoked_at IS NULL",
+        "SELECT tenant_id, role, source_name, secret_hash FROM api_keys WHERE key_id = $1 AND revoked_at IS NULL"
+        " AND (expires_at IS NULL OR expires_at > now())",
         key_id,
     )
     if row is None or not hmac.compare_digest(row["secret_hash"], digest):
         return None
+    # Verified at most every AUTH_CACHE_SECONDS per key and process, so last_used_at is exact
+    # to about that and costs no write per request.
+    await pool.execute("UPDATE api_keys SET last_used_at = now() WHERE key_id = $1", key_id)
     principal = Principal(key_id=key_id, tenant_id=row["tenant_id"], role=row["role"], source_name=row["source_name"])
     if len(_verified) > 10_000:
         _verified.clear()

@@ -115,6 +115,7 @@ def keys_create(
     role: Annotated[str, typer.Option(help=f"one of: {', '.join(ROLES)}")],
     source: Annotated[str | None, typer.Option(help="billing source name (billing-source keys)")] = None,
     label: Annotated[str | None, typer.Option()] = None,
+    expires_days: Annotated[int | None, typer.Option(min=1, help="the key stops working after this many days")] = None,
     db_prefix: Annotated[str, typer.Option(help="database name prefix of the platform")] = "tahsilat",
 ) -> None:
     """Create an API key valid on every service API of TENANT. Printed once; only its hash is kept."""
@@ -135,7 +136,8 @@ def keys_create(
         from tahsilat.keys import create_key
 
         urls = {s: await _service_database(s, db_prefix) for s in SERVICES}
-        return await create_key(urls, tenant_id=tenant, role=role, source_name=source, label=label)
+        return await create_key(urls, tenant_id=tenant, role=role, source_name=source, label=label,
+                                expires_at=_expiry(expires_days))
 
     try:
         token = asyncio.run(create())
@@ -145,6 +147,86 @@ def keys_create(
     except Exception as exc:  # noqa: BLE001 - e.g. the databases were never created
         console.print(f"[red]cannot create the key:[/red] {exc} (has `tahsilat up` run once?)")
         raise typer.Exit(2) from None
+    console.print(token)
+
+
+def _expiry(days: int | None):
+    from datetime import datetime, timedelta, timezone
+
+    return None if days is None else datetime.now(timezone.utc) + timedelta(days=days)
+
+
+def _keys_call(db_prefix: str, call):
+    """Run `call(urls)` against every service's database; failures become one line and exit 2."""
+    async def run():
+        urls = {s: await _service_database(s, db_prefix) for s in SERVICES}
+        return await call(urls)
+
+    try:
+        return asyncio.run(run())
+    except Exception as exc:  # noqa: BLE001 - e.g. the databases were never created
+        console.print(f"[red]cannot reach the keys:[/red] {escape(str(exc))} (has `tahsilat up` run once?)")
+        raise typer.Exit(2) from None
+
+
+@keys_app.command("list")
+def keys_list(
+    tenant: Annotated[str | None, typer.Option(help="only this tenant's keys")] = None,
+    db_prefix: Annotated[str, typer.Option(help="database name prefix of the platform")] = "tahsilat",
+) -> None:
+    """Every key (never its secret): tenant, role, source, when it was created and last used,
+    when it expires, whether it is revoked."""
+    from datetime import datetime, timezone
+
+    from tahsilat.keys import list_keys
+
+    keys = _keys_call(db_prefix, lambda urls: list_keys(urls, tenant))
+    t = Table(title="API keys")
+    for column in ("key id", "tenant", "role", "source", "label", "created", "last used", "expires", "state"):
+        t.add_column(column)
+    now = datetime.now(timezone.utc)
+    for k in keys:
+        state = "revoked" if k.revoked_at else "expired" if k.expires_at and k.expires_at <= now else "active"
+        t.add_row(*(escape(str(v)) if v is not None else "" for v in (
+            k.key_id, k.tenant_id, k.role, k.source_name, k.label, _when(k.created_at), _when(k.last_used_at),
+            _when(k.expires_at))), state)
+    console.print(t)
+    if not keys:
+        console.print("no keys")
+
+
+def _when(moment) -> str | None:
+    return None if moment is None else moment.strftime("%Y-%m-%d %H:%M")
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="the key id: the part between thk_ and the next _")],
+    db_prefix: Annotated[str, typer.Option(help="database name prefix of the platform")] = "tahsilat",
+) -> None:
+    """Revoke a key on every service; each stops accepting it within 10 seconds."""
+    from shared.auth import AUTH_CACHE_SECONDS
+    from tahsilat.keys import revoke_key
+
+    if not _keys_call(db_prefix, lambda urls: revoke_key(urls, key_id)):
+        console.print(f"[red]no active key {escape(key_id)}[/red]")
+        raise typer.Exit(1)
+    console.print(f"key {escape(key_id)} revoked; every service refuses it within {AUTH_CACHE_SECONDS:.0f} s")
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    key_id: Annotated[str, typer.Argument(help="the key id: the part between thk_ and the next _")],
+    expires_days: Annotated[int | None, typer.Option(min=1, help="the new key stops working after this many days")] = None,
+    db_prefix: Annotated[str, typer.Option(help="database name prefix of the platform")] = "tahsilat",
+) -> None:
+    """A new key with the same tenant, role and source, printed once; the old one is revoked."""
+    from tahsilat.keys import rotate_key
+
+    token = _keys_call(db_prefix, lambda urls: rotate_key(urls, key_id, expires_at=_expiry(expires_days)))
+    if token is None:
+        console.print(f"[red]no active key {escape(key_id)}[/red]")
+        raise typer.Exit(1)
     console.print(token)
 
 

@@ -3,6 +3,8 @@ so one key works on every API of the tenant."""
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, replace
+from datetime import datetime
 from pathlib import Path
 
 import asyncpg
@@ -11,17 +13,94 @@ from shared.auth import authenticate, new_key, store_api_key
 
 
 async def create_key(
-    database_urls: dict[str, str], *, tenant_id: str, role: str, source_name: str | None = None, label: str | None = None
+    database_urls: dict[str, str], *, tenant_id: str, role: str, source_name: str | None = None,
+    label: str | None = None, expires_at: datetime | None = None,
 ) -> str:
+    """One key, stored in every service's database in one transaction each; if a database
+    fails, the copies already made are removed again, so a key works everywhere or nowhere."""
     key_id, secret, token = new_key()
+    stored: list[str] = []
+    try:
+        for url in database_urls.values():
+            conn = await asyncpg.connect(url)
+            try:
+                await store_api_key(conn, key_id=key_id, secret=secret, tenant_id=tenant_id, role=role,
+                                    source_name=source_name, label=label, expires_at=expires_at)
+            finally:
+                await conn.close()
+            stored.append(url)
+    except BaseException:
+        for url in stored:
+            await _each(url, "DELETE FROM api_keys WHERE key_id = $1", key_id)
+        raise
+    return token
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    key_id: str
+    tenant_id: str
+    role: str
+    source_name: str | None
+    label: str | None
+    created_at: datetime
+    expires_at: datetime | None
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+
+async def list_keys(database_urls: dict[str, str], tenant_id: str | None = None) -> list[KeyInfo]:
+    """Every key (never a secret), with when it was last used on any service."""
+    merged: dict[str, KeyInfo] = {}
     for url in database_urls.values():
         conn = await asyncpg.connect(url)
         try:
-            await store_api_key(conn, key_id=key_id, secret=secret, tenant_id=tenant_id, role=role,
-                                source_name=source_name, label=label)
+            rows = await conn.fetch(
+                "SELECT key_id, tenant_id, role, source_name, label, created_at, expires_at, last_used_at, revoked_at"
+                " FROM api_keys WHERE $1::text IS NULL OR tenant_id = $1 ORDER BY created_at, key_id", tenant_id)
         finally:
             await conn.close()
+        for r in rows:
+            info = KeyInfo(**dict(r))
+            seen = merged.get(info.key_id)
+            if seen is not None:
+                used = max((t for t in (seen.last_used_at, info.last_used_at) if t is not None), default=None)
+                revoked = seen.revoked_at or info.revoked_at
+                info = replace(seen, last_used_at=used, revoked_at=revoked)
+            merged[info.key_id] = info
+    return list(merged.values())
+
+
+async def revoke_key(database_urls: dict[str, str], key_id: str, by: str = "cli") -> bool:
+    """Revoke everywhere; each service stops accepting it within AUTH_CACHE_SECONDS. False: no
+    such key (or already revoked)."""
+    found = False
+    for url in database_urls.values():
+        found |= await _each(url, "UPDATE api_keys SET revoked_at = now(), revoked_by = $2"
+                                  " WHERE key_id = $1 AND revoked_at IS NULL", key_id, by) != "UPDATE 0"
+    return found
+
+
+async def rotate_key(database_urls: dict[str, str], key_id: str, by: str = "cli",
+                     expires_at: datetime | None = None) -> str | None:
+    """A new key with the same tenant, role, source and label (and `expires_at`), then the old
+    one revoked. The new token, or None if there is no such active key."""
+    active = [k for k in await list_keys(database_urls) if k.key_id == key_id and k.revoked_at is None]
+    if not active:
+        return None
+    old = active[0]
+    token = await create_key(database_urls, tenant_id=old.tenant_id, role=old.role, source_name=old.source_name,
+                             label=old.label, expires_at=expires_at)
+    await revoke_key(database_urls, key_id, by=f"{by} (rotated)")
     return token
+
+
+async def _each(url: str, sql: str, *args) -> str:
+    conn = await asyncpg.connect(url)
+    try:
+        return await conn.execute(sql, *args)
+    finally:
+        await conn.close()
 
 
 async def stored_admin_key(database_urls: dict[str, str], path: Path) -> tuple[str, bool]:
