@@ -18,7 +18,7 @@ def build(settings: DunningSettings, clock: Clock | None = None) -> FastAPI:
     host = ServiceHost(settings, migrations=MIGRATIONS, clock=clock)
 
     def wire(host: ServiceHost, app: FastAPI) -> None:
-        dunning = Dunning(host.pool, host.clock, host.topics)
+        dunning = Dunning(host.pool, host.clock, host.topics, settings.dispute_pause_days)
         app.state.dunning = dunning
         host.consume("events", [host.topics.invoicing, host.topics.risk], dunning.handlers())
         host.every("steps", lambda: dunning.claim_due_steps(settings.step_batch_size), wake_on="dunning_steps",

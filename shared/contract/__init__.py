@@ -8,6 +8,7 @@ from shared.contract.events import (
     CreditNoteIssued,
     CustomerUpserted,
     DisputeOpened,
+    DisputeResolved,
     DunningStepExecuted,
     EventPayload,
     InvoiceAdjusted,
@@ -29,7 +30,7 @@ from shared.contract.topics import Topics
 __all__ = [
     "Envelope", "new_envelope", "partition_key", "EventPayload", "CustomerUpserted",
     "InvoiceIssued", "InvoiceAdjusted", "InvoiceCancelled", "PaymentReceived", "PaymentReversed", "CreditApplied", "CreditNoteIssued",
-    "LateFeeAssessed", "BalanceConfirmationRequested", "BalanceConfirmed", "BalanceContested", "DisputeOpened", "InvoicePaid", "InvoiceOverdue",
+    "LateFeeAssessed", "BalanceConfirmationRequested", "BalanceConfirmed", "BalanceContested", "DisputeOpened", "DisputeResolved", "InvoicePaid", "InvoiceOverdue",
     "NotificationRequested", "NotificationSent", "NotificationFailed", "RiskAssessed",
     "DunningStepExecuted", "REGISTRY", "UnknownEventType", "parse_payload", "Topics",
 ]

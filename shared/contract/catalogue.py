@@ -33,7 +33,7 @@ PRODUCERS: dict[str, tuple[str, ...]] = {
     "invoicing": ("CustomerUpserted", "InvoiceIssued", "InvoiceAdjusted", "InvoiceCancelled", "PaymentReceived",
                   "PaymentReversed", "CreditApplied", "CreditNoteIssued", "InvoicePaid", "InvoiceOverdue", "BalanceConfirmationRequested",
                   "BalanceConfirmed", "BalanceContested"),
-    "dunning": ("NotificationRequested", "DunningStepExecuted", "LateFeeAssessed", "DisputeOpened"),
+    "dunning": ("NotificationRequested", "DunningStepExecuted", "LateFeeAssessed", "DisputeOpened", "DisputeResolved"),
     "notifier": ("NotificationSent", "NotificationFailed"),
     "risk": ("RiskAssessed",),
 }

@@ -258,6 +258,14 @@ class DisputeOpened(EventPayload):
     opened_at: AwareDatetime
 
 
+@REGISTRY.register("DisputeResolved", 1)
+class DisputeResolved(EventPayload):
+    dispute_id: str
+    resolution: str = Field(description="what was decided, in the collector's words")
+    resolved_by: str = Field(description="the API key id of whoever resolved it")
+    resolved_at: AwareDatetime
+
+
 @REGISTRY.register("DunningStepExecuted", 1)
 class DunningStepExecuted(EventPayload):
     case_id: str

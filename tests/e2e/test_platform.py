@@ -233,8 +233,9 @@ async def test_balance_confirmation_contested_opens_a_dispute_that_pauses_dunnin
         disputes = await wait_for(dispute, 60, 0.2, "the dispute opened")
         assert disputes[0]["customer_id"] == "I1" and disputes[0]["reason"] == "invoice INI-1 was already credited"
 
-        # While the dispute is open, no reminder goes out, however late it gets.
-        clock.set(now + timedelta(days=40))
+        # While the dispute is open, no reminder goes out, even once the invoice is well overdue
+        # (until DISPUTE_PAUSE_DAYS, 30, after the contest: then dunning goes on unresolved).
+        clock.set(now + timedelta(days=29))
         async def overdue_fired():
             events = await read_events(p.bootstrap, p.topics.invoicing)
             return [e for e in events if e.type == "InvoiceOverdue" and e.tenant_id == "initech"] or None

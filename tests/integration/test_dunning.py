@@ -274,3 +274,48 @@ async def test_a_redelivered_event_whose_handler_publishes_publishes_once(dunnin
     await wait_for(lambda: app.state.pool.fetchval("SELECT count(*) = 0 FROM outbox"), message="all published")
     got = await requested(kafka_bootstrap, topics)
     assert [e.data["notification_key"] for e in got] == ["BC-1:balance_confirmation:email"]
+
+
+async def test_a_dispute_pauses_dunning_until_a_collector_resolves_it_or_its_pause_runs_out(dunning, kafka_bootstrap):
+    """#8: one unanswered contest must not stop collection for ever."""
+    from shared.contract import BalanceContested
+
+    app, http, clock, topics, producer = dunning
+    inv_c = "00000000-0000-0000-0000-00000000000c"
+    await send(producer, topics.invoicing, *(env(issued(i, customer=c), i, clock)
+                                             for i, c in ((INV_A, "C1"), (INV_B, "C2"), (inv_c, "C3"))))
+    await wait_for(lambda: _n(cases(http), 3), message="three cases")
+    await send(producer, topics.invoicing, *(env(BalanceContested(
+        customer_id=c, confirmation_id=f"00000000-0000-0000-0000-0000000000{n}1", as_of=date(2026, 3, 1),
+        reason="already paid", contested_at=clock.now()), c, clock) for n, c in ((1, "C1"), (2, "C2"))))
+    disputes = await wait_for(lambda: _n(_disputes(http), 2), message="two disputes")
+    assert {d["pause_until"][:10] for d in disputes} == {"2026-03-31"}  # DISPUTE_PAUSE_DAYS after the contest
+
+    clock.set(datetime(2026, 3, 18, 10, 0, tzinfo=timezone.utc))  # overdue_7 due for all three
+    await wait_for(lambda: _n(requested(kafka_bootstrap, topics), 2), message="the undisputed customer's requests")
+    got = await requested(kafka_bootstrap, topics)
+    assert {e.data["customer_id"] for e in got} == {"C3"}  # C1 and C2 are paused
+
+    c1 = next(d for d in disputes if d["customer_id"] == "C1")
+    r = await http.post(f"/v1/disputes/{c1['dispute_id']}/resolve", json={"resolution": "payment not found; invoice stands"})
+    assert r.status_code == 200 and r.json()["status"] == "resolved", r.text
+    assert r.json()["resolution"] == "payment not found; invoice stands" and r.json()["resolved_by"]
+    again = await http.post(f"/v1/disputes/{c1['dispute_id']}/resolve", json={"resolution": "twice"})
+    assert again.status_code == 409
+    unknown = await http.post("/v1/disputes/00000000-0000-0000-0000-000000000000/resolve", json={"resolution": "none"})
+    assert unknown.status_code == 404
+    got = await wait_for(lambda: _n(requested(kafka_bootstrap, topics), 4), message="C1 dunned again")
+    assert Counter(e.data["customer_id"] for e in got) == {"C3": 2, "C1": 2}
+    resolved = [e for e in await read_events(kafka_bootstrap, topics.dunning) if e.type == "DisputeResolved"]
+    assert [e.data["dispute_id"] for e in resolved] == [c1["dispute_id"]]
+
+    clock.set(datetime(2026, 4, 1, 10, 0, tzinfo=timezone.utc))  # C2's pause has run out, nobody resolved it
+    got = await wait_for(lambda: _n(requested(kafka_bootstrap, topics), 6), message="C2 dunned after the pause")
+    c2 = sorted((e.data["step"], e.data["channel"]) for e in got if e.data["customer_id"] == "C2")
+    assert c2 == [("final_14", "email"), ("final_14", "sms")]  # only the latest step, no burst of stale ones
+
+
+async def _disputes(http):
+    r = await http.get("/v1/disputes")
+    assert r.status_code == 200, r.text
+    return r.json()

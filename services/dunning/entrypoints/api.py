@@ -7,13 +7,15 @@ from datetime import date, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from services.dunning.domain.policy import DEFAULT_POLICIES
 from shared.auth import Principal, require_role
+from shared.contract.text import SafeText
 
 router = APIRouter(prefix="/v1")
 Reader = Annotated[Principal, Depends(require_role("collector", "analytics"))]
+Collector = Annotated[Principal, Depends(require_role("collector"))]
 
 
 class StepOut(BaseModel):
@@ -100,6 +102,19 @@ class DisputeOut(BaseModel):
     invoice_id: str | None
     status: str
     opened_at: datetime
+    pause_until: datetime = Field(description="dunning goes on after this even if nobody resolves the dispute")
+    resolved_at: datetime | None = None
+    resolution: str | None = None
+    resolved_by: str | None = None
+
+    @classmethod
+    def of(cls, r) -> "DisputeOut":
+        return cls(**{**{k: r[k] for k in cls.model_fields}, "dispute_id": str(r["dispute_id"]),
+                      "invoice_id": str(r["invoice_id"]) if r["invoice_id"] else None})
+
+
+class Resolution(BaseModel):
+    resolution: SafeText = Field(min_length=3, max_length=1000, description="what was decided")
 
 
 @router.get("/disputes", response_model=list[DisputeOut], tags=["disputes"])
@@ -110,5 +125,13 @@ async def list_disputes(principal: Reader, request: Request,
         "SELECT * FROM disputes WHERE tenant_id = $1 AND ($2::text IS NULL OR status = $2) ORDER BY opened_at",
         principal.tenant_id, status,
     )
-    return [DisputeOut(**{**dict(r), "dispute_id": str(r["dispute_id"]),
-                          "invoice_id": str(r["invoice_id"]) if r["invoice_id"] else None}) for r in rows]
+    return [DisputeOut.of(r) for r in rows]
+
+
+@router.post("/disputes/{dispute_id}/resolve", response_model=DisputeOut, tags=["disputes"])
+async def resolve_dispute(dispute_id: uuid.UUID, body: Resolution, principal: Collector, request: Request) -> DisputeOut:
+    """Close a dispute with what was decided (DisputeResolved); what it paused is dunned again
+    from the next step."""
+    row = await request.app.state.dunning.resolve_dispute(principal.tenant_id, dispute_id, body.resolution,
+                                                          principal.key_id)
+    return DisputeOut.of(row)

@@ -3,7 +3,7 @@ step timer that turns due steps into NotificationRequested."""
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import asyncpg
 
@@ -12,10 +12,11 @@ from services.dunning.domain.policy import (
 )
 from shared.clock import Clock
 from shared.contract import (
-    BalanceConfirmationRequested, BalanceContested, DisputeOpened, DunningStepExecuted, Envelope, InvoiceAdjusted,
+    BalanceConfirmationRequested, BalanceContested, DisputeOpened, DisputeResolved, DunningStepExecuted, Envelope, InvoiceAdjusted,
     InvoiceIssued, NotificationRequested, PaymentReversed, Topics, new_envelope,
 )
 from shared.contract.events import NoticeItem
+from shared.http import DomainError
 from shared.outbox import add_events
 from shared.processing import Event, Handler, each
 
@@ -41,8 +42,9 @@ def _last_per(events: list[Event], key) -> dict:
 
 
 class Dunning:
-    def __init__(self, pool: asyncpg.Pool, clock: Clock, topics: Topics) -> None:
+    def __init__(self, pool: asyncpg.Pool, clock: Clock, topics: Topics, dispute_pause_days: int = 30) -> None:
         self.pool, self.clock, self.topics = pool, clock, topics
+        self.dispute_pause = timedelta(days=dispute_pause_days)
 
     def handlers(self) -> dict[str, Handler]:
         """Set-based handlers for what arrives in volume; one at a time for the rare kinds."""
@@ -250,15 +252,34 @@ class Dunning:
         now = self.clock.now()
         dispute_id = uuid.uuid5(uuid.UUID(p.confirmation_id), "dispute")
         opened = await conn.fetchval(
-            "INSERT INTO disputes (tenant_id, dispute_id, customer_id, origin, reason, opened_at)"
-            " VALUES ($1, $2, $3, 'balance_confirmation', $4, $5) ON CONFLICT DO NOTHING RETURNING 1",
-            env.tenant_id, dispute_id, p.customer_id, p.reason, now,
+            "INSERT INTO disputes (tenant_id, dispute_id, customer_id, origin, reason, opened_at, pause_until)"
+            " VALUES ($1, $2, $3, 'balance_confirmation', $4, $5, $6) ON CONFLICT DO NOTHING RETURNING 1",
+            env.tenant_id, dispute_id, p.customer_id, p.reason, now, now + self.dispute_pause,
         )
         if opened:
             event = DisputeOpened(customer_id=p.customer_id, dispute_id=str(dispute_id), origin="balance_confirmation",
                                   reason=p.reason, opened_at=now)
             await add_events(conn, self.topics.dunning, [new_envelope(
                 event, source=SOURCE, tenant_id=env.tenant_id, subject=str(dispute_id), time=now, caused_by=env)])
+
+    async def resolve_dispute(self, tenant_id: str, dispute_id: uuid.UUID, resolution: str, by: str) -> asyncpg.Record:
+        """A collector closes a dispute: dunning of what it paused goes on at the next step."""
+        now = self.clock.now()
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                "SELECT * FROM disputes WHERE tenant_id = $1 AND dispute_id = $2 FOR UPDATE", tenant_id, dispute_id)
+            if row is None:
+                raise DomainError("dispute_id", f"no dispute {dispute_id} in this tenant", 404)
+            if row["status"] != "open":
+                raise DomainError("dispute_id", f"the dispute was already {row['status']}", 409)
+            row = await conn.fetchrow(
+                "UPDATE disputes SET status = 'resolved', resolved_at = $3, resolution = $4, resolved_by = $5"
+                " WHERE tenant_id = $1 AND dispute_id = $2 RETURNING *", tenant_id, dispute_id, now, resolution, by)
+            event = DisputeResolved(customer_id=row["customer_id"], dispute_id=str(dispute_id), resolution=resolution,
+                                    resolved_by=by, resolved_at=now)
+            await add_events(conn, self.topics.dunning, [new_envelope(
+                event, source=SOURCE, tenant_id=tenant_id, subject=str(dispute_id), time=now)])
+        return row
 
     async def next_step_due(self) -> datetime | None:
         """When the next scheduled step falls due (the step timer sleeps until then)."""
@@ -292,6 +313,7 @@ class Dunning:
                    WHERE s.status = 'scheduled' AND s.due_at <= $1
                      AND NOT EXISTS (SELECT 1 FROM disputes d WHERE d.tenant_id = c.tenant_id
                                      AND d.customer_id = c.customer_id AND d.status = 'open'
+                                     AND d.pause_until > $1
                                      AND (d.invoice_id IS NULL OR d.invoice_id = c.invoice_id))
                    ORDER BY s.due_at LIMIT $2 FOR UPDATE OF s SKIP LOCKED""",
                 now, limit,
