@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import secrets
 import time
 from dataclasses import dataclass
@@ -95,7 +96,34 @@ async def current_principal(request: Request, api_key: Annotated[str | None, Dep
     principal = await authenticate(request.app.state.pool, api_key)
     if principal is None:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "invalid or revoked API key")
+    limiter: RateLimiter | None = getattr(request.app.state, "rate_limiter", None)
+    if limiter is not None and (wait := limiter.take(principal.key_id)) > 0:
+        raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS,
+                            f"too many requests for this API key; try again in {math.ceil(wait)} s",
+                            headers={"Retry-After": str(math.ceil(wait))})
     return principal
+
+
+class RateLimiter:
+    """A token bucket per API key, in this process: `per_minute` requests a minute on average,
+    up to `burst` at once. With several replicas behind a load balancer each has its own."""
+
+    def __init__(self, per_minute: int, burst: int, clock=time.monotonic) -> None:
+        self.rate, self.burst, self.clock = per_minute / 60.0, float(burst), clock
+        self._buckets: dict[str, tuple[float, float]] = {}  # key id -> (tokens, when)
+
+    def take(self, key_id: str) -> float:
+        """0 if the request may go now, else the seconds until it may."""
+        now = self.clock()
+        tokens, then = self._buckets.get(key_id, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - then) * self.rate)
+        if tokens >= 1:
+            self._buckets[key_id] = (tokens - 1, now)
+            if len(self._buckets) > 100_000:  # keys are few; bound it anyway
+                self._buckets.clear()
+            return 0.0
+        self._buckets[key_id] = (tokens, now)
+        return (1 - tokens) / self.rate
 
 
 def require_role(*roles: str):

@@ -12,6 +12,7 @@ import asyncpg
 import uvicorn
 from fastapi import FastAPI
 
+from shared.auth import RateLimiter
 from shared.clock import Clock, clock_from
 from shared.contract import Topics
 from shared.db import create_pool, migrate
@@ -248,6 +249,8 @@ class ServiceHost:
         app = FastAPI(title=title, description=description, version="1.0.0", lifespan=lifespan,
                       max_body_size=self.settings.max_request_bytes)
         app.state.host = self
+        if self.settings.rate_limit_per_minute:
+            app.state.rate_limiter = RateLimiter(self.settings.rate_limit_per_minute, self.settings.rate_limit_burst)
         # Outermost, around FastAPI's own error and body-limit middleware, so that 500s and 413s
         # carry the headers too (add_middleware would place it inside those).
         stack = app.build_middleware_stack

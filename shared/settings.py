@@ -35,6 +35,9 @@ class ServiceSettings(BaseSettings):
     consumer_max_batch: int = Field(default=5_000, ge=1, description="most records a consumer takes per poll batch")
     inbox_retention_days: int = Field(
         default=30, ge=1, description="handled event ids kept for deduplication; outlast the broker's offset retention")
+    rate_limit_per_minute: int = Field(default=3000, ge=0,
+                                       description="requests a minute per API key and process (0: no limit)")
+    rate_limit_burst: int = Field(default=200, ge=1, description="requests per API key at once before the limit")
     max_request_bytes: int = Field(
         default=16 * 1024 * 1024, ge=1024,
         description="largest HTTP request body; larger ones answer 413 before they are read (a 10,000-item bulk is ~5 MB)")

@@ -198,3 +198,21 @@ async def test_confirmation_links_are_kept_hashed_answer_once_and_expire(service
     assert late.status_code == 410 and late.json()["problems"][0]["field"] == "token", late.text
     assert await app.state.pool.fetchval(
         "SELECT count(*) FROM balance_confirmations WHERE status = 'requested'") == 1
+
+
+async def test_a_key_over_its_rate_gets_429_with_retry_after_and_other_keys_carry_on(database, kafka_bootstrap,
+                                                                                      topic_prefix):
+    settings = InvoicingSettings(database_url=database, kafka_bootstrap_servers=kafka_bootstrap,
+                                 topic_prefix=topic_prefix, kafka_partitions=2, poll_interval_seconds=0.1,
+                                 rate_limit_per_minute=60, rate_limit_burst=3, **FAST_KAFKA)
+    app = build(settings, ManualClock(T0))
+    async with running(app) as url:
+        noisy, calm = await api_key(app, "t1", "admin"), await api_key(app, "t1", "analytics")
+        async with client(url, noisy) as http, client(url, calm) as other:
+            codes = [(await http.get("/v1/reports/aging")).status_code for _ in range(4)]
+            assert codes == [200, 200, 200, 429]
+            refused = await http.get("/v1/reports/aging")
+            assert refused.status_code == 429 and 1 <= int(refused.headers["retry-after"]) <= 2, refused.headers
+            assert "x-content-type-options" in refused.headers
+            assert (await other.get("/v1/reports/aging")).status_code == 200
+            assert (await http.get("/health/live")).status_code == 200  # health is not rate limited
