@@ -16,7 +16,7 @@ from shared.auth import RateLimiter
 from shared.clock import Clock, clock_from
 from shared.contract import Topics
 from shared.db import create_pool, migrate
-from shared.http import SecurityHeaders, install_error_handlers, install_health, install_outbox_admin
+from shared.http import OpsGuard, SecurityHeaders, install_error_handlers, install_health, install_outbox_admin
 from shared.inbox import prune_inbox
 from shared.kafka import ConsumerConfig, DeadLetters, EventConsumer, ensure_topics, start_producer
 from shared.logging import configure_logging, get_logger
@@ -254,7 +254,8 @@ class ServiceHost:
         # Outermost, around FastAPI's own error and body-limit middleware, so that 500s and 413s
         # carry the headers too (add_middleware would place it inside those).
         stack = app.build_middleware_stack
-        app.build_middleware_stack = lambda: SecurityHeaders(stack())
+        ops_token = self.settings.ops_token.get_secret_value() if self.settings.ops_token else None
+        app.build_middleware_stack = lambda: SecurityHeaders(OpsGuard(stack(), ops_token) if ops_token else stack())
         install_error_handlers(app)
         install_health(app, self.readiness, self.liveness)
         install_outbox_admin(app)

@@ -1,6 +1,7 @@
 """FastAPI pieces every service shares: health, readiness, metrics, uniform 4xx errors."""
 from __future__ import annotations
 
+import hmac
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
@@ -110,6 +111,28 @@ class SecurityHeaders:
             await send(message)
 
         await self.app(scope, receive, with_headers)
+
+
+OPS_PATHS = ("/metrics", "/docs", "/redoc", "/openapi.json")
+
+
+class OpsGuard:
+    """With OPS_TOKEN set, metrics and the API docs answer only `Authorization: Bearer <token>`
+    (Prometheus sends it with `authorization: {credentials: ...}`); health stays open for probes."""
+
+    def __init__(self, app, token: str) -> None:
+        self.app, self.expected = app, f"Bearer {token}".encode()
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith(OPS_PATHS):
+            given = dict(scope.get("headers", [])).get(b"authorization", b"")
+            if not hmac.compare_digest(given, self.expected):
+                response = JSONResponse(status_code=401, headers={"WWW-Authenticate": "Bearer"}, content={
+                    "error": "unauthorized", "problems": [
+                        {"field": "authorization", "reason": "metrics and docs need the ops token (OPS_TOKEN)"}]})
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 ReadinessCheck = Callable[[], Awaitable[dict[str, bool]]]

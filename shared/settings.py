@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 from typing import Literal, TypeVar
 
-from pydantic import Field, ValidationError
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 S = TypeVar("S", bound="ServiceSettings")
@@ -38,6 +38,8 @@ class ServiceSettings(BaseSettings):
     rate_limit_per_minute: int = Field(default=3000, ge=0,
                                        description="requests a minute per API key and process (0: no limit)")
     rate_limit_burst: int = Field(default=200, ge=1, description="requests per API key at once before the limit")
+    ops_token: SecretStr | None = Field(
+        default=None, min_length=16, description="when set, /metrics and the API docs need `Authorization: Bearer <it>`")
     max_request_bytes: int = Field(
         default=16 * 1024 * 1024, ge=1024,
         description="largest HTTP request body; larger ones answer 413 before they are read (a 10,000-item bulk is ~5 MB)")

@@ -216,3 +216,20 @@ async def test_a_key_over_its_rate_gets_429_with_retry_after_and_other_keys_carr
             assert "x-content-type-options" in refused.headers
             assert (await other.get("/v1/reports/aging")).status_code == 200
             assert (await http.get("/health/live")).status_code == 200  # health is not rate limited
+
+
+async def test_with_an_ops_token_metrics_and_docs_need_it_and_health_stays_open(database, kafka_bootstrap,
+                                                                                 topic_prefix):
+    token = "s3cret-ops-token-0123"
+    settings = InvoicingSettings(database_url=database, kafka_bootstrap_servers=kafka_bootstrap,
+                                 topic_prefix=topic_prefix, kafka_partitions=2, poll_interval_seconds=0.1,
+                                 ops_token=token, **FAST_KAFKA)
+    app = build(settings, ManualClock(T0))
+    async with running(app) as url, client(url) as http:
+        for path in ("/metrics", "/docs", "/openapi.json", "/redoc"):
+            r = await http.get(path)
+            assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer", path
+            assert (await http.get(path, headers={"Authorization": "Bearer wrong"})).status_code == 401
+            assert (await http.get(path, headers={"Authorization": f"Bearer {token}"})).status_code == 200, path
+        assert (await http.get("/health/live")).status_code == 200
+        assert token not in (await http.get("/health/live")).text
