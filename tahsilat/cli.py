@@ -25,6 +25,7 @@ import_app = typer.Typer(help="Import files of billing records into the platform
 app.add_typer(import_app, name="import")
 console = Console()
 VAR = Path(os.environ.get("TAHSILAT_HOME", "var"))
+DbPrefixOption = Annotated[str, typer.Option(help="database name prefix of the platform")]
 ADMIN_KEY_FILE = VAR / "admin-key"  # reused by the next `tahsilat up` while the databases still accept it
 
 
@@ -116,7 +117,7 @@ def keys_create(
     source: Annotated[str | None, typer.Option(help="billing source name (billing-source keys)")] = None,
     label: Annotated[str | None, typer.Option()] = None,
     expires_days: Annotated[int | None, typer.Option(min=1, help="the key stops working after this many days")] = None,
-    db_prefix: Annotated[str, typer.Option(help="database name prefix of the platform")] = "tahsilat",
+    db_prefix: DbPrefixOption = "tahsilat",
 ) -> None:
     """Create an API key valid on every service API of TENANT. Printed once; only its hash is kept."""
     if role not in ROLES:
@@ -172,7 +173,7 @@ def _keys_call(db_prefix: str, call):
 @keys_app.command("list")
 def keys_list(
     tenant: Annotated[str | None, typer.Option(help="only this tenant's keys")] = None,
-    db_prefix: Annotated[str, typer.Option(help="database name prefix of the platform")] = "tahsilat",
+    db_prefix: DbPrefixOption = "tahsilat",
 ) -> None:
     """Every key (never its secret): tenant, role, source, when it was created and last used,
     when it expires, whether it is revoked."""
@@ -202,7 +203,7 @@ def _when(moment) -> str | None:
 @keys_app.command("revoke")
 def keys_revoke(
     key_id: Annotated[str, typer.Argument(help="the key id: the part between thk_ and the next _")],
-    db_prefix: Annotated[str, typer.Option(help="database name prefix of the platform")] = "tahsilat",
+    db_prefix: DbPrefixOption = "tahsilat",
 ) -> None:
     """Revoke a key on every service; each stops accepting it within 10 seconds."""
     from shared.auth import AUTH_CACHE_SECONDS
@@ -218,7 +219,7 @@ def keys_revoke(
 def keys_rotate(
     key_id: Annotated[str, typer.Argument(help="the key id: the part between thk_ and the next _")],
     expires_days: Annotated[int | None, typer.Option(min=1, help="the new key stops working after this many days")] = None,
-    db_prefix: Annotated[str, typer.Option(help="database name prefix of the platform")] = "tahsilat",
+    db_prefix: DbPrefixOption = "tahsilat",
 ) -> None:
     """A new key with the same tenant, role and source, printed once; the old one is revoked."""
     from tahsilat.keys import rotate_key
@@ -253,7 +254,7 @@ def import_invoices_command(
     tenant: Annotated[str, typer.Option(help="the tenant the invoices belong to")],
     rejects: Annotated[Path | None, typer.Option(help="where rejected rows go (default: FILE.rejects.csv)")] = None,
     format: Annotated[str | None, typer.Option("--format", help="csv or jsonl (default: from the extension)")] = None,
-    db_prefix: Annotated[str, typer.Option(help="database name prefix of the platform")] = "tahsilat",
+    db_prefix: DbPrefixOption = "tahsilat",
     topic_prefix: Annotated[str, typer.Option(envvar="TOPIC_PREFIX", help="topic prefix of the platform")] = "",
     grace_days: Annotated[int, typer.Option(envvar="OVERDUE_GRACE_DAYS", min=0, max=60,
                                             help="days after the due date before an invoice is overdue")] = 0,
@@ -396,7 +397,7 @@ def import_payments_command(
     format: Annotated[str | None, typer.Option("--format",
                                                help="csv, jsonl or bank (default: csv or jsonl from the extension)")
                       ] = None,
-    db_prefix: Annotated[str, typer.Option(help="database name prefix of the platform")] = "tahsilat",
+    db_prefix: DbPrefixOption = "tahsilat",
     topic_prefix: Annotated[str, typer.Option(envvar="TOPIC_PREFIX", help="topic prefix of the platform")] = "",
 ) -> None:
     from services.invoicing.entrypoints.file_import import PaymentReader
@@ -492,7 +493,7 @@ def report_aging(
     by: Annotated[str, typer.Option(help="currency or customer")] = "currency",
     buckets: Annotated[str, typer.Option(help="upper bounds in days past due")] = "0,30,60,90",
     currency: Annotated[str | None, typer.Option(help="only this currency")] = None,
-    db_prefix: Annotated[str, typer.Option(help="database name prefix of the platform")] = "tahsilat",
+    db_prefix: DbPrefixOption = "tahsilat",
 ) -> None:
     """AR aging as of a date: open amounts per days-past-due bucket, per currency or customer."""
     from services.invoicing.domain.reports import parse_buckets
@@ -535,7 +536,7 @@ def report_dso(
     as_of: Annotated[str | None, typer.Option(help="YYYY-MM-DD; default: today")] = None,
     months: Annotated[int, typer.Option(min=1, max=36, help="calendar months ending at as-of")] = 3,
     currency: Annotated[str | None, typer.Option(help="only this currency")] = None,
-    db_prefix: Annotated[str, typer.Option(help="database name prefix of the platform")] = "tahsilat",
+    db_prefix: DbPrefixOption = "tahsilat",
 ) -> None:
     """Days sales outstanding per currency by the countback method."""
     from services.invoicing.service_layer.reports import dso_report
@@ -576,7 +577,7 @@ def _check_service(service: str) -> None:
 def outbox_held(
     service: ServiceOption,
     tenant: Annotated[str | None, typer.Option(help="only this tenant's events")] = None,
-    db_prefix: Annotated[str, typer.Option(help="database name prefix of the platform")] = "tahsilat",
+    db_prefix: DbPrefixOption = "tahsilat",
 ) -> None:
     """List the events held back, with why and how many later events of their key wait behind each."""
     from shared.outbox import held_events
@@ -600,7 +601,7 @@ def outbox_held(
 def outbox_retry(
     row: Annotated[int, typer.Argument(help="the id `tahsilat outbox held` shows")],
     service: ServiceOption,
-    db_prefix: Annotated[str, typer.Option(help="database name prefix of the platform")] = "tahsilat",
+    db_prefix: DbPrefixOption = "tahsilat",
 ) -> None:
     """Publish a held event again at the relay's next batch (e.g. after the broker's limit was raised)."""
     from shared.outbox import retry_held
@@ -617,7 +618,7 @@ def outbox_discard(
     row: Annotated[int, typer.Argument(help="the id `tahsilat outbox held` shows")],
     service: ServiceOption,
     reason: Annotated[str, typer.Option(help="why it is given up (kept with it in outbox_discarded)")],
-    db_prefix: Annotated[str, typer.Option(help="database name prefix of the platform")] = "tahsilat",
+    db_prefix: DbPrefixOption = "tahsilat",
 ) -> None:
     """Give up a held event: it is kept aside with who and why, and its key's later events go out."""
     from shared.outbox import discard_held
