@@ -115,6 +115,9 @@ def keys_create(
     tenant: Annotated[str, typer.Option(help="tenant id the key is scoped to")],
     role: Annotated[str, typer.Option(help=f"one of: {', '.join(ROLES)}")],
     source: Annotated[str | None, typer.Option(help="billing source name (billing-source keys)")] = None,
+    records: Annotated[str | None, typer.Option(help=(
+        "what the billing source may record: invoices, payments or invoices,payments"
+        " (registers the source if needed; default for a new source: invoices)"))] = None,
     label: Annotated[str | None, typer.Option()] = None,
     expires_days: Annotated[int | None, typer.Option(min=1, help="the key stops working after this many days")] = None,
     db_prefix: DbPrefixOption = "tahsilat",
@@ -126,6 +129,7 @@ def keys_create(
     if role == "billing-source" and not source:
         console.print("[red]source:[/red] required for a billing-source key: it writes as that source only")
         raise typer.Exit(2)
+    rights = _records(records)
     if source is not None:
         from services.invoicing.domain.model import reserved_source
 
@@ -138,7 +142,7 @@ def keys_create(
 
         urls = {s: await _service_database(s, db_prefix) for s in SERVICES}
         return await create_key(urls, tenant_id=tenant, role=role, source_name=source, label=label,
-                                expires_at=_expiry(expires_days))
+                                expires_at=_expiry(expires_days), records=rights)
 
     try:
         token = asyncio.run(create())
@@ -358,9 +362,6 @@ def _rejects_and_outbox(summary) -> None:
 
 def _print_import_summary(summary, file: Path) -> None:
     _summary_table(summary, file, ("created", "unchanged", "adjusted", "cancelled", "rejected"))
-    if not summary.source_registered:
-        console.print("[yellow]note:[/yellow] this billing source is not registered for this tenant, so it has no"
-                      " default currency: every row needs a currency (register it: POST /v1/billing-sources)")
     _rejects_and_outbox(summary)
 
 
@@ -556,6 +557,61 @@ def report_dso(
     console.print(t)
     if not result.by_currency:
         console.print("no receivables and no sales")
+
+
+# --------------------------------------------------------------------------- billing sources
+
+sources_app = typer.Typer(help="Billing sources of a tenant and what each may record.", no_args_is_help=True)
+app.add_typer(sources_app, name="sources")
+RecordsHelp = "what the source may record: invoices, payments or invoices,payments"
+
+
+def _records(records: str | None) -> tuple[str, ...] | None:
+    rights = None if records is None else tuple(r.strip() for r in records.split(",") if r.strip())
+    if rights is not None and (not rights or set(rights) - {"invoices", "payments"}):
+        console.print(f"[red]records:[/red] must name invoices and/or payments, not {escape(records or '')!r}")
+        raise typer.Exit(2)
+    return rights
+
+
+@sources_app.command("register")
+def sources_register(
+    name: Annotated[str, typer.Argument(help="the billing source's name, e.g. erp or bank-garanti")],
+    tenant: Annotated[str, typer.Option(help="tenant id")],
+    records: Annotated[str, typer.Option(help=RecordsHelp)] = "invoices",
+    currency: Annotated[str | None, typer.Option(help="default currency of its amounts")] = None,
+    db_prefix: DbPrefixOption = "tahsilat",
+) -> None:
+    """Register a billing source (or change what a registered one may record). No key is made:
+    `tahsilat keys create --role billing-source --source NAME` makes one."""
+    from services.invoicing.domain.model import reserved_source
+    from shared.contract.money import validate_currency
+
+    rights = _records(records)
+    if reserved_source(name):
+        console.print(f"[red]name:[/red] {escape(name)!r} is reserved for the platform's own records")
+        raise typer.Exit(2)
+    try:
+        currency = None if currency is None else validate_currency(currency)
+    except ValueError as exc:
+        console.print(f"[red]currency:[/red] {escape(str(exc))}")
+        raise typer.Exit(2) from None
+
+    async def register() -> None:
+        from services.invoicing.bootstrap import MIGRATIONS
+        from shared.db import migrate
+        from tahsilat.keys import register_source
+
+        url = await _service_database("invoicing", db_prefix, create=True)
+        await migrate(url, MIGRATIONS)
+        await register_source(url, tenant, name, rights, currency)
+
+    try:
+        asyncio.run(register())
+    except (StartupError, OSError) as exc:
+        console.print(f"[red]cannot register the source:[/red] {exc}")
+        raise typer.Exit(2) from None
+    console.print(f"billing source {escape(name)} of {escape(tenant)} may record {', '.join(rights or ())}")
 
 
 # --------------------------------------------------------------------------- outbox

@@ -130,7 +130,8 @@ async def run_demo(platform: Platform, clock: FileClock, console: Console, *, cu
     started = time.monotonic()
     today = datetime.now(timezone.utc).date()
     seed = make_seed(today, customers, invoices_per_customer)
-    keys = {s: await create_key(platform.database_urls, tenant_id=TENANT, role="billing-source", source_name=s)
+    keys = {s: await create_key(platform.database_urls, tenant_id=TENANT, role="billing-source", source_name=s,
+                                records=("invoices", "payments"))
             for s, _ in SOURCES}
     admin_key = await create_key(platform.database_urls, tenant_id=TENANT, role="admin", label="demo admin")
 

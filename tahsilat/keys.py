@@ -14,10 +14,17 @@ from shared.auth import authenticate, new_key, store_api_key
 
 async def create_key(
     database_urls: dict[str, str], *, tenant_id: str, role: str, source_name: str | None = None,
-    label: str | None = None, expires_at: datetime | None = None,
+    label: str | None = None, expires_at: datetime | None = None, records: tuple[str, ...] | None = None,
 ) -> str:
     """One key, stored in every service's database in one transaction each; if a database
-    fails, the copies already made are removed again, so a key works everywhere or nowhere."""
+    fails, the copies already made are removed again, so a key works everywhere or nowhere.
+    A billing-source key's source is registered first if it is not (allowed to record
+    `records`, default invoices); `records` given for a registered source replaces its rights."""
+    if role == "billing-source":
+        if not source_name:
+            raise ValueError("a billing-source key needs its source: it writes as that source only")
+        if "invoicing" in database_urls:
+            await register_source(database_urls["invoicing"], tenant_id, source_name, records)
     key_id, secret, token = new_key()
     stored: list[str] = []
     try:
@@ -131,3 +138,21 @@ async def _valid_everywhere(database_urls: dict[str, str], token: str) -> bool:
         if principal is None or (principal.tenant_id, principal.role) != ("default", "admin"):
             return False
     return True
+
+
+async def register_source(invoicing_url: str, tenant_id: str, source: str, records: tuple[str, ...] | None,
+                          currency: str | None = None) -> None:
+    """Register `source` in the invoicing database if it is not; `records` (and `currency`) given
+    replace what a registered source may record (and its default currency)."""
+    wanted = records or ("invoices",)
+    conn = await asyncpg.connect(invoicing_url)
+    try:
+        await conn.execute(
+            "INSERT INTO billing_sources (tenant_id, name, default_currency, records_invoices, records_payments)"
+            " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (tenant_id, name) DO UPDATE SET"
+            " records_invoices = CASE WHEN $6 THEN EXCLUDED.records_invoices ELSE billing_sources.records_invoices END,"
+            " records_payments = CASE WHEN $6 THEN EXCLUDED.records_payments ELSE billing_sources.records_payments END,"
+            " default_currency = coalesce(EXCLUDED.default_currency, billing_sources.default_currency)",
+            tenant_id, source, currency, "invoices" in wanted, "payments" in wanted, records is not None)
+    finally:
+        await conn.close()

@@ -49,6 +49,11 @@ async def api_key(app: FastAPI, tenant_id: str, role: str, source_name: str | No
     key_id, secret, token = new_key()
     await store_api_key(app.state.pool, key_id=key_id, secret=secret, tenant_id=tenant_id, role=role,
                         source_name=source_name)
+    if source_name and await app.state.pool.fetchval("SELECT to_regclass('billing_sources') IS NOT NULL"):
+        # invoicing: a test's source may record everything unless the test registers it itself
+        await app.state.pool.execute(
+            "INSERT INTO billing_sources (tenant_id, name, records_invoices, records_payments)"
+            " VALUES ($1, $2, true, true) ON CONFLICT DO NOTHING", tenant_id, source_name)
     return token
 
 

@@ -152,7 +152,8 @@ async def test_two_billing_sources_feed_the_same_customer(platform):
     admin = {"X-API-Key": admin_key}
     inv = p.url("invoicing")
     async with httpx.AsyncClient(timeout=30) as http:
-        erp = await http.post(f"{inv}/v1/billing-sources", headers=admin, json={"name": "erp", "default_currency": "EUR"})
+        erp = await http.post(f"{inv}/v1/billing-sources", headers=admin, json={"name": "erp", "default_currency": "EUR",
+                                                                        "records": ["invoices", "payments"]})
         biller = await http.post(f"{inv}/v1/billing-sources", headers=admin,
                                  json={"name": "biller", "default_currency": "EUR"})
         assert erp.status_code == biller.status_code == 201

@@ -68,7 +68,7 @@ class Load:
         from tahsilat.keys import create_key
 
         self.key = await create_key(self.platform.database_urls, tenant_id=TENANT, role="billing-source",
-                                    source_name=SOURCE)
+                                    source_name=SOURCE, records=("invoices", "payments"))
 
     def _invoice(self, n: int) -> dict:
         c = self.rnd.randrange(self.customers)

@@ -44,6 +44,8 @@ async def service(database, kafka_bootstrap, topic_prefix):
     app = build(settings, ManualClock(T0))
     async with running(app) as url:
         token = await api_key(app, "t1", "admin")
+        await app.state.pool.execute("INSERT INTO billing_sources (tenant_id, name, default_currency)"
+                                     " VALUES ('t1', 'erp', 'EUR')")
         async with client(url, token) as http:
             yield app, http
 

@@ -31,9 +31,11 @@ async def erp(database, kafka_bootstrap, topic_prefix):
     app = build(settings, clock)
     async with running(app) as url:
         async with client(url, await api_key(app, "t1", "admin")) as admin:
-            r = await admin.post("/v1/billing-sources", json={"name": "erp", "default_currency": "EUR"})
+            r = await admin.post("/v1/billing-sources", json={"name": "erp", "default_currency": "EUR",
+                                                           "records": ["invoices", "payments"]})
             assert r.status_code == 201, r.text
-            again = await admin.post("/v1/billing-sources", json={"name": "erp", "default_currency": "EUR"})
+            again = await admin.post("/v1/billing-sources", json={"name": "erp", "default_currency": "EUR",
+                                                           "records": ["invoices", "payments"]})
             assert again.status_code == 409 and again.json()["problems"][0]["field"] == "name"
             async with client(url, r.json()["api_key"]) as http:
                 yield app, http, clock, Topics(topic_prefix)

@@ -36,7 +36,8 @@ async def test_ingest_topic_records_are_applied_and_bad_ones_dead_lettered(datab
     try:
         async with running(app) as url:
             async with client(url, await api_key(app, "t1", "admin")) as admin:
-                assert (await admin.post("/v1/billing-sources", json={"name": "erp", "default_currency": "EUR"})).status_code == 201
+                assert (await admin.post("/v1/billing-sources", json={"name": "erp", "default_currency": "EUR",
+                                                           "records": ["invoices", "payments"]})).status_code == 201
             sends = [
                 record("invoice", invoice("A")),
                 b"{not json",
@@ -95,7 +96,8 @@ async def test_hostile_records_are_dead_lettered_with_the_field_and_ingest_carri
     try:
         async with running(app) as url:
             async with client(url, await api_key(app, "t1", "admin")) as admin:
-                assert (await admin.post("/v1/billing-sources", json={"name": "erp", "default_currency": "EUR"})).status_code == 201
+                assert (await admin.post("/v1/billing-sources", json={"name": "erp", "default_currency": "EUR",
+                                                           "records": ["invoices", "payments"]})).status_code == 201
             for value in [
                 record("invoice", invoice("A", customer={"id": "C1", "name": "Ac\x00me"}, customer_id=None)),
                 record("invoice", invoice("B", number="N\u202e")),
@@ -129,7 +131,8 @@ async def test_a_redelivered_older_version_does_not_adjust_the_invoice_back(data
         app = _service(database, kafka_bootstrap, topic_prefix)
         async with running(app) as url:
             async with client(url, await api_key(app, "t1", "admin")) as admin:
-                assert (await admin.post("/v1/billing-sources", json={"name": "erp", "default_currency": "EUR"})).status_code == 201
+                assert (await admin.post("/v1/billing-sources", json={"name": "erp", "default_currency": "EUR",
+                                                           "records": ["invoices", "payments"]})).status_code == 201
             for amount in (10_000, 9_000):
                 await producer.send_and_wait(topics.ingest, record("invoice", invoice("A", amount_minor=amount)),
                                              key=b"t1:C1")

@@ -44,7 +44,8 @@ async def reporting(pg_server, kafka_bootstrap, topic_prefix):
     try:
         async with running(app) as url:
             async with client(url, await api_key(app, "t1", "admin")) as admin:
-                r = await admin.post("/v1/billing-sources", json={"name": "erp", "default_currency": "EUR"})
+                r = await admin.post("/v1/billing-sources", json={"name": "erp", "default_currency": "EUR",
+                                                           "records": ["invoices", "payments"]})
                 assert r.status_code == 201, r.text
                 erp_key = r.json()["api_key"]
             async with client(url, erp_key) as erp, client(url, await api_key(app, "t1", "analytics")) as reader:

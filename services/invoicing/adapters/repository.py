@@ -43,17 +43,11 @@ async def get_customer(conn: asyncpg.Connection, tenant_id: str, customer_id: st
     )
 
 
-async def upsert_customer(conn: asyncpg.Connection, tenant_id: str, c: dict, placeholder: bool = False) -> None:
-    await conn.execute(
-        """INSERT INTO customers (tenant_id, customer_id, name, language, timezone, email, phone, billing_source, placeholder)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-           ON CONFLICT (tenant_id, customer_id) DO UPDATE SET
-             name = EXCLUDED.name, language = EXCLUDED.language, timezone = EXCLUDED.timezone,
-             email = EXCLUDED.email, phone = EXCLUDED.phone, billing_source = EXCLUDED.billing_source,
-             placeholder = EXCLUDED.placeholder, updated_at = now()""",
-        tenant_id, c["customer_id"], c["name"], c["language"], c["timezone"], c.get("email"), c.get("phone"),
-        c.get("billing_source"), placeholder,
-    )
+async def source_rights(conn: asyncpg.Connection | asyncpg.Pool, tenant_id: str, source: str) -> asyncpg.Record | None:
+    """The registered source's default currency and what it may record, or None."""
+    return await conn.fetchrow(
+        "SELECT default_currency, records_invoices, records_payments FROM billing_sources"
+        " WHERE tenant_id = $1 AND name = $2", tenant_id, source)
 
 
 async def get_invoice_by_external(conn: asyncpg.Connection, tenant_id: str, source: str, external_id: str):

@@ -18,10 +18,11 @@ from services.invoicing.domain.reports import parse_buckets
 from services.invoicing.service_layer.commands import (
     BusinessDate, CreditNoteRecord, CustomerIn, InvoiceRecord, RecordPayment,
 )
-from services.invoicing.service_layer import reports
+from services.invoicing.service_layer import reports, sources
+from services.invoicing.service_layer.sources import Right
 from services.invoicing.service_layer.handlers import Invoicing
 from services.invoicing.service_layer.ingest import validation_problem
-from shared.auth import Principal, new_key, require_role, store_api_key
+from shared.auth import Principal, require_role
 from shared.contract.money import CurrencyCode, to_major, validate_currency
 from shared.contract.text import unsafe_character
 from shared.http import DomainError, raw_json_body
@@ -29,6 +30,8 @@ from shared.http import DomainError, raw_json_body
 router = APIRouter(prefix="/v1")
 Writer = Annotated[Principal, Depends(require_role("billing-source"))]
 Reader = Annotated[Principal, Depends(require_role("billing-source", "collector", "analytics"))]
+# The customer's whole ledger (every source's entries, cash from any source): not for a billing source.
+LedgerReader = Annotated[Principal, Depends(require_role("collector", "analytics"))]
 Admin = Annotated[Principal, Depends(require_role("admin"))]
 
 
@@ -46,6 +49,9 @@ class Created(BaseModel):
 
 
 def _source(principal: Principal, requested: str | None) -> str:
+    if principal.role == "billing-source" and not principal.source_name:
+        raise DomainError("billing_source", "this billing-source key is bound to no source; create one with --source",
+                          403)
     if principal.source_name:
         if requested and requested != principal.source_name:
             raise DomainError("billing_source", f"this API key belongs to billing source {principal.source_name!r}", 403)
@@ -64,7 +70,8 @@ class ItemOut(BaseModel):
     status: str = Field(description="created, unchanged, adjusted, cancelled, reversed or rejected")
     id: str | None = None
     field: str | None = Field(default=None, description="for rejected items: the field at fault")
-    reason: str | None = None
+    reason: str | None = Field(default=None, description=(
+        "for rejected items: why; for others, a note (e.g. the customer's contact data was not changed)"))
     changes: dict[str, dict[str, Any]] | None = Field(default=None, description="for adjusted items: old and new values")
 
 
@@ -80,7 +87,8 @@ async def ingest_invoice(body: InvoiceRecord, principal: Writer, request: Reques
     source = _source(principal, body.billing_source)
     [result] = await request.app.state.ingestor.ingest(principal.tenant_id, source, [body])
     if result.status == "rejected":
-        raise DomainError(result.field or "body", result.reason or "rejected", 409 if result.id else 422)
+        raise DomainError(result.field or "body", result.reason or "rejected",
+                          403 if result.field == "billing_source" else 409 if result.id else 422)
     response.status_code = _STATUS_CODE[result.status]
     return Created(id=result.id, status=result.status, changes=result.changes)
 
@@ -111,35 +119,69 @@ async def ingest_invoices(body: Annotated[BulkInvoices, _bulk_invoices_body], pr
     return BulkOut.model_construct(summary=summary, results=[ItemOut.model_construct(**vars(r)) for r in results])
 
 
+Records = Field(default=["invoices"], min_length=1, description=(
+    "what the source may record: invoices (with credit notes and customer master data) and/or payments;"
+    " a bank import records payments only"))
+
+
 class BillingSourceIn(BaseModel):
     name: str = Field(min_length=1, max_length=100, pattern=r"^[a-z0-9][a-z0-9._-]*$")
-    default_currency: CurrencyCode
+    default_currency: CurrencyCode | None = None
+    records: list[Right] = Records
 
 
 class BillingSourceOut(BaseModel):
     name: str
-    default_currency: str
-    api_key: str = Field(description="shown once; only its hash is kept")
+    default_currency: str | None
+    records: list[str]
+    api_key: str | None = Field(default=None, description="shown once, at registration; only its hash is kept")
 
 
-@router.post("/billing-sources", response_model=BillingSourceOut, status_code=201, tags=["billing sources"])
+@router.post("/billing-sources", response_model=BillingSourceOut, response_model_exclude_none=True, status_code=201,
+             tags=["billing sources"])
 async def register_billing_source(body: BillingSourceIn, principal: Admin, request: Request) -> BillingSourceOut:
     """Register a billing source of this tenant and issue its API key (billing-source role, bound to it)."""
-    if reserved_source(body.name):
-        raise DomainError("name", f"{body.name!r} is reserved for the platform's own records")
-    pool = request.app.state.pool
-    key_id, secret, token = new_key()
-    async with pool.acquire() as conn, conn.transaction():
-        created = await conn.fetchval(
-            "INSERT INTO billing_sources (tenant_id, name, default_currency) VALUES ($1, $2, $3)"
-            " ON CONFLICT DO NOTHING RETURNING 1",
-            principal.tenant_id, body.name, body.default_currency,
-        )
-        if not created:
-            raise DomainError("name", f"billing source {body.name!r} is already registered", 409)
-        await store_api_key(conn, key_id=key_id, secret=secret, tenant_id=principal.tenant_id, role="billing-source",
-                            source_name=body.name, label=f"billing source {body.name}")
-    return BillingSourceOut(name=body.name, default_currency=body.default_currency, api_key=token)
+    registered = await sources.register(request.app.state.pool, principal.tenant_id, body.name, body.default_currency,
+                                        body.records)
+    return BillingSourceOut(**vars(registered))
+
+
+@router.get("/billing-sources", response_model=list[BillingSourceOut], response_model_exclude_none=True,
+            tags=["billing sources"])
+async def list_billing_sources(principal: Admin, request: Request) -> list[BillingSourceOut]:
+    return [BillingSourceOut(**vars(s)) for s in await sources.list_sources(request.app.state.pool, principal.tenant_id)]
+
+
+class BillingSourcePatch(BaseModel):
+    default_currency: CurrencyCode | None = None
+    records: list[Right] | None = Field(default=None, min_length=1)
+
+
+@router.patch("/billing-sources/{name}", response_model=BillingSourceOut, response_model_exclude_none=True,
+              tags=["billing sources"])
+async def update_billing_source(name: Annotated[str, PathParam(max_length=100)], body: BillingSourcePatch,
+                                principal: Admin, request: Request) -> BillingSourceOut:
+    """Change a source's default currency or what it may record (e.g. allow it to record payments)."""
+    updated = await sources.update(request.app.state.pool, principal.tenant_id, name,
+                                   default_currency=body.default_currency, records=body.records)
+    return BillingSourceOut(**vars(updated))
+
+
+class MasterData(BaseModel):
+    master_data_source: str | None = Field(description=(
+        "the billing source that owns every customer's contact data; null: the source that created each customer"))
+
+
+@router.put("/settings/master-data-source", response_model=MasterData, tags=["billing sources"])
+async def set_master_data_source(body: MasterData, principal: Admin, request: Request) -> MasterData:
+    await sources.set_master_data_source(request.app.state.pool, principal.tenant_id, body.master_data_source)
+    return body
+
+
+@router.get("/settings/master-data-source", response_model=MasterData, tags=["billing sources"])
+async def get_master_data_source(principal: Admin, request: Request) -> MasterData:
+    return MasterData(master_data_source=await sources.master_data_source(request.app.state.pool,
+                                                                          principal.tenant_id))
 
 
 @router.post("/payments", response_model=Created, response_model_exclude_none=True, status_code=201,
@@ -195,7 +237,7 @@ class UnappliedCash(BaseModel):
 
 
 @router.get("/payments/unapplied", response_model=list[UnappliedCash], tags=["payments"])
-async def unapplied_cash(principal: Reader, invoicing: UseCases) -> list[UnappliedCash]:
+async def unapplied_cash(principal: LedgerReader, invoicing: UseCases) -> list[UnappliedCash]:
     """Money received that is on no invoice (unknown customer, over-payment): to be resolved by a person."""
     rows = await invoicing.unapplied_cash(principal.tenant_id)
     return [UnappliedCash(**{**dict(r), "payment_id": str(r["payment_id"])}) for r in rows]
@@ -218,7 +260,7 @@ class InvoiceOut(BaseModel):
 @router.get("/invoices/{invoice_id}", response_model=InvoiceOut, tags=["invoices"])
 async def get_invoice(invoice_id: uuid.UUID, principal: Reader, request: Request) -> InvoiceOut:
     row = await repo.get_invoice(request.app.state.pool, principal.tenant_id, invoice_id)
-    if row is None:
+    if row is None or (principal.source_name and row["billing_source"] != principal.source_name):
         raise HTTPException(404, f"no invoice {invoice_id} in this tenant")
     return InvoiceOut(**{**dict(row), "invoice_id": str(row["invoice_id"])})
 
@@ -243,7 +285,8 @@ async def aging(
     by then), per currency and, with by=customer, per customer and currency."""
     as_of = as_of or request.app.state.host.clock.now().date()
     result = await reports.aging_report(request.app.state.pool, principal.tenant_id, as_of, _buckets(buckets),
-                                        _currency(currency), by_customer=by == "customer")
+                                        _currency(currency), by_customer=by == "customer",
+                                        billing_source=principal.source_name)
     return AgingReport(as_of=result.as_of, buckets=result.buckets, by_currency=result.by_currency,
                        by_customer=result.by_customer)
 
@@ -287,7 +330,8 @@ async def dso(
     """Days sales outstanding per currency by the countback method: the AR balance as of the
     date is matched against the sales of the latest months, newest first."""
     as_of = as_of or request.app.state.host.clock.now().date()
-    result = await reports.dso_report(request.app.state.pool, principal.tenant_id, as_of, months, _currency(currency))
+    result = await reports.dso_report(request.app.state.pool, principal.tenant_id, as_of, months, _currency(currency),
+                                      billing_source=principal.source_name)
     return DsoReport(
         as_of=as_of, months=months, periods=[{"start": s, "end": e} for s, e in result.periods],
         by_currency={cur: DsoOut(ar_minor=line.ar_minor, sales_minor=line.sales_minor,
@@ -321,7 +365,7 @@ class StatementOut(BaseModel):
 @router.get("/customers/{customer_id}/statement", response_model=StatementOut, response_model_by_alias=True,
             tags=["reports"])
 async def customer_statement(
-    customer_id: str, principal: Reader, request: Request,
+    customer_id: str, principal: LedgerReader, request: Request,
     from_: Annotated[BusinessDate | None, Query(alias="from", description="default: the first of to's month")] = None,
     to: Annotated[BusinessDate | None, Query(description="default: today")] = None,
 ) -> StatementOut:
@@ -436,6 +480,9 @@ async def upsert_customer(customer_id: Annotated[str, PathParam(max_length=200)]
     if body.id != customer_id:
         raise DomainError("id", f"must match the customer id in the path ({customer_id!r})")
     [result] = await request.app.state.ingestor.upsert_customers(principal.tenant_id, _source(principal, None), [body])
+    if result.status == "rejected":  # another source owns the data (409), or this one may not write it (403)
+        raise DomainError(result.field or "body", result.reason or "rejected",
+                          403 if result.field == "billing_source" else 409)
     return Created(id=customer_id, status=result.status)
 
 

@@ -32,10 +32,12 @@ from typing import Any, BinaryIO
 import asyncpg
 from pydantic import ValidationError
 
+from services.invoicing.adapters import repository as repo
 from services.invoicing.domain.model import reserved_source
 from services.invoicing.service_layer.commands import RecordPayment
 from services.invoicing.service_layer.handlers import Invoicing
 from services.invoicing.service_layer.ingest import InvoiceIngestor, validation_problem
+from services.invoicing.service_layer.sources import Right, missing_right
 from shared.clock import Clock
 from shared.contract import Topics
 from shared.contract.money import currency_exponent, known_currencies
@@ -60,6 +62,13 @@ STATUSES = ("created", "unchanged", "adjusted", "cancelled", "rejected")
 
 class ImportFileError(Exception):
     """The file as a whole cannot be imported (missing, unknown format, bad header): one line."""
+
+
+async def _rights(pool: asyncpg.Pool, tenant_id: str, source: str, right: Right) -> asyncpg.Record:
+    rights = await repo.source_rights(pool, tenant_id, source)
+    if (problem := missing_right(rights, source, right)) is not None:
+        raise ImportFileError(f"source: {problem}")
+    return rights
 
 
 def _refuse_reserved(source: str) -> None:
@@ -263,7 +272,6 @@ class ImportSummary:
     seconds: float = 0.0
     bytes: int = 0
     rejects_path: Path | None = None  # set when at least one row was rejected
-    source_registered: bool = True
 
     @property
     def rejected(self) -> int:
@@ -323,15 +331,13 @@ async def import_invoices(
     started = time.perf_counter()
     path, rejects_path = Path(path), Path(rejects_path)
     _refuse_reserved(source)
-    default_currency = await pool.fetchval(
-        "SELECT default_currency FROM billing_sources WHERE tenant_id = $1 AND name = $2", tenant_id, source
-    )
+    default_currency = (await _rights(pool, tenant_id, source, "invoices"))["default_currency"]
     reader = RecordReader(path, fmt, default_currency=default_currency)
     if rejects_path.resolve() == path.resolve():
         raise ImportFileError("the rejects file must not be the file being imported")
     rejects_path.unlink(missing_ok=True)
     ingestor = InvoiceIngestor(pool, clock, topics, grace_days)
-    summary = ImportSummary(source_registered=default_currency is not None)
+    summary = ImportSummary()
     rejects = _Rejects(rejects_path)
     # One chunk is written while the next one is read: at most two chunks in memory, and chunks
     # are applied in file order (a flush starts only when the one before it has finished).
@@ -685,13 +691,11 @@ async def import_payments(
     reader = PaymentReader(path, fmt)
     if rejects_path.resolve() == path.resolve():
         raise ImportFileError("the rejects file must not be the file being imported")
-    registered = await pool.fetchval(
-        "SELECT true FROM billing_sources WHERE tenant_id = $1 AND name = $2", tenant_id, source
-    )
+    await _rights(pool, tenant_id, source, "payments")
     rejects_path.unlink(missing_ok=True)
     invoicing = Invoicing(pool, clock, topics)
     bank = reader.format == "bank"
-    summary = PaymentImportSummary(source_registered=bool(registered))
+    summary = PaymentImportSummary()
     counts = summary.counts
     rejects = _Rejects(rejects_path)
     try:

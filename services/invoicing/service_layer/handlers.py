@@ -11,6 +11,7 @@ from services.invoicing.domain.model import CashApplication, allocate_payment, u
 from services.invoicing.service_layer import cash
 from services.invoicing.service_layer.commands import CreditNoteRecord, RecordPayment
 from services.invoicing.service_layer.ingest import stable_id
+from services.invoicing.service_layer.sources import require_right
 from shared.clock import Clock
 from shared.contract import (
     CreditNoteIssued, Envelope, InvoiceOverdue, LateFeeAssessed, PaymentReceived, Topics, new_envelope,
@@ -44,6 +45,7 @@ class Invoicing:
         now = self.clock.now()
         payment_id = stable_id(tenant_id, source, "payment", cmd.external_id)
         async with self.pool.acquire() as conn, conn.transaction():
+            await require_right(conn, tenant_id, source, "payments")
             await repo.lock_receipt_key(conn, tenant_id, source, "payment", cmd.external_id)
             existing = await repo.get_payment_by_external(conn, tenant_id, source, cmd.external_id, lock=True)
             if cmd.status == "reversed":
@@ -72,6 +74,7 @@ class Invoicing:
         now = self.clock.now()
         note_id = stable_id(tenant_id, source, "credit_note", cmd.external_id)
         async with self.pool.acquire() as conn, conn.transaction():
+            await require_right(conn, tenant_id, source, "invoices")
             await repo.lock_receipt_key(conn, tenant_id, source, "credit_note", cmd.external_id)
             existing = await conn.fetchrow(
                 "SELECT * FROM payments WHERE tenant_id = $1 AND billing_source = $2 AND kind = 'credit_note'"

@@ -23,6 +23,7 @@ from services.invoicing.domain.ingest import Decision, IncomingInvoice, Recorded
 from services.invoicing.domain.model import overdue_at
 from services.invoicing.service_layer import cash
 from services.invoicing.service_layer.commands import CustomerIn, InvoiceRecord
+from services.invoicing.service_layer.sources import missing_right
 from shared.clock import Clock
 from shared.contract import (
     CustomerUpserted, Envelope, InvoiceAdjusted, InvoiceCancelled, InvoiceIssued, InvoicePaid, Topics, new_envelope,
@@ -55,6 +56,18 @@ class ItemResult:
     changes: dict[str, dict[str, Any]] | None = None
 
 
+@dataclass
+class CustomerWrite:
+    timezones: dict[str, str]  # every customer named: its timezone
+    changed: set[str]  # customers written (a CustomerUpserted each)
+    refused: dict[str, tuple[str, list[str]]]  # customer -> (owning source, fields a change was refused for)
+
+    def refusal(self, customer_id: str, source: str) -> str:
+        owner, fields = self.refused[customer_id]
+        return (f"customer {customer_id!r} not changed: its contact data belongs to billing source {owner!r},"
+                f" not {source!r} (differs in {', '.join(fields)})")
+
+
 def validation_problem(exc: ValidationError) -> tuple[str, str]:
     err = exc.errors()[0]
     field = ".".join(str(p) for p in err["loc"]) or "record"
@@ -64,24 +77,37 @@ def validation_problem(exc: ValidationError) -> tuple[str, str]:
 # $1 tenant, $2 time (ISO text), $3 billing source, $4 topic, then one array per column. Only the
 # customers that are new or differ are written (locked in customer id order, the same in every
 # transaction): the same master data on every invoice of a file costs a read, not a row lock.
-# A placeholder never overwrites.
+# A placeholder never overwrites. Contact data has an owner: the tenant's master-data source if it
+# has one, else the source that created the customer (a placeholder has none); a differing change
+# from another source is refused and reported with the fields it would have changed.
+_OWNER = "coalesce((SELECT master_data_source FROM tenant_settings WHERE tenant_id = $1), {known})"
 _UPSERT_CUSTOMERS = f"""
 WITH w AS (
   SELECT * FROM unnest($5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::int[],
                        $12::boolean[])
     AS t(customer_id, name, language, timezone, email, phone, credit_terms_days, placeholder)
 ), k AS (
-  SELECT w.*, c.timezone AS known_timezone,
+  SELECT w.*, c.timezone AS known_timezone, o.owner,
          c.customer_id IS NULL OR (NOT w.placeholder AND
            (c.name, c.language, c.timezone, c.email, c.phone, c.credit_terms_days, c.placeholder) IS DISTINCT FROM
-           (w.name, w.language, w.timezone, w.email, w.phone, w.credit_terms_days, false)) AS news
+           (w.name, w.language, w.timezone, w.email, w.phone, w.credit_terms_days, false)) AS differs,
+         array_remove(ARRAY[
+           CASE WHEN c.name IS DISTINCT FROM w.name THEN 'name' END,
+           CASE WHEN c.language IS DISTINCT FROM w.language THEN 'language' END,
+           CASE WHEN c.timezone IS DISTINCT FROM w.timezone THEN 'timezone' END,
+           CASE WHEN c.email IS DISTINCT FROM w.email THEN 'email' END,
+           CASE WHEN c.phone IS DISTINCT FROM w.phone THEN 'phone' END,
+           CASE WHEN c.credit_terms_days IS DISTINCT FROM w.credit_terms_days THEN 'credit_terms_days' END
+         ], NULL) AS fields
   FROM w LEFT JOIN LATERAL (SELECT * FROM customers WHERE tenant_id = $1 AND customer_id = w.customer_id OFFSET 0) AS c
     ON true
+  LEFT JOIN LATERAL (SELECT {_OWNER.format(known="CASE WHEN c.placeholder THEN NULL ELSE c.billing_source END")}
+                     AS owner) AS o ON c.customer_id IS NOT NULL
 ), up AS (
   INSERT INTO customers AS c (tenant_id, customer_id, name, language, timezone, email, phone, credit_terms_days,
                               billing_source, placeholder)
   SELECT $1, customer_id, name, language, timezone, email, phone, credit_terms_days, $3, placeholder
-  FROM k WHERE news ORDER BY customer_id
+  FROM k WHERE differs AND coalesce(owner, $3) = $3 ORDER BY customer_id
   ON CONFLICT (tenant_id, customer_id) DO UPDATE SET
     name = EXCLUDED.name, language = EXCLUDED.language, timezone = EXCLUDED.timezone, email = EXCLUDED.email,
     phone = EXCLUDED.phone, credit_terms_days = EXCLUDED.credit_terms_days, billing_source = EXCLUDED.billing_source,
@@ -90,6 +116,9 @@ WITH w AS (
     AND (c.name, c.language, c.timezone, c.email, c.phone, c.credit_terms_days, c.placeholder) IS DISTINCT FROM
         (EXCLUDED.name, EXCLUDED.language, EXCLUDED.timezone, EXCLUDED.email, EXCLUDED.phone,
          EXCLUDED.credit_terms_days, false)
+    -- checked again on the row itself: it may have been created since k read it
+    AND coalesce({_OWNER.format(known="CASE WHEN c.placeholder THEN NULL ELSE c.billing_source END")},
+                 EXCLUDED.billing_source) = EXCLUDED.billing_source
   RETURNING c.*
 ), events AS (
   INSERT INTO outbox (topic, event_id, tenant_id, event_type, key, envelope)
@@ -99,7 +128,9 @@ WITH w AS (
       "credit_terms_days": "credit_terms_days"})}
   FROM (SELECT *, gen_random_uuid() AS eid FROM up ORDER BY customer_id) AS x
 )
-SELECT k.customer_id, coalesce(up.timezone, k.known_timezone) AS timezone, up.customer_id IS NOT NULL AS changed
+SELECT k.customer_id, coalesce(up.timezone, k.known_timezone) AS timezone, up.customer_id IS NOT NULL AS changed,
+       CASE WHEN k.differs AND NOT k.placeholder AND k.owner <> $3 THEN k.owner END AS refused_by,
+       k.fields
 FROM k LEFT JOIN up USING (customer_id)"""
 
 # $1 tenant, $2 time (ISO text), $3 billing source, $4 time, $5 topic, then one array per column.
@@ -183,10 +214,11 @@ class InvoiceIngestor:
         own connection while the next one is validated, so Python and PostgreSQL work side by side.
         `in_transaction(conn, indexes)` runs in each chunk's transaction with the positions of the
         items it took (not the rejected): a consumer records them in its inbox there."""
+        rights = await repo.source_rights(self.pool, tenant_id, source)
+        if (problem := missing_right(rights, source, "invoices")) is not None:
+            return [ItemResult(i, "rejected", field="billing_source", reason=problem) for i in range(len(items))]
+        default_currency = rights["default_currency"]
         results: list[ItemResult | None] = [None] * len(items)
-        default_currency = await self.pool.fetchval(
-            "SELECT default_currency FROM billing_sources WHERE tenant_id = $1 AND name = $2", tenant_id, source
-        )
 
         async def write(batch: list[tuple[int, InvoiceRecord]]) -> None:
             for result in await self._apply_with_retry(tenant_id, source, batch, in_transaction):
@@ -291,9 +323,16 @@ class InvoiceIngestor:
                 results.append(ItemResult(i, decision.outcome, str(invoice_id), changes=decision.changes or None))
             accepted = [rec for rec, _ in created] + [rec for rec, _, _ in changed] + unchanged
             # Customer events go out before the invoice events that name the customer.
-            timezones, _ = await self._upsert_customers(
+            written = await self._upsert_customers(
                 conn, tenant_id, source, [rec.customer for rec in accepted if rec.customer is not None],
                 {rec.customer_key for rec in accepted}, now)
+            timezones = written.timezones
+            if written.refused:  # the invoice stands; the customer's data stays as its owner sent it
+                by_index = {i: rec for i, rec in batch}
+                for result in results:
+                    rec = by_index[result.index]
+                    if result.status != "rejected" and rec.customer is not None and rec.customer.id in written.refused:
+                        result.reason = written.refusal(rec.customer.id, source)
             await self._create(conn, tenant_id, source, created, timezones, now)
             events = await self._apply_credit(conn, tenant_id, created, now)
             for rec, decision, inv_id in changed:
@@ -314,6 +353,9 @@ class InvoiceIngestor:
                                in_transaction: InTransaction | None = None) -> list[ItemResult]:
         """Customer master data on its own (before or without invoices): a result per item
         (`in_transaction` as for `ingest`)."""
+        problem = missing_right(await repo.source_rights(self.pool, tenant_id, source), source, "invoices")
+        if problem is not None:
+            return [ItemResult(i, "rejected", field="billing_source", reason=problem) for i in range(len(items))]
         results: list[ItemResult] = []
         valid: list[CustomerIn] = []
         for i, raw in enumerate(items):
@@ -327,16 +369,20 @@ class InvoiceIngestor:
             results.append(ItemResult(i, "unchanged", customer.id))
         now = self.clock.now()
         async with self.pool.acquire() as conn, conn.transaction():
-            _, changed = await self._upsert_customers(conn, tenant_id, source, valid, [], now)
+            written = await self._upsert_customers(conn, tenant_id, source, valid, [], now)
+            for r in results:
+                if r.status == "unchanged" and r.id in written.refused:
+                    r.status, r.reason = "rejected", written.refusal(r.id, source)
+                    r.field = written.refused[r.id][1][0]
             if in_transaction is not None:
                 await in_transaction(conn, [r.index for r in results if r.status != "rejected"])
         for r in results:
-            if r.status == "unchanged" and r.id in changed:
+            if r.status == "unchanged" and r.id in written.changed:
                 r.status = "upserted"
         return results
 
     async def _upsert_customers(self, conn, tenant_id: str, source: str, customers: list[CustomerIn],
-                                referenced: Iterable[str], now: datetime) -> tuple[dict[str, str], set[str]]:
+                                referenced: Iterable[str], now: datetime) -> CustomerWrite:
         """Master data (last one wins), and placeholders for referenced ids nobody knows, with a
         CustomerUpserted for each customer that changed: one statement, the comparison and the
         events done by PostgreSQL. Returns every customer's timezone and the ids that changed."""
@@ -347,7 +393,7 @@ class InvoiceIngestor:
             if cid not in wanted:
                 wanted[cid] = (cid, cid, "en", "UTC", None, None, None, True)
         if not wanted:
-            return {}, set()
+            return CustomerWrite({}, set(), {})
         rows = await conn.fetch(_UPSERT_CUSTOMERS, tenant_id, iso_time(now), source, self.topics.invoicing,
                                 *(list(col) for col in zip(*wanted.values())))
         timezones = {r["customer_id"]: r["timezone"] for r in rows}
@@ -357,7 +403,8 @@ class InvoiceIngestor:
             timezones.update(await conn.fetch(
                 "SELECT customer_id, timezone FROM customers WHERE tenant_id = $1 AND customer_id = ANY($2::text[])",
                 tenant_id, [cid for cid, tz in timezones.items() if tz is None]))
-        return timezones, {r["customer_id"] for r in rows if r["changed"]}
+        refused = {r["customer_id"]: (r["refused_by"], r["fields"]) for r in rows if r["refused_by"] is not None}
+        return CustomerWrite(timezones, {r["customer_id"] for r in rows if r["changed"]}, refused)
 
     async def _create(self, conn, tenant_id: str, source: str, created: list[tuple[InvoiceRecord, str]],
                       timezones: dict[str, str], now: datetime) -> None:

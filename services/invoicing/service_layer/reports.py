@@ -44,6 +44,7 @@ WITH counted AS (
     WHERE tenant_id = $1 AND issue_date <= $2
       AND (cancelled_at IS NULL OR (cancelled_at AT TIME ZONE 'UTC')::date > $2)
       AND ($3::text IS NULL OR currency = $3)
+      AND ($5::text IS NULL OR billing_source = $5)
 ), amounts AS (
     SELECT ref_id, sum(amount_minor)::bigint AS amount_minor FROM ledger_entries
     WHERE tenant_id = $1 AND (kind IN ('invoice', 'fee') OR (kind = 'adjustment' AND booked_on <= $2))
@@ -72,10 +73,10 @@ ORDER BY customer_id, currency, due_date, invoice_id
 
 
 async def invoices_as_of(db: Db, tenant_id: str, as_of: date, currency: str | None = None,
-                         issued_since: date | None = None) -> list[InvoiceAsOf]:
+                         issued_since: date | None = None, billing_source: str | None = None) -> list[InvoiceAsOf]:
     """Invoices still open as of `as_of` (open amount > 0), plus, when `issued_since` is given,
     every invoice counted as of `as_of` that was issued on or after it (for sales)."""
-    rows = await db.fetch(_INVOICES_AS_OF, tenant_id, as_of, currency, issued_since or date.max)
+    rows = await db.fetch(_INVOICES_AS_OF, tenant_id, as_of, currency, issued_since or date.max, billing_source)
     return [
         InvoiceAsOf(str(r["invoice_id"]), r["customer_id"], r["currency"], r["issue_date"], r["due_date"],
                     r["amount_minor"], r["open_minor"])
@@ -95,8 +96,10 @@ class AgingResult:
 
 
 async def aging_report(db: Db, tenant_id: str, as_of: date, buckets: Buckets = DEFAULT_AGING_BUCKETS,
-                       currency: str | None = None, by_customer: bool = False) -> AgingResult:
-    invoices = await invoices_as_of(db, tenant_id, as_of, currency)
+                       currency: str | None = None, by_customer: bool = False,
+                       billing_source: str | None = None) -> AgingResult:
+    """`billing_source`: only that source's invoices."""
+    invoices = await invoices_as_of(db, tenant_id, as_of, currency, billing_source=billing_source)
     items = [OpenItem(i.customer_id, i.currency, i.open_minor, i.due_date) for i in invoices if i.open_minor > 0]
     return AgingResult(
         as_of=as_of,
@@ -124,12 +127,14 @@ class DsoResult:
     by_currency: dict[str, DsoLine]
 
 
-async def dso_report(db: Db, tenant_id: str, as_of: date, months: int = 3, currency: str | None = None) -> DsoResult:
+async def dso_report(db: Db, tenant_id: str, as_of: date, months: int = 3, currency: str | None = None,
+                     billing_source: str | None = None) -> DsoResult:
     """Per currency: AR as of `as_of` (the open amounts as of then), sales of each of the
     `months` calendar months ending at `as_of` (amounts as of then of the invoices issued in
     the month and not cancelled by then), and DSO by the countback method."""
     periods = monthly_periods(as_of, months)
-    invoices = await invoices_as_of(db, tenant_id, as_of, currency, issued_since=periods[-1][0])
+    invoices = await invoices_as_of(db, tenant_id, as_of, currency, issued_since=periods[-1][0],
+                                    billing_source=billing_source)
     ar: dict[str, int] = {}
     sales: dict[str, list[int]] = {}
     for inv in invoices:
