@@ -6,7 +6,7 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from services.invoicing.entrypoints.api import router
-from services.invoicing.entrypoints.ingest_consumer import ingest_handler
+from services.invoicing.entrypoints.ingest_consumer import Verifier, ingest_handler
 from services.invoicing.service_layer.confirmations import BalanceConfirmations
 from services.invoicing.service_layer.handlers import Invoicing
 from services.invoicing.service_layer.ingest import InvoiceIngestor
@@ -29,7 +29,8 @@ def build(settings: InvoicingSettings, clock: Clock | None = None) -> FastAPI:
         app.state.ingestor = InvoiceIngestor(host.pool, host.clock, host.topics, settings.overdue_grace_days)
         host.consume("dunning", [host.topics.dunning], {"LateFeeAssessed": each(invoicing.on_late_fee_assessed)})
         host.consume_raw("ingest", [host.topics.ingest],
-                         ingest_handler(host.pool, app.state.ingestor, invoicing, f"{host.name}.ingest"))
+                         ingest_handler(host.pool, app.state.ingestor, invoicing, f"{host.name}.ingest",
+                                        Verifier(host.pool, settings.ingest_signature_tolerance_seconds)))
         host.every("overdue", lambda: invoicing.fire_overdue_timers(settings.timer_batch_size))
 
     app = host.create_api("Tahsilat invoicing", "Invoices, payments, cash application, aging.", wire)

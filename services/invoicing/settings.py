@@ -14,3 +14,5 @@ class InvoicingSettings(ServiceSettings):
                                  description="where customers reach the balance-confirmation links")
     confirmation_link_days: int = Field(default=30, ge=1, le=365,
                                         description="how long a balance-confirmation link can be answered")
+    ingest_signature_tolerance_seconds: int = Field(default=300, ge=10, le=86_400, description=(
+        "how far a signed ingest record's timestamp may be from now (replays older than this are refused)"))

@@ -3,6 +3,7 @@ what cannot be taken goes to the dead-letter topic with the reason, and the cons
 from __future__ import annotations
 
 import json
+import time
 from datetime import datetime, timezone
 
 import pytest
@@ -11,6 +12,7 @@ from services.invoicing.bootstrap import build
 from services.invoicing.settings import InvoicingSettings
 from shared.clock import ManualClock
 from shared.contract import Topics
+from shared.contract.signing import sign
 from shared.kafka import start_producer
 from tahsilat.streams import read_topic
 from tests.support import FAST_KAFKA, api_key, client, running, wait_for
@@ -20,6 +22,20 @@ pytestmark = pytest.mark.integration
 
 def record(kind: str, body: dict, source: str = "erp", tenant: str = "t1") -> bytes:
     return json.dumps({"tenant_id": tenant, "billing_source": source, "kind": kind, "record": body}).encode()
+
+
+async def register(url: str, admin_key: str, name: str = "erp") -> dict:
+    """Register `name` (invoices and payments); its ingest secret."""
+    async with client(url, admin_key) as admin:
+        r = await admin.post("/v1/billing-sources", json={"name": name, "default_currency": "EUR",
+                                                         "records": ["invoices", "payments"]})
+        assert r.status_code == 201, r.text
+        return r.json()["ingest_secret"]
+
+
+async def send(producer, topic: str, value: bytes, secret: dict, key: bytes = b"t1:C1", **sign_kw) -> None:
+    await producer.send_and_wait(topic, value, key=key, headers=sign(value, secret["secret_id"], secret["secret"],
+                                                                     **sign_kw))
 
 
 def invoice(external_id: str, **over) -> dict:
@@ -35,9 +51,7 @@ async def test_ingest_topic_records_are_applied_and_bad_ones_dead_lettered(datab
     producer = await start_producer(kafka_bootstrap)
     try:
         async with running(app) as url:
-            async with client(url, await api_key(app, "t1", "admin")) as admin:
-                assert (await admin.post("/v1/billing-sources", json={"name": "erp", "default_currency": "EUR",
-                                                           "records": ["invoices", "payments"]})).status_code == 201
+            secret = await register(url, await api_key(app, "t1", "admin"))
             sends = [
                 record("invoice", invoice("A")),
                 b"{not json",
@@ -49,8 +63,9 @@ async def test_ingest_topic_records_are_applied_and_bad_ones_dead_lettered(datab
                 record("payment", {"external_id": "P2", "customer_id": "C1", "currency": "EUR"}),
                 record("invoice", invoice("D")),
             ]
-            for value in sends:
-                await producer.send_and_wait(topics.ingest, value, key=b"t1:C1")
+            for n, value in enumerate(sends):
+                # each send signed anew (another second): the same signed bytes twice would be a replay
+                await send(producer, topics.ingest, value, secret, timestamp=int(time.time()) - n)
 
             pool = app.state.pool
 
@@ -64,10 +79,12 @@ async def test_ingest_topic_records_are_applied_and_bad_ones_dead_lettered(datab
 
             dead = await wait_for(lambda: _at_least(read_topic(kafka_bootstrap, topics.dead_letter), 4),
                                   message="four dead letters")
+            # Records refused before they reach a use case come first.
             reasons = [h["dlq_reason"] for _, h in dead]
             assert reasons[0].startswith("unreadable ingest record")
-            assert reasons[1] == "record.currency: unknown ISO 4217 currency code 'XYZ'"
-            assert reasons[2] == "billing_source: 'unknown-erp' is not registered for tenant 't1'"
+            assert reasons[1] == ("cross-tenant: the record names tenant 't1', source 'unknown-erp'; its signature is"
+                                  " of 't1', 'erp'")
+            assert reasons[2] == "record.currency: unknown ISO 4217 currency code 'XYZ'"
             assert reasons[3] == "record.amount_minor: Field required"
             assert all(h["dlq_consumer"] == "invoicing.ingest" for _, h in dead)
     finally:
@@ -95,9 +112,7 @@ async def test_hostile_records_are_dead_lettered_with_the_field_and_ingest_carri
     producer = await start_producer(kafka_bootstrap)
     try:
         async with running(app) as url:
-            async with client(url, await api_key(app, "t1", "admin")) as admin:
-                assert (await admin.post("/v1/billing-sources", json={"name": "erp", "default_currency": "EUR",
-                                                           "records": ["invoices", "payments"]})).status_code == 201
+            secret = await register(url, await api_key(app, "t1", "admin"))
             for value in [
                 record("invoice", invoice("A", customer={"id": "C1", "name": "Ac\x00me"}, customer_id=None)),
                 record("invoice", invoice("B", number="N\u202e")),
@@ -106,7 +121,7 @@ async def test_hostile_records_are_dead_lettered_with_the_field_and_ingest_carri
                                    "received_at": "0001-01-01T00:00:00+05:00"}),
                 record("invoice", invoice("D")),
             ]:
-                await producer.send_and_wait(topics.ingest, value, key=b"t1:C1")
+                await send(producer, topics.ingest, value, secret)
             pool = app.state.pool
             await wait_for(lambda: _invoice_count(pool, "D"), message="the good record after the hostile ones")
             dead = await wait_for(lambda: _at_least(read_topic(kafka_bootstrap, topics.dead_letter), 4),
@@ -130,12 +145,9 @@ async def test_a_redelivered_older_version_does_not_adjust_the_invoice_back(data
     try:
         app = _service(database, kafka_bootstrap, topic_prefix)
         async with running(app) as url:
-            async with client(url, await api_key(app, "t1", "admin")) as admin:
-                assert (await admin.post("/v1/billing-sources", json={"name": "erp", "default_currency": "EUR",
-                                                           "records": ["invoices", "payments"]})).status_code == 201
+            secret = await register(url, await api_key(app, "t1", "admin"))
             for amount in (10_000, 9_000):
-                await producer.send_and_wait(topics.ingest, record("invoice", invoice("A", amount_minor=amount)),
-                                             key=b"t1:C1")
+                await send(producer, topics.ingest, record("invoice", invoice("A", amount_minor=amount)), secret)
             await wait_for(lambda: _amount(app.state.pool, "A", 9_000), message="the second version applied")
         # Everything comes again (the committed offsets are lost, as after a group's offsets expire).
         group = f"{topic_prefix}invoicing.ingest"
@@ -148,7 +160,7 @@ async def test_a_redelivered_older_version_does_not_adjust_the_invoice_back(data
             await rewind.commit({tp: 0 for tp in rewind.assignment()})
         finally:
             await rewind.stop()
-        await producer.send_and_wait(topics.ingest, record("invoice", invoice("Z")), key=b"t1:C1")
+        await send(producer, topics.ingest, record("invoice", invoice("Z")), secret)
         app = _service(database, kafka_bootstrap, topic_prefix)
         async with running(app):
             pool = app.state.pool
@@ -167,3 +179,63 @@ async def _invoice_count(pool, external_id):
 
 async def _amount(pool, external_id, amount):
     return await pool.fetchval("SELECT amount_minor FROM invoices WHERE external_id = $1", external_id) == amount
+
+
+async def test_unsigned_forged_stale_replayed_and_cross_tenant_records_are_dead_lettered_and_write_nothing(
+        database, kafka_bootstrap, topic_prefix):
+    """Only a live secret of the source makes a record count; the tenant and source are the
+    secret's. Everything else goes to the dead-letter topic with the reason."""
+
+    topics = Topics(topic_prefix)
+    app = _service(database, kafka_bootstrap, topic_prefix)
+    producer = await start_producer(kafka_bootstrap)
+    try:
+        async with running(app) as url:
+            t1_admin = await api_key(app, "t1", "admin")
+            erp = await register(url, t1_admin)
+            other = await register(url, await api_key(app, "t2", "admin"), "erp")  # tenant t2's erp
+            pool = app.state.pool
+            good = record("invoice", invoice("OK-1"))
+            await producer.send_and_wait(topics.ingest, record("invoice", invoice("U-1")), key=b"t1:C1")  # unsigned
+            forged = dict(erp, secret="guessed")
+            await send(producer, topics.ingest, record("invoice", invoice("F-1")), forged)
+            tampered = sign(record("invoice", invoice("T-1")), erp["secret_id"], erp["secret"])
+            await producer.send_and_wait(topics.ingest, record("invoice", invoice("T-1", amount_minor=1)),
+                                         key=b"t1:C1", headers=tampered)
+            await send(producer, topics.ingest, record("invoice", invoice("S-1")), erp,
+                       timestamp=int(time.time()) - 3600)
+            # tenant t2's secret naming tenant t1 in the body: the signer decides, and it differs
+            await send(producer, topics.ingest, record("invoice", invoice("X-1")), other)
+            headers = sign(good, erp["secret_id"], erp["secret"])
+            await producer.send_and_wait(topics.ingest, good, key=b"t1:C1", headers=headers)
+            await producer.send_and_wait(topics.ingest, good, key=b"t1:C1", headers=headers)  # replayed as is
+            dead = await wait_for(lambda: _at_least(read_topic(kafka_bootstrap, topics.dead_letter), 6),
+                                  message="six dead letters")
+            reasons = [h["dlq_reason"] for _, h in dead]
+            assert reasons[0].startswith("unsigned: no tahsilat-signing-key")
+            assert reasons[1] == reasons[2] == "forged: the signature does not match the record"
+            assert reasons[3].startswith("stale or replayed: signed 3600 s ago") or reasons[3].startswith(
+                "stale or replayed: signed 3601 s ago")
+            assert reasons[4] == ("cross-tenant: the record names tenant 't1', source 'erp'; its signature is of"
+                                  " 't2', 'erp'")
+            assert reasons[5] == "replayed: the same signed record was taken before"
+            await wait_for(lambda: _invoice_count(pool, "OK-1"), message="the signed record applied")
+            assert await pool.fetchval("SELECT array_agg(external_id) FROM invoices") == ["OK-1"]
+
+            # Rotation: the new secret works at once; the old one is retired (grace 0) and refused.
+            async with client(url, t1_admin) as admin:
+                r = await admin.post("/v1/billing-sources/erp/ingest-secrets", json={"retire_others_after_seconds": 0})
+                assert r.status_code == 201
+                rotated = r.json()
+                listed = (await admin.get("/v1/billing-sources/erp/ingest-secrets")).json()
+                assert [s["secret_id"] for s in listed] == [erp["secret_id"], rotated["secret_id"]]
+                assert "secret" not in listed[0] and listed[0]["retired_at"] is not None
+            await send(producer, topics.ingest, record("invoice", invoice("OLD-1")), erp)
+            await send(producer, topics.ingest, record("invoice", invoice("NEW-1")), rotated)
+            await wait_for(lambda: _invoice_count(pool, "NEW-1"), message="the record signed with the new secret")
+            dead = await wait_for(lambda: _at_least(read_topic(kafka_bootstrap, topics.dead_letter), 7),
+                                  message="the old secret's record dead-lettered")
+            assert dead[6][1]["dlq_reason"] == f"forged: no live ingest secret {erp['secret_id']!r}"
+            assert not await _invoice_count(pool, "OLD-1")
+    finally:
+        await producer.stop()

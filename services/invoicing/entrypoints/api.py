@@ -30,7 +30,7 @@ from shared.http import DomainError, raw_json_body
 router = APIRouter(prefix="/v1")
 Writer = Annotated[Principal, Depends(require_role("billing-source"))]
 Reader = Annotated[Principal, Depends(require_role("billing-source", "collector", "analytics"))]
-# The customer's whole ledger (every source's entries, cash from any source): not for a billing source.
+# A customer's whole ledger (every source's entries, cash from any source): not for a billing source.
 LedgerReader = Annotated[Principal, Depends(require_role("collector", "analytics"))]
 Admin = Annotated[Principal, Depends(require_role("admin"))]
 
@@ -130,11 +130,20 @@ class BillingSourceIn(BaseModel):
     records: list[Right] = Records
 
 
+class IngestSecretOut(BaseModel):
+    secret_id: str
+    created_at: datetime
+    retired_at: datetime | None = None
+    secret: str | None = Field(default=None, description=(
+        "shown once: sign each record for the ingest topic with it (HMAC-SHA256, see the README)"))
+
+
 class BillingSourceOut(BaseModel):
     name: str
     default_currency: str | None
     records: list[str]
     api_key: str | None = Field(default=None, description="shown once, at registration; only its hash is kept")
+    ingest_secret: IngestSecretOut | None = Field(default=None, description="at registration")
 
 
 @router.post("/billing-sources", response_model=BillingSourceOut, response_model_exclude_none=True, status_code=201,
@@ -143,13 +152,18 @@ async def register_billing_source(body: BillingSourceIn, principal: Admin, reque
     """Register a billing source of this tenant and issue its API key (billing-source role, bound to it)."""
     registered = await sources.register(request.app.state.pool, principal.tenant_id, body.name, body.default_currency,
                                         body.records)
-    return BillingSourceOut(**vars(registered))
+    return _source_out(registered)
+
+
+def _source_out(registered: sources.Registered) -> BillingSourceOut:
+    secret = registered.ingest_secret
+    return BillingSourceOut(**{**vars(registered), "ingest_secret": None if secret is None else vars(secret)})
 
 
 @router.get("/billing-sources", response_model=list[BillingSourceOut], response_model_exclude_none=True,
             tags=["billing sources"])
 async def list_billing_sources(principal: Admin, request: Request) -> list[BillingSourceOut]:
-    return [BillingSourceOut(**vars(s)) for s in await sources.list_sources(request.app.state.pool, principal.tenant_id)]
+    return [_source_out(s) for s in await sources.list_sources(request.app.state.pool, principal.tenant_id)]
 
 
 class BillingSourcePatch(BaseModel):
@@ -164,7 +178,40 @@ async def update_billing_source(name: Annotated[str, PathParam(max_length=100)],
     """Change a source's default currency or what it may record (e.g. allow it to record payments)."""
     updated = await sources.update(request.app.state.pool, principal.tenant_id, name,
                                    default_currency=body.default_currency, records=body.records)
-    return BillingSourceOut(**vars(updated))
+    return _source_out(updated)
+
+
+class Rotation(BaseModel):
+    retire_others_after_seconds: int | None = Field(default=86_400, ge=0, le=90 * 86_400, description=(
+        "the source's other secrets stop verifying after this long (time to deploy the new one); null: never"))
+
+
+@router.post("/billing-sources/{name}/ingest-secrets", response_model=IngestSecretOut, status_code=201,
+             response_model_exclude_none=True, tags=["billing sources"])
+async def rotate_ingest_secret(name: Annotated[str, PathParam(max_length=100)], body: Rotation, principal: Admin,
+                               request: Request) -> IngestSecretOut:
+    """A new ingest secret for the source (shown once); the old ones retire after a grace period."""
+    made = await sources.rotate_ingest_secret(request.app.state.pool, principal.tenant_id, name,
+                                              body.retire_others_after_seconds)
+    return IngestSecretOut(**vars(made))
+
+
+@router.get("/billing-sources/{name}/ingest-secrets", response_model=list[IngestSecretOut],
+            response_model_exclude_none=True, tags=["billing sources"])
+async def list_ingest_secrets(name: Annotated[str, PathParam(max_length=100)], principal: Admin,
+                              request: Request) -> list[IngestSecretOut]:
+    """The source's ingest secrets (never the secret itself) and when each retires."""
+    return [IngestSecretOut(**vars(s)) for s in await sources.ingest_secrets(request.app.state.pool,
+                                                                              principal.tenant_id, name)]
+
+
+@router.delete("/billing-sources/{name}/ingest-secrets/{secret_id}", status_code=204, tags=["billing sources"])
+async def retire_ingest_secret(name: Annotated[str, PathParam(max_length=100)],
+                               secret_id: Annotated[str, PathParam(max_length=100)], principal: Admin,
+                               request: Request) -> Response:
+    """Retire a secret now: records signed with it go to the dead-letter topic from now on."""
+    await sources.retire_ingest_secret(request.app.state.pool, principal.tenant_id, name, secret_id)
+    return Response(status_code=204)
 
 
 class MasterData(BaseModel):
@@ -237,9 +284,10 @@ class UnappliedCash(BaseModel):
 
 
 @router.get("/payments/unapplied", response_model=list[UnappliedCash], tags=["payments"])
-async def unapplied_cash(principal: LedgerReader, invoicing: UseCases) -> list[UnappliedCash]:
-    """Money received that is on no invoice (unknown customer, over-payment): to be resolved by a person."""
-    rows = await invoicing.unapplied_cash(principal.tenant_id)
+async def unapplied_cash(principal: Reader, invoicing: UseCases) -> list[UnappliedCash]:
+    """Money received that is on no invoice (unknown customer, over-payment): to be resolved by a
+    person. A billing source's key sees what that source recorded."""
+    rows = await invoicing.unapplied_cash(principal.tenant_id, source=principal.source_name)
     return [UnappliedCash(**{**dict(r), "payment_id": str(r["payment_id"])}) for r in rows]
 
 

@@ -1,12 +1,15 @@
 """Billing sources that publish to `ar.ingest.v1` get the same validation and outcome as the
-HTTP API. A record that cannot be read, names an unregistered billing source, or is rejected
-goes to the dead-letter topic with the reason; the consumer carries on.
+HTTP API. A record that is not signed with a live ingest secret of its source (or whose
+signature is stale or seen before), cannot be read, or is rejected goes to the dead-letter topic
+with the reason; the consumer carries on.
 
-Record value (JSON): {"tenant_id": ..., "billing_source": ..., "kind": "customer" | "invoice" | "payment" | "credit_note",
-"record": <the same body as PUT /v1/customers/{id}, POST /v1/invoices, /v1/payments or /v1/credit-notes>};
-key: "tenant_id:customer_id"."""
+Record value (JSON): {"kind": "customer" | "invoice" | "payment" | "credit_note", "record": <the
+same body as PUT /v1/customers/{id}, POST /v1/invoices, /v1/payments or /v1/credit-notes>}, and
+optionally "tenant_id" and "billing_source", which must then be those of the signing secret;
+headers: the signature (shared/contract/signing.py); key: "tenant_id:customer_id"."""
 from __future__ import annotations
 
+import time
 import uuid
 from itertools import groupby
 from typing import Any, Literal
@@ -17,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from services.invoicing.service_layer.commands import CreditNoteRecord, RecordPayment
 from services.invoicing.service_layer.handlers import Invoicing
 from services.invoicing.service_layer.ingest import InvoiceIngestor, validation_problem
+from shared.contract.signing import Signed, claimed, matches
 from shared.http import DomainError
 from shared.inbox import claim_ids, record_id, seen_ids
 from shared.processing import RawHandler
@@ -24,13 +28,69 @@ from shared.processing import RawHandler
 
 class IngestRecord(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    tenant_id: str = Field(min_length=1, max_length=200)
-    billing_source: str = Field(min_length=1, max_length=100)
+    tenant_id: str | None = Field(default=None, min_length=1, max_length=200)
+    billing_source: str | None = Field(default=None, min_length=1, max_length=100)
     kind: Literal["customer", "invoice", "payment", "credit_note"]
     record: dict[str, Any]
 
 
-def ingest_handler(pool: asyncpg.Pool, ingestor: InvoiceIngestor, invoicing: Invoicing, consumer: str) -> RawHandler:
+class Verifier:
+    """Which tenant and source signed each record, or why a record is refused: unsigned, an
+    unknown or retired secret, a signature that does not match the bytes, a timestamp outside
+    the tolerance (wall-clock time), or signed bytes already taken on another record (a replay)."""
+
+    def __init__(self, pool: asyncpg.Pool, tolerance_seconds: int, wall_clock=time.time) -> None:
+        self.pool, self.tolerance, self.wall_clock = pool, tolerance_seconds, wall_clock
+        self._pruned = 0.0
+
+    async def verify(self, records: list, ids: list[uuid.UUID]) -> list[tuple[str, str] | str]:
+        """Per record: (tenant, source) or the reason it is refused."""
+        now = self.wall_clock()
+        claims = [claimed(r.headers) for r in records]
+        key_ids = list({c.key_id for c in claims if isinstance(c, Signed)})
+        secrets = {row["secret_id"]: row for row in await self.pool.fetch(
+            "SELECT secret_id, tenant_id, source, secret FROM ingest_secrets WHERE secret_id = ANY($1::text[])"
+            " AND (retired_at IS NULL OR retired_at > now())", key_ids)} if key_ids else {}
+        out: list[tuple[str, str] | str] = []
+        fresh: dict[str, uuid.UUID] = {}
+        for r, rid, claim in zip(records, ids, claims):
+            if isinstance(claim, str):
+                out.append(claim)
+                continue
+            row = secrets.get(claim.key_id)
+            if row is None:
+                out.append(f"forged: no live ingest secret {claim.key_id[:40]!r}")
+            elif not matches(row["secret"], claim, r.value or b""):
+                out.append("forged: the signature does not match the record")
+            elif abs(now - claim.timestamp) > self.tolerance:
+                out.append(f"stale or replayed: signed {int(now - claim.timestamp)} s ago, tolerance"
+                           f" {self.tolerance} s")
+            else:
+                out.append((row["tenant_id"], row["source"]))
+                fresh.setdefault(claim.signature, rid)
+        if fresh:
+            # The first record to bring a signature keeps it; the same bytes on another record are
+            # a replay (a redelivery of the same record is the same record and passes).
+            inserted = {row["signature"] for row in await self.pool.fetch(
+                "INSERT INTO ingest_signatures (signature, record_id) SELECT * FROM unnest($1::text[], $2::uuid[])"
+                " ON CONFLICT DO NOTHING RETURNING signature", list(fresh), list(fresh.values()))}
+            first = dict(fresh)
+            if len(inserted) < len(fresh):
+                first.update((row["signature"], row["record_id"]) for row in await self.pool.fetch(
+                    "SELECT signature, record_id FROM ingest_signatures WHERE signature = ANY($1::text[])",
+                    [sig for sig in fresh if sig not in inserted]))
+            for n, (claim, rid) in enumerate(zip(claims, ids)):
+                if isinstance(out[n], tuple) and first[claim.signature] != rid:
+                    out[n] = "replayed: the same signed record was taken before"
+        if now - self._pruned > self.tolerance:
+            self._pruned = now
+            await self.pool.execute("DELETE FROM ingest_signatures WHERE seen_at < now() - make_interval(secs => $1)",
+                                    float(2 * self.tolerance))
+        return out
+
+
+def ingest_handler(pool: asyncpg.Pool, ingestor: InvoiceIngestor, invoicing: Invoicing, consumer: str,
+                   verifier: Verifier) -> RawHandler:
     """Records go through the same use cases as the HTTP API, consecutive ones of a source and kind
     together. The inbox (records have no event id: `record_id`, where each sits on the broker)
     keeps a redelivered record from being applied again: an invoice's older version must not
@@ -50,28 +110,28 @@ def ingest_handler(pool: asyncpg.Pool, ingestor: InvoiceIngestor, invoicing: Inv
             await reject(r, reason)
             rejected.append((rid, "ingest:rejected", tenant))
 
+        fresh = [(rid, r) for rid, r in zip(ids, records) if rid not in seen]
+        signers = await verifier.verify([r for _, r in fresh], [rid for rid, _ in fresh]) if fresh else []
         parsed = []
-        for rid, r in zip(ids, records):
-            if rid in seen:
+        for (rid, r), signer in zip(fresh, signers):
+            if isinstance(signer, str):
+                await refuse(rid, r, "?", signer)
                 continue
+            tenant, source = signer
             try:
-                parsed.append((rid, r, IngestRecord.model_validate_json(r.value or b"")))
+                m = IngestRecord.model_validate_json(r.value or b"")
             except ValidationError as exc:
                 field, reason = validation_problem(exc)
-                await refuse(rid, r, "?", f"unreadable ingest record: {field}: {reason}")
-        registered = {
-            (row["tenant_id"], row["name"]) for row in await pool.fetch(
-                "SELECT tenant_id, name FROM billing_sources WHERE tenant_id = ANY($1::text[])",
-                list({m.tenant_id for _, _, m in parsed}))
-        } if parsed else set()
-        # Consecutive records of one source and kind go through as one batch, in order.
-        for (tenant, source, kind), group in groupby(parsed, key=lambda p: (p[2].tenant_id, p[2].billing_source,
-                                                                               p[2].kind)):
-            items = list(group)
-            if (tenant, source) not in registered:
-                for rid, r, _ in items:
-                    await refuse(rid, r, tenant, f"billing_source: {source!r} is not registered for tenant {tenant!r}")
+                await refuse(rid, r, tenant, f"unreadable ingest record: {field}: {reason}")
                 continue
+            if (m.tenant_id or tenant, m.billing_source or source) != (tenant, source):
+                await refuse(rid, r, tenant, f"cross-tenant: the record names tenant {m.tenant_id!r}, source"
+                                             f" {m.billing_source!r}; its signature is of {tenant!r}, {source!r}")
+                continue
+            parsed.append((rid, r, m, tenant, source))
+        # Consecutive records of one source and kind go through as one batch, in order.
+        for (tenant, source, kind), group in groupby(parsed, key=lambda p: (p[3], p[4], p[2].kind)):
+            items = [(rid, r, m) for rid, r, m, _, _ in group]
             if kind in ("invoice", "customer"):
                 async def in_transaction(conn, indexes: list[int], items=items, kind=kind, tenant=tenant) -> None:
                     await mark(conn, [(items[i][0], f"ingest:{kind}", tenant) for i in indexes])

@@ -166,13 +166,15 @@ class Invoicing:
         await add_events(conn, self.topics.invoicing, await cash.apply_credit(conn, env.tenant_id, p.customer_id,
                                                                               p.currency, now))
 
-    async def unapplied_cash(self, tenant_id: str, limit: int = 500) -> list[asyncpg.Record]:
-        """Money received that is not on any invoice: for a person to resolve."""
+    async def unapplied_cash(self, tenant_id: str, limit: int = 500, source: str | None = None) -> list[asyncpg.Record]:
+        """Money received that is not on any invoice: for a person to resolve (`source`: only
+        what that billing source recorded)."""
         return await self.pool.fetch(
             "SELECT payment_id, kind, billing_source, external_id, customer_id, currency, amount_minor, unapplied_minor,"
             " unapplied_reason, received_at FROM payments"
-            " WHERE tenant_id = $1 AND unapplied_minor > 0 AND status = 'received' ORDER BY received_at LIMIT $2",
-            tenant_id, limit,
+            " WHERE tenant_id = $1 AND unapplied_minor > 0 AND status = 'received'"
+            " AND ($3::text IS NULL OR billing_source = $3) ORDER BY received_at LIMIT $2",
+            tenant_id, limit, source,
         )
 
     async def fire_overdue_timers(self, limit: int = 500) -> int:

@@ -1,7 +1,9 @@
 """Billing sources: registration, what each may record, and who owns customer contact data."""
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Literal
 
 import asyncpg
@@ -21,6 +23,15 @@ class Registered:
     default_currency: str | None
     records: list[str]
     api_key: str | None = None
+    ingest_secret: IngestSecret | None = None
+
+
+@dataclass(frozen=True)
+class IngestSecret:
+    secret_id: str
+    created_at: datetime
+    retired_at: datetime | None = None
+    secret: str | None = None  # only when it is made
 
 
 def missing_right(rights: asyncpg.Record | None, source: str, right: Right) -> str | None:
@@ -56,7 +67,8 @@ async def register(pool: asyncpg.Pool, tenant_id: str, name: str, default_curren
             raise DomainError("name", f"billing source {name!r} is already registered", 409)
         await store_api_key(conn, key_id=key_id, secret=secret, tenant_id=tenant_id, role="billing-source",
                             source_name=name, label=f"billing source {name}")
-    return Registered(name, default_currency, sorted(set(records)), token)
+        ingest_secret = await _new_ingest_secret(conn, tenant_id, name)
+    return Registered(name, default_currency, sorted(set(records)), token, ingest_secret)
 
 
 def _registered(row: asyncpg.Record) -> Registered:
@@ -94,3 +106,42 @@ async def set_master_data_source(pool: asyncpg.Pool, tenant_id: str, source: str
 
 async def master_data_source(pool: asyncpg.Pool, tenant_id: str) -> str | None:
     return await pool.fetchval("SELECT master_data_source FROM tenant_settings WHERE tenant_id = $1", tenant_id)
+
+
+async def _new_ingest_secret(conn: asyncpg.Connection, tenant_id: str, source: str) -> IngestSecret:
+    secret_id, secret = f"isk_{secrets.token_hex(8)}", secrets.token_urlsafe(32)
+    created = await conn.fetchval(
+        "INSERT INTO ingest_secrets (secret_id, tenant_id, source, secret) VALUES ($1, $2, $3, $4) RETURNING created_at",
+        secret_id, tenant_id, source, secret)
+    return IngestSecret(secret_id, created, secret=secret)
+
+
+async def rotate_ingest_secret(pool: asyncpg.Pool, tenant_id: str, source: str,
+                               retire_others_after_seconds: int | None = None) -> IngestSecret:
+    """A new ingest secret for `source`, shown once; the source's other live secrets retire after
+    `retire_others_after_seconds` (None: they stay live until retired by hand)."""
+    async with pool.acquire() as conn, conn.transaction():
+        if await repo.source_rights(conn, tenant_id, source) is None:
+            raise DomainError("name", f"no billing source {source!r} in this tenant", 404)
+        if retire_others_after_seconds is not None:
+            await conn.execute(
+                "UPDATE ingest_secrets SET retired_at = now() + make_interval(secs => $3)"
+                " WHERE tenant_id = $1 AND source = $2 AND (retired_at IS NULL OR retired_at > now() + make_interval(secs => $3))",
+                tenant_id, source, float(retire_others_after_seconds))
+        return await _new_ingest_secret(conn, tenant_id, source)
+
+
+async def retire_ingest_secret(pool: asyncpg.Pool, tenant_id: str, source: str, secret_id: str) -> None:
+    done = await pool.fetchval(
+        "UPDATE ingest_secrets SET retired_at = least(coalesce(retired_at, now()), now())"
+        " WHERE tenant_id = $1 AND source = $2 AND secret_id = $3 RETURNING 1", tenant_id, source, secret_id)
+    if not done:
+        raise DomainError("secret_id", f"no ingest secret {secret_id!r} of billing source {source!r}", 404)
+
+
+async def ingest_secrets(pool: asyncpg.Pool, tenant_id: str, source: str) -> list[IngestSecret]:
+    if await repo.source_rights(pool, tenant_id, source) is None:
+        raise DomainError("name", f"no billing source {source!r} in this tenant", 404)
+    rows = await pool.fetch("SELECT secret_id, created_at, retired_at FROM ingest_secrets"
+                            " WHERE tenant_id = $1 AND source = $2 ORDER BY created_at", tenant_id, source)
+    return [IngestSecret(r["secret_id"], r["created_at"], r["retired_at"]) for r in rows]
