@@ -16,7 +16,7 @@ async def check_dependencies(settings: ServiceSettings) -> None:
     """Fail before start-up with one clear line if the database or the broker is unreachable."""
     pool = await create_pool(settings.database_url, max_size=1)
     await pool.close()
-    producer = await start_producer(settings.kafka_bootstrap_servers)
+    producer = await start_producer(settings.kafka_bootstrap_servers, settings.kafka)
     await producer.stop()
 
 

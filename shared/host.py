@@ -79,9 +79,10 @@ class ServiceHost:
         """Migrate, connect to the database and the broker."""
         s = self.settings
         await migrate(s.database_url, self.migrations)
-        self.pool = await create_pool(s.database_url, max_size=s.db_pool_max)
-        await ensure_topics(s.kafka_bootstrap_servers, self.topics.all(), s.kafka_partitions)
-        self.producer = await start_producer(s.kafka_bootstrap_servers)
+        self.pool = await create_pool(s.database_url, max_size=s.db_pool_max,
+                                      statement_timeout_ms=s.db_statement_timeout_ms)
+        await ensure_topics(s.kafka_bootstrap_servers, self.topics.all(), s.kafka_partitions, security=s.kafka)
+        self.producer = await start_producer(s.kafka_bootstrap_servers, s.kafka)
 
     def dead_letters(self, consumer: str) -> DeadLetters:
         return DeadLetters(self.producer, self.topics.dead_letter, service=self.name, consumer=consumer)
@@ -113,6 +114,7 @@ class ServiceHost:
                         heartbeat_interval_ms=s.kafka_heartbeat_interval_ms,
                         fetch_max_wait_ms=s.kafka_fetch_max_wait_ms,
                         max_batch=s.consumer_max_batch,
+                        security=s.kafka,
                     ),
                 )
                 self.consumers.append(consumer)

@@ -15,6 +15,7 @@ from aiokafka.errors import (
     CommitFailedError, IllegalStateError, KafkaConnectionError, KafkaError, TopicAlreadyExistsError,
 )
 
+from shared.kafka_security import PLAINTEXT, KafkaSecurity
 from shared.logging import get_logger
 from shared.metrics import (
     CONSUMER_BATCH_RECORDS, CONSUMER_COMMIT_FAILURES, CONSUMER_LAG, DEAD_LETTERED, EVENTS_CONSUMED,
@@ -28,10 +29,11 @@ class BrokerUnavailable(RuntimeError):
     pass
 
 
-def create_producer(bootstrap: str) -> AIOKafkaProducer:
+def create_producer(bootstrap: str, security: KafkaSecurity = PLAINTEXT) -> AIOKafkaProducer:
     # No idempotent producer: the embedded broker lacks it; the inbox makes redelivery harmless.
     return AIOKafkaProducer(
         bootstrap_servers=bootstrap,
+        **security.aiokafka_options(),
         acks="all",
         enable_idempotence=False,
         linger_ms=5,
@@ -40,8 +42,8 @@ def create_producer(bootstrap: str) -> AIOKafkaProducer:
     )
 
 
-async def start_producer(bootstrap: str) -> AIOKafkaProducer:
-    producer = create_producer(bootstrap)
+async def start_producer(bootstrap: str, security: KafkaSecurity = PLAINTEXT) -> AIOKafkaProducer:
+    producer = create_producer(bootstrap, security)
     try:
         await producer.start()
     except KafkaConnectionError as exc:
@@ -50,8 +52,9 @@ async def start_producer(bootstrap: str) -> AIOKafkaProducer:
     return producer
 
 
-async def ensure_topics(bootstrap: str, topics: list[str], partitions: int, replication: int = 1) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+async def ensure_topics(bootstrap: str, topics: list[str], partitions: int, replication: int = 1,
+                        security: KafkaSecurity = PLAINTEXT) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **security.aiokafka_options())
     try:
         await admin.start()
     except KafkaConnectionError as exc:
@@ -77,6 +80,7 @@ class ConsumerConfig:
     fetch_max_wait_ms: int = 50
     max_batch: int = 5_000
     poll_timeout_ms: int = 500
+    security: KafkaSecurity = PLAINTEXT
 
 
 class DeadLetters:
@@ -160,6 +164,7 @@ class EventConsumer:
         consumer = AIOKafkaConsumer(
             *self.topics,
             bootstrap_servers=cfg.bootstrap,
+            **cfg.security.aiokafka_options(),
             group_id=cfg.group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",

@@ -4,8 +4,10 @@ from __future__ import annotations
 import sys
 from typing import Literal, TypeVar
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.kafka_security import KafkaSecurity
 
 S = TypeVar("S", bound="ServiceSettings")
 
@@ -28,7 +30,16 @@ class ServiceSettings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
     db_pool_max: int = Field(default=10, ge=1)
+    db_statement_timeout_ms: int = Field(default=30_000, ge=0, description=(
+        "longest a statement may run (0: no limit); a transaction may sit idle twice as long"))
     poll_interval_seconds: float = Field(default=1.0, gt=0)
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "SCRAM-SHA-512"
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: str | None = Field(default=None, description="CA bundle that signed the brokers' certificates")
+    kafka_ssl_certfile: str | None = Field(default=None, description="client certificate, for mutual TLS")
+    kafka_ssl_keyfile: str | None = Field(default=None, description="the client certificate's key")
     kafka_session_timeout_ms: int = 10_000
     kafka_heartbeat_interval_ms: int = 3_000
     kafka_fetch_max_wait_ms: int = 50
@@ -43,6 +54,25 @@ class ServiceSettings(BaseSettings):
     max_request_bytes: int = Field(
         default=16 * 1024 * 1024, ge=1024,
         description="largest HTTP request body; larger ones answer 413 before they are read (a 10,000-item bulk is ~5 MB)")
+
+    @model_validator(mode="after")
+    def _kafka_security_complete(self):
+        if self.kafka_security_protocol.startswith("SASL") and not (self.kafka_sasl_username and
+                                                                   self.kafka_sasl_password):
+            raise ValueError(f"KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD are required with"
+                             f" KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol}")
+        if bool(self.kafka_ssl_certfile) != bool(self.kafka_ssl_keyfile):
+            raise ValueError("KAFKA_SSL_CERTFILE and KAFKA_SSL_KEYFILE go together (mutual TLS)")
+        return self
+
+    @property
+    def kafka(self) -> KafkaSecurity:
+        """How to reach the brokers, for every Kafka client of the process."""
+        return KafkaSecurity(
+            protocol=self.kafka_security_protocol, sasl_mechanism=self.kafka_sasl_mechanism,
+            sasl_username=self.kafka_sasl_username,
+            sasl_password=self.kafka_sasl_password.get_secret_value() if self.kafka_sasl_password else None,
+            cafile=self.kafka_ssl_cafile, certfile=self.kafka_ssl_certfile, keyfile=self.kafka_ssl_keyfile)
 
     def has_role(self, role: str) -> bool:
         roles = {r.strip() for r in self.roles.split(",")}

@@ -72,8 +72,9 @@ def stop_process(proc: subprocess.Popen, grace: float = 5.0) -> None:
 class Broker:
     """A Kafka-protocol broker process (memory only) on 127.0.0.1:`port`."""
 
-    def __init__(self, port: int | None = None, log_file: Path | None = None) -> None:
+    def __init__(self, port: int | None = None, log_file: Path | None = None, advertised_port: int | None = None) -> None:
         self.port = port or free_port()
+        self.advertised_port = advertised_port or self.port  # another port when a proxy fronts it
         self.log_file = log_file
         self.proc: subprocess.Popen | None = None
 
@@ -95,7 +96,8 @@ class Broker:
         url = f"tcp://127.0.0.1:{self.port}"
         out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
         self.proc = subprocess.Popen(
-            [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url,
+            [str(binary), "broker", "--listener-url", url,
+             "--advertised-listener-url", f"tcp://127.0.0.1:{self.advertised_port}",
              "--storage-engine", "memory://tansu/"],
             stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )

@@ -40,7 +40,8 @@ def run_stream(settings: RiskSettings) -> None:
 
     configure_logging(settings.service_name, settings.log_level, settings.log_format)
     asyncio.run(migrate(settings.database_url, MIGRATIONS))
-    asyncio.run(ensure_topics(settings.kafka_bootstrap_servers, Topics(settings.topic_prefix).all(), settings.kafka_partitions))
+    asyncio.run(ensure_topics(settings.kafka_bootstrap_servers, Topics(settings.topic_prefix).all(),
+                              settings.kafka_partitions, security=settings.kafka))
     app = create_app(settings)
     level = {"warning": "warn"}.get(settings.log_level, settings.log_level)
     sys.argv = [sys.argv[0], "--quiet", "worker", "--without-web", "--loglevel", level]  # no banner: JSON logs only

@@ -28,6 +28,7 @@ def create_app(settings: RiskSettings, clock: Clock | None = None) -> faust.App:
     app = faust.App(
         f"{settings.topic_prefix}risk-stream",
         broker=[f"kafka://{h.strip()}" for h in settings.kafka_bootstrap_servers.split(",")],
+        broker_credentials=settings.kafka.faust_credentials(),
         store="memory://",
         datadir=settings.stream_data_dir,
         processing_guarantee="at_least_once",
@@ -46,8 +47,9 @@ def create_app(settings: RiskSettings, clock: Clock | None = None) -> faust.App:
 
     @app.agent(source, name="assess-payment-behaviour")
     async def assess_payment_behaviour(stream):
-        pool = await create_pool(settings.database_url, max_size=settings.db_pool_max)
-        producer = await start_producer(settings.kafka_bootstrap_servers)  # for the dead-letter topic
+        pool = await create_pool(settings.database_url, max_size=settings.db_pool_max,
+                                 statement_timeout_ms=settings.db_statement_timeout_ms)
+        producer = await start_producer(settings.kafka_bootstrap_servers, settings.kafka)  # for dead letters
         name = "risk.behaviour"
         processor = EventProcessor(
             service=settings.service_name, name=name, handlers=risk.handlers(), pool=pool,
