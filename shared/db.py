@@ -33,6 +33,11 @@ TRANSIENT_DB_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+def is_statement_timeout(exc: BaseException) -> bool:
+    """A statement ran past statement_timeout (or was cancelled): less work at once may pass."""
+    return isinstance(exc, asyncpg.QueryCanceledError)
+
+
 def is_transient(exc: BaseException) -> bool:
     """True when `exc` says the database is away or busy, not that the work itself is wrong."""
     return isinstance(exc, TRANSIENT_DB_ERRORS)
@@ -43,9 +48,16 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("json", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
-async def create_pool(url: str, *, max_size: int = 10) -> asyncpg.Pool:
+async def create_pool(url: str, *, max_size: int = 10, statement_timeout_ms: int = 0) -> asyncpg.Pool:
+    """`statement_timeout_ms` (0: none) ends any statement that runs longer, and a transaction
+    left idle twice as long: a runaway query or a stuck client cannot hold rows and a
+    connection for ever."""
+    settings = {} if not statement_timeout_ms else {
+        "statement_timeout": str(statement_timeout_ms),
+        "idle_in_transaction_session_timeout": str(2 * statement_timeout_ms)}
     try:
-        return await asyncpg.create_pool(url, min_size=1, max_size=max_size, init=_init_connection)
+        return await asyncpg.create_pool(url, min_size=1, max_size=max_size, init=_init_connection,
+                                         server_settings=settings)
     except (OSError, asyncpg.PostgresError) as exc:
         raise DatabaseUnavailable(f"cannot reach the database at {redact_url(url)}: {exc}") from exc
 

@@ -5,6 +5,7 @@ import hmac
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
+import asyncpg
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
@@ -14,7 +15,11 @@ from pydantic import BaseModel, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shared.auth import Principal, require_role
+from shared.db import is_transient
+from shared.logging import get_logger
 from shared.outbox import discard_held, held_events, retry_held
+
+log = get_logger(__name__)
 
 
 class DomainError(Exception):
@@ -67,6 +72,18 @@ def install_error_handlers(app: FastAPI) -> None:
             return JSONResponse(status_code=413, content={"error": "too_large", "problems": [
                 {"field": "body", "reason": "larger than this service takes (MAX_REQUEST_BYTES)"}]})
         return await http_exception_handler(request, exc)
+
+    @app.exception_handler(asyncpg.PostgresError)
+    @app.exception_handler(asyncpg.InterfaceError)
+    @app.exception_handler(OSError)
+    async def _database(request: Request, exc: Exception) -> JSONResponse:
+        # The database away, busy or too slow (statement timeout): the client may try again;
+        # anything else is a bug and stays a 500.
+        if not is_transient(exc):
+            raise exc
+        log.warning("database unavailable for a request", path=request.url.path, error=type(exc).__name__)
+        return JSONResponse(status_code=503, headers={"Retry-After": "5"}, content={
+            "error": "unavailable", "problems": [{"field": "database", "reason": "busy or unavailable; try again"}]})
 
     @app.exception_handler(DomainError)
     async def _domain(_request: Request, exc: DomainError) -> JSONResponse:

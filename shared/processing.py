@@ -24,7 +24,7 @@ import asyncpg
 from pydantic import ValidationError
 
 from shared.contract import Envelope, EventPayload, UnknownEventType
-from shared.db import is_transient
+from shared.db import is_statement_timeout, is_transient
 from shared.inbox import claim_events
 from shared.logging import get_logger
 from shared.metrics import CONSUMER_RETRIES, EVENT_HANDLER_SECONDS, EVENTS_CONSUMED
@@ -112,6 +112,14 @@ class _Failures:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - sorted below: the world, or the record
+                if is_statement_timeout(exc) and len(items) > 1:  # too much at once: halve it
+                    mid = len(items) // 2
+                    CONSUMER_RETRIES.labels(self.service, self.name, "timeout-split").inc()
+                    log.warning("statement timeout, applying the batch in halves", consumer=self.name,
+                                records=len(items))
+                    await self.run(items[:mid], apply, on_dead)
+                    await self.run(items[mid:], apply, on_dead)
+                    return
                 if is_transient(exc):
                     transient += 1
                     delay = backoff(transient)

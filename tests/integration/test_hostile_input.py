@@ -235,3 +235,30 @@ async def test_with_an_ops_token_metrics_and_docs_need_it_and_health_stays_open(
             assert (await http.get(path, headers={"Authorization": f"Bearer {token}"})).status_code == 200, path
         assert (await http.get("/health/live")).status_code == 200
         assert token not in (await http.get("/health/live")).text
+
+
+async def test_a_statement_past_the_timeout_answers_503_with_retry_after_and_then_works(
+        database, kafka_bootstrap, topic_prefix):
+    """Statements have a time limit: a request stuck behind a lock ends with 503 (try again),
+    not a connection held for ever; once the lock is gone the same request works."""
+    import asyncpg
+
+    settings = InvoicingSettings(database_url=database, kafka_bootstrap_servers=kafka_bootstrap,
+                                 topic_prefix=topic_prefix, kafka_partitions=2, poll_interval_seconds=0.1,
+                                 db_statement_timeout_ms=300, **FAST_KAFKA)
+    app = build(settings, ManualClock(T0))
+    async with running(app) as url:
+        async with client(url, await api_key(app, "t1", "collector")) as http:
+            locker = await asyncpg.connect(database)
+            try:
+                tx = locker.transaction()
+                await tx.start()
+                await locker.execute("LOCK TABLE invoices IN ACCESS EXCLUSIVE MODE")
+                r = await http.get("/v1/reports/aging")
+                assert r.status_code == 503 and r.headers["retry-after"] == "5"
+                assert r.json()["problems"][0]["field"] == "database"
+                await tx.rollback()
+            finally:
+                await locker.close()
+            assert (await http.get("/v1/reports/aging")).status_code == 200
+            assert await app.state.pool.fetchval("SHOW statement_timeout") == "300ms"

@@ -150,3 +150,46 @@ async def test_the_dead_lettered_item_is_remembered():
 
 async def _no_sleep(_seconds: float) -> None:
     return None
+
+
+async def test_a_batch_that_runs_past_the_statement_timeout_is_applied_in_halves_and_nothing_is_dead_lettered():
+    applied, dead, sizes = [], [], []
+
+    async def apply(batch):
+        sizes.append(len(batch))
+        if len(batch) > 3:  # too much work for one statement within the timeout
+            raise asyncpg.QueryCanceledError("canceling statement due to statement timeout")
+        applied.extend(batch)
+
+    async def dead_letter(record, reason):
+        dead.append(reason)
+
+    async def no_sleep(_):
+        pass
+
+    failures = _Failures(service="s", name="c", dead_letter=dead_letter, record_of=lambda r: r, max_attempts=3,
+                         sleep=no_sleep)
+    await failures.run(list(range(10)), apply)
+    assert applied == list(range(10)) and dead == []
+    assert sizes[0] == 10 and max(sizes[1:]) <= 5
+
+
+async def test_one_tenants_bulk_work_never_keeps_another_tenant_waiting_for_more_than_one_unit():
+    from shared.fairness import TenantGate
+
+    gate, order, release = TenantGate(3), [], asyncio.Event()
+
+    async def work(tenant: str, n: int) -> None:
+        async with gate.slot(tenant):
+            order.append((tenant, n))
+            await release.wait()
+
+    busy = [asyncio.create_task(work("big", n)) for n in range(20)]  # ten bulk requests' chunks
+    await asyncio.sleep(0)
+    small = asyncio.create_task(work("small", 0))
+    await asyncio.sleep(0)
+    # "big" holds two of the three slots; the third is the other tenant's at once.
+    assert order == [("big", 0), ("big", 1), ("small", 0)]
+    release.set()
+    await asyncio.gather(*busy, small)
+    assert len(order) == 21 and gate._tenants == {}

@@ -25,6 +25,7 @@ from services.invoicing.service_layer import cash
 from services.invoicing.service_layer.commands import CustomerIn, InvoiceRecord
 from services.invoicing.service_layer.sources import missing_right
 from shared.clock import Clock
+from shared.fairness import TenantGate
 from shared.contract import (
     CustomerUpserted, Envelope, InvoiceAdjusted, InvoiceCancelled, InvoiceIssued, InvoicePaid, Topics, new_envelope,
 )
@@ -180,7 +181,9 @@ class InvoiceIngestor:
 
     def __init__(self, pool: asyncpg.Pool, clock: Clock, topics: Topics, grace_days: int = 0, writers: int = 3) -> None:
         self.pool, self.clock, self.topics, self.grace_days = pool, clock, topics, grace_days
-        self._writers = asyncio.Semaphore(writers)  # transactions of one ingest running side by side
+        # Chunk transactions running side by side, shared fairly: one tenant's bulk requests
+        # never hold every writer while another tenant waits.
+        self._writers = TenantGate(writers + 1, per_tenant=writers)
         self._customers: OrderedDict[tuple, CustomerIn] = OrderedDict()
 
     def _validate(self, raw: dict | InvoiceRecord) -> InvoiceRecord:
@@ -267,7 +270,7 @@ class InvoiceIngestor:
 
     async def _apply_with_retry(self, tenant_id: str, source: str, batch: list[tuple[int, InvoiceRecord]],
                                 in_transaction: InTransaction | None = None) -> list[ItemResult]:
-        async with self._writers:
+        async with self._writers.slot(tenant_id):
             for attempt in range(3):
                 try:
                     return await self._apply(tenant_id, source, batch, in_transaction)
