@@ -6,7 +6,7 @@
 #   docker run --rm tahsilat:0.1.0                               # prints usage
 #   docker run --rm -e DATABASE_URL=... tahsilat:0.1.0 python -m services.invoicing migrate
 #
-# The build copies only pyproject.toml and the three packages (shared, services, tahsilat),
+# The build copies only the lock file, pyproject.toml and the three packages (shared, services, tahsilat),
 # so the local .venv, .git and tests never reach the build stage's layers.
 
 ARG PYTHON_IMAGE=python:3.11-slim
@@ -31,6 +31,11 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 
 WORKDIR /src
+# The runtime dependencies exactly as locked, each checked against its hash (no dev or local-only
+# packages: no test tools, no embedded broker or PostgreSQL); then the project without resolving.
+COPY requirements/runtime.lock ./requirements/
+RUN pip install --require-hashes -r requirements/runtime.lock
+
 # README.m[d]: copied when present (pyproject names it), no error when it is not.
 COPY pyproject.toml README.m[d] ./
 COPY shared ./shared
@@ -38,7 +43,7 @@ COPY services ./services
 COPY tahsilat ./tahsilat
 
 # pip compiles the bytecode here, so the read-only containers never need to.
-RUN pip install . \
+RUN pip install --no-deps . \
  && python -c "import shared, services, tahsilat"
 
 # ---------------------------------------------------------------------------------------

