@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -71,3 +72,39 @@ async def database(pg_server: str) -> AsyncIterator[str]:
 def topic_prefix() -> str:
     """Topics of their own per test: tests share one broker but never each other's events."""
     return f"t{uuid.uuid4().hex[:10]}."
+
+
+def chromium_path() -> str | None:
+    """Debian's chromium (what `make install` and CI install), or CHROMIUM if set."""
+    for candidate in (os.environ.get("CHROMIUM"), "/usr/bin/chromium", shutil.which("chromium")):
+        if candidate and Path(candidate).exists():
+            return candidate
+    return None
+
+
+@pytest.fixture(scope="session")
+async def browser():
+    """Headless Chromium driven by Playwright. Without a chromium the browser tests are skipped,
+    unless REQUIRE_BROWSER=1 (CI), where that is a failure."""
+    path = chromium_path()
+    if path is None:
+        message = "no chromium: `make install` installs Debian's chromium, or set CHROMIUM"
+        if os.environ.get("REQUIRE_BROWSER") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as pw:
+        instance = await pw.chromium.launch(executable_path=path, args=["--no-sandbox"])
+        try:
+            yield instance
+        finally:
+            await instance.close()
+
+
+@pytest.fixture
+def artifacts(request) -> Path:
+    """test-artifacts/<test name>/: screenshots and the like, kept after the run."""
+    folder = Path(__file__).resolve().parent.parent / "test-artifacts" / request.node.name.replace("/", "_")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder

@@ -118,7 +118,7 @@ def customer(cid: str, language: str, tz: str) -> dict:
 async def test_a_librdkafka_consumer_reads_every_topic_from_the_beginning(platform):
     p, clock = platform
     source = {"X-API-Key": await create_key(p.database_urls, tenant_id="acme", role="billing-source",
-                                            source_name="erp")}
+                                            source_name="erp", records=("invoices", "payments"))}
     inv = p.url("invoicing")
     customers = [customer("AN1", "en", "Europe/London"), customer("AN2", "tr", "Europe/Istanbul")]
     async with httpx.AsyncClient(timeout=30) as http:

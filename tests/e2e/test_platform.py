@@ -3,6 +3,7 @@ the SMTP/SMS sinks: two customers (tr and en), the clock moves, reminders arrive
 language, a payment cancels the later steps, and risk assesses both customers."""
 from __future__ import annotations
 
+import asyncio
 import html
 import re
 import uuid
@@ -56,7 +57,8 @@ async def at_least(coro, n):
 
 async def test_reminders_payment_and_risk_end_to_end(platform):
     p, clock = platform
-    source_key = await create_key(p.database_urls, tenant_id="acme", role="billing-source", source_name="erp")
+    source_key = await create_key(p.database_urls, tenant_id="acme", role="billing-source", source_name="erp",
+                                  records=("invoices", "payments"))
     admin_key = await create_key(p.database_urls, tenant_id="acme", role="admin")
     tr = customer("TR1", "tr", "Europe/Istanbul")
     en = customer("EN1", "en", "Europe/London")
@@ -145,6 +147,7 @@ async def test_two_billing_sources_feed_the_same_customer(platform):
     settles both; dunning follows both and stops when they are paid."""
     import json
 
+    from shared.contract.signing import sign
     from shared.kafka import start_producer
 
     p, _clock = platform
@@ -165,10 +168,13 @@ async def test_two_billing_sources_feed_the_same_customer(platform):
         assert r.status_code == 201, r.text
         producer = await start_producer(p.bootstrap)
         try:
-            await producer.send_and_wait(p.topics.ingest, json.dumps({
-                "tenant_id": "globex", "billing_source": "biller", "kind": "invoice",
-                "record": {"external_id": "SUB-1", "customer": customer, "amount_minor": 12_345,
-                           "issue_date": "2026-04-05", "due_date": "2026-05-05"}}).encode(), key=b"globex:G1")
+            # The tenant and source are the signing secret's; the body needs neither.
+            value = json.dumps({"kind": "invoice", "record": {
+                "external_id": "SUB-1", "customer": customer, "amount_minor": 12_345, "issue_date": "2026-04-05",
+                "due_date": "2026-05-05"}}).encode()
+            secret = biller.json()["ingest_secret"]
+            await producer.send_and_wait(p.topics.ingest, value, key=b"globex:G1",
+                                         headers=sign(value, secret["secret_id"], secret["secret"]))
         finally:
             await producer.stop()
 
@@ -248,13 +254,156 @@ async def test_balance_confirmation_contested_opens_a_dispute_that_pauses_dunnin
         assert len(await emails_to(http, p.sinks_url, customer["email"])) == 1
 
 
+async def test_a_customer_contests_their_balance_in_a_real_browser(platform, browser, artifacts):
+    """Headless Chromium opens the link from the captured email, reads the balance, types a
+    reason and presses Contest; the dispute is then visible through the dunning API."""
+    p, clock = platform
+    admin = {"X-API-Key": await create_key(p.database_urls, tenant_id="umbrella", role="admin")}
+    source = {"X-API-Key": await create_key(p.database_urls, tenant_id="umbrella", role="billing-source",
+                                            source_name="erp")}
+    customer = {"id": "U1", "name": "Umbrella Ltd", "language": "en", "timezone": "Europe/London",
+                "email": "ledger@umbrella.example"}
+    inv = p.url("invoicing")
+    now = clock.now()
+    async with httpx.AsyncClient(timeout=30) as http:
+        r = await http.post(f"{inv}/v1/invoices", headers=source, json={
+            "external_id": "UMB-1", "customer": customer, "currency": "GBP", "amount_minor": 250_075,
+            "issue_date": (now - timedelta(days=5)).date().isoformat(),
+            "due_date": (now + timedelta(days=25)).date().isoformat()})
+        assert r.status_code == 201, r.text
+        assert (await http.post(f"{inv}/v1/customers/U1/balance-confirmations", headers=admin, json={})).status_code == 201
+        async def statement_link():
+            links = [re.search(r"https?://\S+#contest", m["text"]) for m in await emails_to(http, p.sinks_url,
+                                                                                            customer["email"])]
+            return next((link.group(0) for link in links if link), None)
+
+        link = await wait_for(statement_link, 60, 0.2, "the statement email")
+
+        page = await browser.new_page()
+        try:
+            await page.goto(link)
+            assert await page.title() == "Balance confirmation"
+            assert "2,500.75" in await page.inner_text("main")
+            await page.screenshot(path=artifacts / "balance-confirmation-opened.png", full_page=True)
+            await page.fill("#contest input[name=reason]", "UMB-1 was paid by bank transfer on the 3rd")
+            async with page.expect_navigation():
+                await page.click("#contest button")
+            assert "contested" in await page.inner_text("main")
+            assert await page.locator("form").count() == 0  # answered: nothing more to press
+            await page.screenshot(path=artifacts / "balance-confirmation-contested.png", full_page=True)
+        finally:
+            await page.close()
+
+        async def dispute():
+            r = await http.get(f"{p.url('dunning')}/v1/disputes", headers=admin)
+            return r.json() or None
+
+        [opened] = await wait_for(dispute, 60, 0.2, "the dispute opened by the browser's contest")
+        assert (opened["customer_id"], opened["reason"]) == ("U1", "UMB-1 was paid by bank transfer on the 3rd")
+
+
+SAMPLE_BODIES = {  # a valid body for each operation with an id that takes one: so only the key decides
+    ("PATCH", "/v1/billing-sources/{name}"): {"records": ["invoices"]},
+    ("POST", "/v1/billing-sources/{name}/ingest-secrets"): {"retire_others_after_seconds": 0},
+    ("POST", "/v1/customers/{customer_id}/balance-confirmations"): {},
+    ("POST", "/v1/disputes/{dispute_id}/resolve"): {"resolution": "closed by someone else"},
+    ("PUT", "/v1/customers/{customer_id}"): {"id": "M1", "name": "Taken Over Ltd", "email": "thief@evil.example"},
+    ("POST", "/v1/outbox/held/{row_id}/discard"): {"reason": "someone else's event"},
+}
+# Capability URLs: the token in the path is the credential, not a key (tested on their own).
+TOKEN_PATHS = {"/v1/balance-confirmations/{token}", "/v1/balance-confirmations/{token}/confirm",
+               "/v1/balance-confirmations/{token}/contest", "/v1/unsubscribe/{token}"}
+
+
+async def test_no_key_of_another_tenant_or_source_reaches_an_id_it_does_not_own(platform):
+    """Every operation of every service's OpenAPI that takes an id in its path, called with a key
+    of another tenant (admin and collector) and of another billing source of the same tenant:
+    404 or 403, and the owner sees exactly what it saw before."""
+    p, _clock = platform
+    inv, dun = p.url("invoicing"), p.url("dunning")
+    admin = {"X-API-Key": await create_key(p.database_urls, tenant_id="matrix", role="admin")}
+    async with httpx.AsyncClient(timeout=30) as http:
+        erp = (await http.post(f"{inv}/v1/billing-sources", headers=admin, json={
+            "name": "erp", "default_currency": "EUR", "records": ["invoices", "payments"]})).json()
+        crm = (await http.post(f"{inv}/v1/billing-sources", headers=admin, json={
+            "name": "crm", "default_currency": "EUR"})).json()
+        customer = {"id": "M1", "name": "Matrix GmbH", "language": "en", "timezone": "Europe/Berlin",
+                    "email": "ap@matrix.example"}
+        r = await http.post(f"{inv}/v1/invoices", headers={"X-API-Key": erp["api_key"]}, json={
+            "external_id": "M-1", "customer": customer, "amount_minor": 50_000,
+            "issue_date": _clock.now().date().isoformat(),
+            "due_date": (_clock.now() + timedelta(days=30)).date().isoformat()})  # nothing falls due meanwhile
+        assert r.status_code == 201, r.text
+        invoice_id = r.json()["id"]
+        assert (await http.post(f"{inv}/v1/customers/M1/balance-confirmations", headers=admin, json={})).status_code == 201
+        async def statement_link():  # the first email with a contest link
+            links = [re.search(r"https?://\S+#contest", m["text"]) for m in await emails_to(http, p.sinks_url,
+                                                                                            customer["email"])]
+            return next((link.group(0).split("#")[0] for link in links if link), None)
+
+        contest = await wait_for(statement_link, 60, 0.2, "the statement email")
+        assert (await http.post(f"{contest}/contest", data={"reason": "not ours"})).status_code == 200
+
+        async def owned():
+            cases = (await http.get(f"{dun}/v1/cases", headers=admin)).json()
+            disputes = (await http.get(f"{dun}/v1/disputes", headers=admin)).json()
+            risk = await http.get(f"{p.url('risk')}/v1/customers/M1/risk", headers=admin)
+            return (cases, disputes) if cases and disputes and risk.status_code == 200 else None
+
+        cases, disputes = await wait_for(owned, 60, 0.2, "the case, the dispute and the risk score")
+        ids = {"invoice_id": invoice_id, "customer_id": "M1", "case_id": cases[0]["case_id"],
+               "dispute_id": disputes[0]["dispute_id"], "name": "erp",
+               "secret_id": erp["ingest_secret"]["secret_id"], "row_id": "1"}
+
+        async def seen_by_owner() -> list:
+            reads = [f"{inv}/v1/invoices/{invoice_id}", f"{inv}/v1/customers/M1/statement", f"{inv}/v1/billing-sources",
+                     f"{inv}/v1/billing-sources/erp/ingest-secrets", f"{dun}/v1/cases", f"{dun}/v1/disputes",
+                     f"{p.url('risk')}/v1/customers/M1/risk"]
+            return [(await http.get(url, headers=admin)).json() for url in reads]
+
+        async def settled():  # what the events set in motion has come to rest
+            first = await seen_by_owner()
+            await asyncio.sleep(1.0)
+            return first if await seen_by_owner() == first else None
+
+        before = await wait_for(settled, 60, 0.2, "the owner's view at rest")
+        outsiders = {
+            "another tenant's admin": await create_key(p.database_urls, tenant_id="intruder", role="admin"),
+            "another tenant's collector": await create_key(p.database_urls, tenant_id="intruder", role="collector"),
+            "another source of the tenant": crm["api_key"],
+        }
+        tried = 0
+        for service in ("invoicing", "dunning", "risk", "notifier"):
+            spec = (await http.get(f"{p.url(service)}/openapi.json")).json()
+            for path, operations in spec["paths"].items():
+                if "{" not in path or path in TOKEN_PATHS:
+                    continue
+                for method in operations:
+                    url = p.url(service) + path.format(**ids)
+                    body = SAMPLE_BODIES.get((method.upper(), path))
+                    for who, key in outsiders.items():
+                        r = await http.request(method.upper(), url, headers={"X-API-Key": key}, json=body)
+                        tried += 1
+                        if (method.upper(), path) == ("PUT", "/v1/customers/{customer_id}") and who.startswith("another tenant"):
+                            # an id is per tenant: this makes the intruder a customer M1 of its own
+                            assert r.status_code in (200, 403, 422), (who, method, path, r.status_code, r.text)
+                            continue
+                        # a key made at source registration is stored by invoicing only: 401 elsewhere
+                        unknown_here = 401 if who == "another source of the tenant" and service != "invoicing" else 403
+                        assert r.status_code in (403, 404, 409, unknown_here), (who, method, path, r.status_code,
+                                                                                r.text)
+        assert tried >= 30
+        assert await seen_by_owner() == before
+
+
 def test_service_logs_are_structured_and_hold_no_contact_details(platform):
     """Runs after the scenarios above: every line every service wrote is a JSON object, and no
     customer's email address or phone number appears in full."""
     import json
 
     p, _clock = platform
-    contacts = ["tr1@example.com", "en1@example.com", "ap@globex.example", "ucetni@initech.example"]
+    contacts = ["tr1@example.com", "en1@example.com", "ap@globex.example", "ucetni@initech.example",
+                "ledger@umbrella.example", "ap@matrix.example", "thief@evil.example"]
     for service in ("invoicing", "dunning", "risk", "risk-stream", "notifier"):
         text = (p.log_dir / f"{service}.log").read_text()
         for line in text.splitlines():

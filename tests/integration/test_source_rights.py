@@ -63,6 +63,10 @@ async def test_recording_payments_is_a_permission_of_its_own(tenant):
         assert (await bank.put("/v1/customers/C1", json=customer())).status_code == 403
         r = await bank.post("/v1/payments", json=payment)
         assert r.status_code == 201, r.text
+        over = {"external_id": "P-9", "customer_id": "C9", "currency": "EUR", "amount_minor": 1_000}
+        assert (await bank.post("/v1/payments", json=over)).status_code == 201  # nobody's: unapplied
+        assert [u["external_id"] for u in (await bank.get("/v1/payments/unapplied")).json()] == ["P-9"]
+        assert (await erp.get("/v1/payments/unapplied")).json() == []  # erp recorded none of it
         assert await app.state.pool.fetchval("SELECT open_minor FROM invoices WHERE external_id = 'E-1'") == 6_000
 
         # The tenant's admin grants erp payments too.
@@ -139,8 +143,7 @@ async def test_a_billing_source_reads_only_its_own_invoices(tenant):
         dso = (await crm.get("/v1/reports/dso", params={"as_of": "2026-03-10"})).json()
         assert dso["by_currency"]["EUR"]["ar_minor"] == 7_000
         # The customer's ledger holds every source's entries and cash: not for a billing source.
-        for path in ("/v1/customers/C1/statement", "/v1/payments/unapplied"):
-            assert (await erp.get(path)).status_code == 403
+        assert (await erp.get("/v1/customers/C1/statement")).status_code == 403
 
 
 async def test_a_billing_source_key_without_a_source_writes_nothing(tenant):
