@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 import asyncpg
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Path, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shared.auth import Principal, require_role
+from shared.contract.text import SafeText
 from shared.db import is_transient
 from shared.logging import get_logger
 from shared.outbox import discard_held, held_events, retry_held
@@ -179,7 +180,10 @@ Admin = Annotated[Principal, Depends(require_role("admin"))]
 
 
 class DiscardHeld(BaseModel):
-    reason: str = Field(min_length=3, max_length=500, description="why the event is given up (kept with it)")
+    reason: SafeText = Field(min_length=3, max_length=500, description="why the event is given up (kept with it)")
+
+
+RowId = Annotated[int, Path(ge=1, le=2**63 - 1, description="the held event's id (GET /v1/outbox/held)")]
 
 
 def install_outbox_admin(app: FastAPI) -> None:
@@ -191,13 +195,13 @@ def install_outbox_admin(app: FastAPI) -> None:
         return [vars(h) for h in await held_events(request.app.state.pool, who.tenant_id)]
 
     @app.post("/v1/outbox/held/{row_id}/retry", tags=["ops"], summary="Publish a held event again at the next batch")
-    async def retry(row_id: int, request: Request, who: Admin) -> dict[str, Any]:
+    async def retry(row_id: RowId, request: Request, who: Admin) -> dict[str, Any]:
         if not await retry_held(request.app.state.pool, row_id, who.tenant_id):
             raise HTTPException(404, f"no held event {row_id}")
         return {"id": row_id, "status": "retrying"}
 
     @app.post("/v1/outbox/held/{row_id}/discard", tags=["ops"], summary="Give up a held event; its key moves on")
-    async def discard(row_id: int, body: DiscardHeld, request: Request, who: Admin) -> dict[str, Any]:
+    async def discard(row_id: RowId, body: DiscardHeld, request: Request, who: Admin) -> dict[str, Any]:
         if not await discard_held(request.app.state.pool, row_id, by=f"api key {who.key_id}", reason=body.reason,
                                   tenant_id=who.tenant_id):
             raise HTTPException(404, f"no held event {row_id}")

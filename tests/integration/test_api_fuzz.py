@@ -17,7 +17,9 @@ from hypothesis import HealthCheck, given, settings
 from shared.clock import ManualClock
 from tests.support import FAST_KAFKA, api_key, running
 
-pytestmark = pytest.mark.integration
+# schemathesis's own strategies use `random` inside (its concern, not ours)
+pytestmark = [pytest.mark.integration,
+              pytest.mark.filterwarnings("ignore::hypothesis.errors.HypothesisDeprecationWarning")]
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "12"))
 SEEDED = os.environ.get("FUZZ_RANDOM") != "1"
@@ -48,8 +50,8 @@ async def test_no_request_the_schema_allows_or_not_gets_a_5xx(service, database,
         assert operations
 
         for operation in operations:
-            if operation.path == "/metrics":
-                continue
+            if operation.path == "/metrics" or operation.path.startswith("/health/"):
+                continue  # readiness answers 503 by design while a dependency is down
 
             @settings(max_examples=EXAMPLES, derandomize=SEEDED, deadline=None, database=None,
                       suppress_health_check=list(HealthCheck))
