@@ -1,7 +1,7 @@
 """schemathesis against the OpenAPI of each service: requests generated from the schema (valid
 and not), sent to the running service over HTTP with an admin key. No answer may be a 5xx.
 
-The profile is seeded (the same requests every run): FUZZ_EXAMPLES per operation, 8 by
+The profile is seeded (the same requests every run): FUZZ_EXAMPLES per operation, 5 by
 default here; `make fuzz` runs a long one (FUZZ_EXAMPLES=300, a new seed each run)."""
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from tests.support import FAST_KAFKA, api_key, running
 pytestmark = [pytest.mark.integration,
               pytest.mark.filterwarnings("ignore::hypothesis.errors.HypothesisDeprecationWarning")]
 
-EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "8"))
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "5"))
 SEEDED = os.environ.get("FUZZ_RANDOM") != "1"
 
 
