@@ -3,7 +3,6 @@ the SMTP/SMS sinks: two customers (tr and en), the clock moves, reminders arrive
 language, a payment cancels the later steps, and risk assesses both customers."""
 from __future__ import annotations
 
-import asyncio
 import html
 import re
 import uuid
@@ -48,6 +47,26 @@ def customer(cid: str, language: str, tz: str) -> dict:
 
 async def emails_to(http: httpx.AsyncClient, sinks: str, address: str) -> list[dict]:
     return (await http.get(f"{sinks}/emails", params={"to": address})).json()
+
+
+async def statement_requested(http: httpx.AsyncClient, p, tenant: str, customer: dict, invoice: dict):
+    """`tenant`'s source erp invoices `customer`, then its admin asks the customer to confirm the
+    balance: the admin's headers and the request's reply."""
+    admin = {"X-API-Key": await create_key(p.database_urls, tenant_id=tenant, role="admin")}
+    source = {"X-API-Key": await create_key(p.database_urls, tenant_id=tenant, role="billing-source",
+                                            source_name="erp")}
+    r = await http.post(f"{p.url('invoicing')}/v1/invoices", headers=source, json={**invoice, "customer": customer})
+    assert r.status_code == 201, r.text
+    r = await http.post(f"{p.url('invoicing')}/v1/customers/{customer['id']}/balance-confirmations", headers=admin,
+                        json={})
+    assert r.status_code == 201, r.text
+    return admin, r.json()
+
+
+async def contest_link(http: httpx.AsyncClient, p, email: str) -> str | None:
+    """The contest link of the first email to `email` that has one (reminders may come first)."""
+    links = [re.search(r"https?://\S+#contest", m["text"]) for m in await emails_to(http, p.sinks_url, email)]
+    return next((link.group(0) for link in links if link), None)
 
 
 async def at_least(coro, n):
@@ -201,22 +220,15 @@ async def test_two_billing_sources_feed_the_same_customer(platform):
 
 async def test_balance_confirmation_contested_opens_a_dispute_that_pauses_dunning(platform):
     p, clock = platform
-    tenant_admin = {"X-API-Key": await create_key(p.database_urls, tenant_id="initech", role="admin")}
-    source = {"X-API-Key": await create_key(p.database_urls, tenant_id="initech", role="billing-source",
-                                            source_name="erp")}
     customer = {"id": "I1", "name": "Initech s.r.o.", "language": "cs", "timezone": "Europe/Prague",
                 "email": "ucetni@initech.example"}
-    inv = p.url("invoicing")
     now = clock.now()
     async with httpx.AsyncClient(timeout=30) as http:
-        r = await http.post(f"{inv}/v1/invoices", headers=source, json={
-            "external_id": "INI-1", "customer": customer, "currency": "CZK", "amount_minor": 1_234_500,
+        tenant_admin, requested = await statement_requested(http, p, "initech", customer, {
+            "external_id": "INI-1", "currency": "CZK", "amount_minor": 1_234_500,
             "issue_date": (now - timedelta(days=10)).date().isoformat(),
             "due_date": (now + timedelta(days=20)).date().isoformat()})
-        assert r.status_code == 201, r.text
-        r = await http.post(f"{inv}/v1/customers/I1/balance-confirmations", headers=tenant_admin, json={})
-        assert r.status_code == 201, r.text
-        assert r.json()["balances"] == [{"currency": "CZK", "balance_minor": 1_234_500}]
+        assert requested["balances"] == [{"currency": "CZK", "balance_minor": 1_234_500}]
 
         mail = await wait_for(lambda: emails_to(http, p.sinks_url, customer["email"]), 60, 0.2, "the statement email")
         assert mail[0]["subject"] == "Prosíme o potvrzení zůstatku účtu" and mail[0]["language"] == "cs"
@@ -258,26 +270,15 @@ async def test_a_customer_contests_their_balance_in_a_real_browser(platform, bro
     """Headless Chromium opens the link from the captured email, reads the balance, types a
     reason and presses Contest; the dispute is then visible through the dunning API."""
     p, clock = platform
-    admin = {"X-API-Key": await create_key(p.database_urls, tenant_id="umbrella", role="admin")}
-    source = {"X-API-Key": await create_key(p.database_urls, tenant_id="umbrella", role="billing-source",
-                                            source_name="erp")}
     customer = {"id": "U1", "name": "Umbrella Ltd", "language": "en", "timezone": "Europe/London",
                 "email": "ledger@umbrella.example"}
-    inv = p.url("invoicing")
     now = clock.now()
     async with httpx.AsyncClient(timeout=30) as http:
-        r = await http.post(f"{inv}/v1/invoices", headers=source, json={
-            "external_id": "UMB-1", "customer": customer, "currency": "GBP", "amount_minor": 250_075,
+        admin, _ = await statement_requested(http, p, "umbrella", customer, {
+            "external_id": "UMB-1", "currency": "GBP", "amount_minor": 250_075,
             "issue_date": (now - timedelta(days=5)).date().isoformat(),
             "due_date": (now + timedelta(days=25)).date().isoformat()})
-        assert r.status_code == 201, r.text
-        assert (await http.post(f"{inv}/v1/customers/U1/balance-confirmations", headers=admin, json={})).status_code == 201
-        async def statement_link():
-            links = [re.search(r"https?://\S+#contest", m["text"]) for m in await emails_to(http, p.sinks_url,
-                                                                                            customer["email"])]
-            return next((link.group(0) for link in links if link), None)
-
-        link = await wait_for(statement_link, 60, 0.2, "the statement email")
+        link = await wait_for(lambda: contest_link(http, p, customer["email"]), 60, 0.2, "the statement email")
 
         page = await browser.new_page()
         try:
@@ -336,12 +337,8 @@ async def test_no_key_of_another_tenant_or_source_reaches_an_id_it_does_not_own(
         assert r.status_code == 201, r.text
         invoice_id = r.json()["id"]
         assert (await http.post(f"{inv}/v1/customers/M1/balance-confirmations", headers=admin, json={})).status_code == 201
-        async def statement_link():  # the first email with a contest link
-            links = [re.search(r"https?://\S+#contest", m["text"]) for m in await emails_to(http, p.sinks_url,
-                                                                                            customer["email"])]
-            return next((link.group(0).split("#")[0] for link in links if link), None)
-
-        contest = await wait_for(statement_link, 60, 0.2, "the statement email")
+        link = await wait_for(lambda: contest_link(http, p, customer["email"]), 60, 0.2, "the statement email")
+        contest = link.split("#")[0]
         assert (await http.post(f"{contest}/contest", data={"reason": "not ours"})).status_code == 200
 
         async def owned():
@@ -361,12 +358,15 @@ async def test_no_key_of_another_tenant_or_source_reaches_an_id_it_does_not_own(
                      f"{p.url('risk')}/v1/customers/M1/risk"]
             return [(await http.get(url, headers=admin)).json() for url in reads]
 
-        async def settled():  # what the events set in motion has come to rest
-            first = await seen_by_owner()
-            await asyncio.sleep(1.0)
-            return first if await seen_by_owner() == first else None
+        previous: list = []
 
-        before = await wait_for(settled, 60, 0.2, "the owner's view at rest")
+        async def settled():  # what the events set in motion has come to rest: the same twice, 1 s apart
+            seen = await seen_by_owner()
+            stable = previous == [seen]
+            previous[:] = [seen]
+            return seen if stable else None
+
+        before = await wait_for(settled, 60, 1.0, "the owner's view at rest")
         outsiders = {
             "another tenant's admin": await create_key(p.database_urls, tenant_id="intruder", role="admin"),
             "another tenant's collector": await create_key(p.database_urls, tenant_id="intruder", role="collector"),
