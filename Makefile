@@ -24,7 +24,7 @@ up: install
 	$(BIN)/tahsilat up
 
 test: install
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 2 --dist loadfile
 
 # The fault-injection suite's long profile (make test runs its short one): three kills per
 # service, a 30 s broker freeze, database connections killed and PostgreSQL restarted.
