@@ -805,9 +805,9 @@ async def latency(args: argparse.Namespace, work: Path, summary: dict) -> None:
                     # read the whole table every time while the pipeline works through it.
                     if cases < len(replies):
                         cases = await pools["dunning"].fetchval(
-                            "SELECT n_tup_ins FROM pg_stat_user_tables WHERE relname = 'cases'")
+                            "SELECT n_tup_ins FROM pg_stat_user_tables WHERE relname = 'case_items'")
                         if cases >= len(replies):  # once, to be sure
-                            cases = await pools["dunning"].fetchval("SELECT count(*) FROM cases")
+                            cases = await pools["dunning"].fetchval("SELECT count(*) FROM case_items")
                     for m in (await sinks.get("/emails", params={"since_id": since})).json():
                         since = max(since, m["id"])
                         # strip(): the header is folded after its name, and the sink keeps the fold's space
@@ -834,10 +834,14 @@ async def latency(args: argparse.Namespace, work: Path, summary: dict) -> None:
         def real(moment: datetime | None) -> float:  # a service clock's time as wall-clock epoch
             return math.nan if moment is None else moment.timestamp() - offset
 
-        opened = {str(r["case_id"]): real(r["opened_at"]) for r in await pools["dunning"].fetch(
-            "SELECT case_id, opened_at FROM cases")}
-        executed = {(str(r["case_id"]), r["channel"]): real(r["executed_at"]) for r in await pools["dunning"].fetch(
-            "SELECT case_id, channel, executed_at FROM case_steps WHERE status = 'executed'")}
+        # an invoice is "in its case" when it joined it; a case's notice was due when its first item joined
+        items = await pools["dunning"].fetch("SELECT invoice_id, case_id, joined_at FROM case_items")
+        opened = {str(r["invoice_id"]): real(r["joined_at"]) for r in items}
+        case_opened: dict[str, float] = {}
+        for r in items:
+            case_opened[str(r["case_id"])] = min(real(r["joined_at"]), case_opened.get(str(r["case_id"]), math.inf))
+        executed = {(str(r["case_id"]), r["channel"]): real(r["created_at"]) for r in await pools["dunning"].fetch(
+            "SELECT case_id, channel, min(created_at) AS created_at FROM notices GROUP BY case_id, channel")}
         issued = {str(r["invoice_id"]): real(r["issued_at"]) for r in await pools["invoicing"].fetch(
             "SELECT invoice_id, issued_at FROM invoices")}
         dispatched = {r["notification_key"]: real(r["sent_at"]) for r in await pools["notifier"].fetch(
@@ -861,12 +865,12 @@ async def latency(args: argparse.Namespace, work: Path, summary: dict) -> None:
         stages: dict[str, list[float]] = {"opened": [], "stored": [], "dispatched": [], "sink": []}
         for key, m in emails.items():
             case_id = key.split(":", 1)[0]
-            if case_id not in opened:
+            if case_id not in case_opened:
                 continue
             received = datetime.fromisoformat(m["received_at"]).timestamp()
-            email_lat.append(received - opened[case_id])
+            email_lat.append(received - case_opened[case_id])
             step = executed.get((case_id, "email"), math.nan)
-            for stage, (later, earlier) in {"opened": (step, opened[case_id]),
+            for stage, (later, earlier) in {"opened": (step, case_opened[case_id]),
                                             "stored": (stored.get(key, math.nan), step),
                                             "dispatched": (dispatched.get(key, math.nan), stored.get(key, math.nan)),
                                             "sink": (received, dispatched.get(key, math.nan))}.items():
@@ -874,8 +878,8 @@ async def latency(args: argparse.Namespace, work: Path, summary: dict) -> None:
                     stages[stage].append(later - earlier)
         for m in sms:
             case_id = (m.get("message_id") or "").split(":", 1)[0]
-            if case_id in opened:
-                sms_lat.append(datetime.fromisoformat(m["received_at"]).timestamp() - opened[case_id])
+            if case_id in case_opened:
+                sms_lat.append(datetime.fromisoformat(m["received_at"]).timestamp() - case_opened[case_id])
         n_overdue = len(overdue_ids)
         arrivals = sorted([datetime.fromisoformat(m["received_at"]).timestamp() for m in emails.values()]
                           + [datetime.fromisoformat(m["received_at"]).timestamp() for m in sms])

@@ -47,6 +47,7 @@ class ServiceHost:
         self._tasks: list[asyncio.Task] = []
         self._down: dict[str, str] = {}  # supervised task -> why it is down, until it is restarted
         self._on_stop: list[Callable[[], Awaitable[None]]] = []
+        self._on_start: list[Callable[[], Awaitable[None]]] = []
         self._checks: dict[str, Callable[[], Awaitable[bool]]] = {}
 
     # -- composition -------------------------------------------------------------------
@@ -69,6 +70,11 @@ class ServiceHost:
     def add_check(self, name: str, fn: Callable[[], Awaitable[bool]]) -> None:
         """An extra readiness check (e.g. a worker in another process is alive)."""
         self._checks[name] = fn
+
+    def on_start(self, fn: Callable[[], Awaitable[None]]) -> None:
+        """Run once the database is migrated, before any consumer or timer starts (e.g. loading
+        configuration files into the database); an error stops the start."""
+        self._on_start.append(fn)
 
     def on_stop(self, fn: Callable[[], Awaitable[None]]) -> None:
         """Close a resource the wiring opened (an HTTP client, ...) when the service stops."""
@@ -243,6 +249,8 @@ class ServiceHost:
             app.state.pool = self.pool
             try:
                 wire(self, app)
+                for start in self._on_start:
+                    await start()
                 await self.start_background()
                 yield
             finally:

@@ -616,6 +616,46 @@ def sources_register(
 
 # --------------------------------------------------------------------------- outbox
 
+dunning_app = typer.Typer(help="Dunning: look ahead at what goes out, without sending.", no_args_is_help=True)
+app.add_typer(dunning_app, name="dunning")
+
+
+@dunning_app.command("plan")
+def dunning_plan(
+    tenant: Annotated[str, typer.Option(help="tenant id")],
+    date: Annotated[str, typer.Option("--date", help="YYYY-MM-DD (UTC): the day to look at")],
+    db_prefix: DbPrefixOption = "tahsilat",
+) -> None:
+    """What the dunning engine would send on a day, to whom, for how much, if nothing is paid
+    meanwhile. Nothing is sent or stored."""
+    from services.dunning.service_layer.handlers import Dunning
+    from services.dunning.service_layer.planning import dry_run
+    from shared.contract import Topics
+    from shared.http import DomainError
+
+    day = _report_date(date, "date")
+
+    async def query(pool):
+        try:  # the platform's time: the demo moves it (no file: the system's)
+            return await dry_run(Dunning(pool, FileClock(VAR / "demo-clock.json"), Topics("")), tenant, day)
+        except DomainError as exc:
+            return exc
+
+    notices = _service_query("dunning", db_prefix, query)
+    if isinstance(notices, DomainError):
+        console.print(f"[red]{notices.field}:[/red] {escape(notices.reason)}")
+        raise typer.Exit(2)
+    t = Table(title=f"Dunning notices of {escape(tenant)} on {day} (dry run: nothing is sent)")
+    for column in ("time (UTC)", "customer", "step", "channel", "items", "total"):
+        t.add_column(column, justify="right" if column in ("items", "total") else "left")
+    for n in notices:
+        t.add_row(n["at"].strftime("%H:%M"), escape(n["customer_id"]), n["step"], n["channel"], str(len(n["items"])),
+                  f"{_money(n['total_minor'], n['currency'])} {n['currency']}")
+    console.print(t)
+    if not notices:
+        console.print("nothing goes out that day")
+
+
 outbox_app = typer.Typer(
     help="Events a service could not publish. Each holds back the later events of its key (its customer)"
          " until it goes out or a person discards it.", no_args_is_help=True)

@@ -5,8 +5,9 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
+from services.dunning.adapters import policy_store
 from services.dunning.entrypoints.api import router
-from services.dunning.service_layer.handlers import Dunning
+from services.dunning.service_layer.handlers import Commands, Dunning
 from services.dunning.settings import DunningSettings
 from shared.clock import Clock
 from shared.host import ServiceHost
@@ -20,10 +21,21 @@ def build(settings: DunningSettings, clock: Clock | None = None) -> FastAPI:
     def wire(host: ServiceHost, app: FastAPI) -> None:
         dunning = Dunning(host.pool, host.clock, host.topics, settings.dispute_pause_days)
         app.state.dunning = dunning
+        app.state.commands = Commands(dunning)
+
+        async def load_policies() -> None:
+            """The shipped policy files and the operator's (DUNNING_POLICY_DIR); a changed file
+            is a new version, and open cases on the policy it replaces are re-planned."""
+            directories = [policy_store.SHIPPED] + ([settings.dunning_policy_dir] if settings.dunning_policy_dir else [])
+            async with host.pool.acquire() as conn, conn.transaction():
+                if await policy_store.load_files(conn, directories, host.clock.now()):
+                    await dunning.replan(conn, tenants=["*"])
+
+        host.on_start(load_policies)
         host.consume("events", [host.topics.invoicing, host.topics.risk], dunning.handlers())
         host.every("steps", lambda: dunning.claim_due_steps(settings.step_batch_size), wake_on="dunning_steps",
                    next_due=dunning.next_step_due)
 
-    app = host.create_api("Tahsilat dunning", "Dunning cases, steps and policies.", wire)
+    app = host.create_api("Tahsilat dunning", "Dunning cases, notices, charges and policies.", wire)
     app.include_router(router)
     return app

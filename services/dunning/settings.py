@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field
 
 from shared.settings import ServiceSettings
@@ -8,6 +10,8 @@ from shared.settings import ServiceSettings
 class DunningSettings(ServiceSettings):
     service_name: str = "dunning"
     http_port: int = 8002
-    step_batch_size: int = Field(default=200, ge=1)
+    step_batch_size: int = Field(default=200, ge=1, description="cases fired per transaction of the step timer")
     dispute_pause_days: int = Field(default=30, ge=1, le=365,
                                     description="longest a dispute pauses dunning when nobody resolves it")
+    dunning_policy_dir: Path | None = Field(default=None, description="a directory of policy YAML files loaded at start, for"
+                                                               " every tenant, besides the shipped ones")

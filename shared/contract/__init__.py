@@ -14,6 +14,7 @@ from shared.contract.events import (
     InvoiceAdjusted,
     InvoiceCancelled,
     InvoiceIssued,
+    InterestAccrued,
     InvoiceOverdue,
     InvoicePaid,
     LateFeeAssessed,
@@ -30,7 +31,7 @@ from shared.contract.topics import Topics
 __all__ = [
     "Envelope", "new_envelope", "partition_key", "EventPayload", "CustomerUpserted",
     "InvoiceIssued", "InvoiceAdjusted", "InvoiceCancelled", "PaymentReceived", "PaymentReversed", "CreditApplied", "CreditNoteIssued",
-    "LateFeeAssessed", "BalanceConfirmationRequested", "BalanceConfirmed", "BalanceContested", "DisputeOpened", "DisputeResolved", "InvoicePaid", "InvoiceOverdue",
+    "LateFeeAssessed", "InterestAccrued", "BalanceConfirmationRequested", "BalanceConfirmed", "BalanceContested", "DisputeOpened", "DisputeResolved", "InvoicePaid", "InvoiceOverdue",
     "NotificationRequested", "NotificationSent", "NotificationFailed", "RiskAssessed",
     "DunningStepExecuted", "REGISTRY", "UnknownEventType", "parse_payload", "Topics",
 ]

@@ -33,7 +33,7 @@ PRODUCERS: dict[str, tuple[str, ...]] = {
     "invoicing": ("CustomerUpserted", "InvoiceIssued", "InvoiceAdjusted", "InvoiceCancelled", "PaymentReceived",
                   "PaymentReversed", "CreditApplied", "CreditNoteIssued", "InvoicePaid", "InvoiceOverdue", "BalanceConfirmationRequested",
                   "BalanceConfirmed", "BalanceContested"),
-    "dunning": ("NotificationRequested", "DunningStepExecuted", "LateFeeAssessed", "DisputeOpened", "DisputeResolved"),
+    "dunning": ("NotificationRequested", "DunningStepExecuted", "LateFeeAssessed", "InterestAccrued", "DisputeOpened", "DisputeResolved"),
     "notifier": ("NotificationSent", "NotificationFailed"),
     "risk": ("RiskAssessed",),
 }

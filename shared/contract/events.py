@@ -173,6 +173,9 @@ class NoticeItem(BaseModel):
     currency: CurrencyCode
     open_amount_minor: int = Field(ge=0)
     due_date: date
+    days_overdue: int | None = Field(default=None, ge=0, description="on the day of the notice")
+    fees_minor: int = Field(default=0, ge=0, description="dunning fees and compensation charged on it to date")
+    interest_minor: int = Field(default=0, ge=0, description="late-payment interest charged on it to date")
 
 
 @REGISTRY.register("NotificationRequested", 1)
@@ -216,6 +219,30 @@ class LateFeeAssessed(EventPayload):
     currency: CurrencyCode
     amount_minor: int = Field(gt=0)
     reason: str
+    assessed_at: AwareDatetime
+
+
+class InterestPeriod(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    start: date
+    end: date = Field(description="exclusive")
+    days: int = Field(ge=1)
+    annual_rate: str = Field(description="percent, as in the rate table, e.g. '10.15'")
+
+
+@REGISTRY.register("InterestAccrued", 1)
+class InterestAccrued(EventPayload):
+    """Statutory late-payment interest on an overdue invoice for the days [start, end): simple
+    interest, actual days / 365, the rate split by the jurisdiction's rate periods."""
+
+    accrual_id: str = Field(description="idempotency key: invoice and the end of the period")
+    case_id: str
+    invoice_id: str
+    currency: CurrencyCode
+    amount_minor: int = Field(gt=0)
+    principal_minor: int = Field(gt=0)
+    jurisdiction: str
+    periods: list[InterestPeriod]
     assessed_at: AwareDatetime
 
 
@@ -269,10 +296,12 @@ class DisputeResolved(EventPayload):
 @REGISTRY.register("DunningStepExecuted", 1)
 class DunningStepExecuted(EventPayload):
     case_id: str
-    invoice_id: str
+    invoice_id: str = Field(description="the most advanced invoice of the notice")
     step: str
     channel: Channel
     executed_at: AwareDatetime
+    invoice_ids: list[str] = Field(default_factory=list, description="every invoice the notice listed")
+    notification_key: str | None = None
 
 
 class RiskFactor(BaseModel):

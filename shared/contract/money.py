@@ -52,6 +52,15 @@ def validate_currency(code: str) -> str:
 CurrencyCode = Annotated[str, AfterValidator(validate_currency)]
 
 
+def to_minor(amount: Decimal | str | int, currency: str) -> int:
+    """An amount in major units ("40.00") as minor units of `currency`; more decimals than the
+    currency has is an error, never a rounding."""
+    minor = Decimal(str(amount)).scaleb(currency_exponent(currency))
+    if minor != minor.to_integral_value():
+        raise ValueError(f"{amount} has more decimals than {currency} has ({currency_exponent(currency)})")
+    return int(minor)
+
+
 def to_major(amount_minor: int, currency: str) -> Decimal:
     return Decimal(amount_minor).scaleb(-currency_exponent(currency))
 

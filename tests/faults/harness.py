@@ -169,10 +169,9 @@ async def settled(platform: Platform, clock: FileClock) -> dict[str, int]:
             if service == "invoicing":
                 issued = await conn.fetchval("SELECT count(*) FROM invoices WHERE kind = 'invoice'")
             if service == "dunning":
-                out["cases missing"] = issued - await conn.fetchval("SELECT count(*) FROM cases")
-                out["steps due"] = await conn.fetchval(
-                    "SELECT count(*) FROM case_steps s JOIN cases c USING (tenant_id, case_id)"
-                    " WHERE s.status = 'scheduled' AND s.due_at <= $1 AND c.status = 'open'", now)
+                out["cases missing"] = issued - await conn.fetchval("SELECT count(*) FROM case_items")
+                out["cases due"] = await conn.fetchval(
+                    "SELECT count(*) FROM cases WHERE status = 'open' AND next_due_at <= $1", now)
             if service == "notifier":
                 out["notices due"] = await conn.fetchval(
                     "SELECT count(*) FROM notifications WHERE status IN ('pending', 'sending') AND send_after <= $1",
@@ -182,7 +181,7 @@ async def settled(platform: Platform, clock: FileClock) -> dict[str, int]:
             await conn.close()
     conn = await _db(platform, "dunning")
     try:
-        executed = await conn.fetchval("SELECT count(*) FROM case_steps WHERE status = 'executed'")
+        executed = await conn.fetchval("SELECT count(*) FROM notices")
     finally:
         await conn.close()
     out["requests not yet stored"] = executed - requested
@@ -252,20 +251,16 @@ async def check(platform: Platform, scenario: str) -> Findings:
     f.invoices = len(issued)
     conn = await _db(platform, "dunning")
     try:
-        cases = {str(r["case_id"]) for r in await conn.fetch("SELECT case_id FROM cases")}
-        steps = await conn.fetch(
-            "SELECT case_id, round, step, channel, offset_days FROM case_steps WHERE status = 'executed'")
+        in_cases = {str(r["invoice_id"]) for r in await conn.fetch("SELECT invoice_id FROM case_items")}
+        notices = await conn.fetch("SELECT notification_key, sequence FROM notices")
     finally:
         await conn.close()
-    f.cases_missing = len(issued - cases)
+    f.cases_missing = len(issued - in_cases)
     if f.cases_missing:
-        f.problems.append(f"no case for {sorted(issued - cases)[:3]}")
+        f.problems.append(f"no case for {sorted(issued - in_cases)[:3]}")
 
-    def key(case_id, step, channel, round_):
-        return f"{case_id}:{step}:{channel}" + (f":r{round_}" if round_ else "")
-
-    offsets = {key(str(s["case_id"]), s["step"], s["channel"], s["round"]): (s["round"], s["offset_days"])
-               for s in steps}
+    # one NotificationRequested per notice; a case's notices go out in the order they were made
+    offsets = {n["notification_key"]: (n["sequence"], 0) for n in notices}
     f.steps_executed = len(offsets)
     requested: dict[str, set] = defaultdict(set)
     for e in dunning:

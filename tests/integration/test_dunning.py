@@ -65,46 +65,58 @@ async def requested(kafka_bootstrap, topics):
     return [e for e in await read_events(kafka_bootstrap, topics.dunning) if e.type == "NotificationRequested"]
 
 
-async def test_steps_fire_at_their_time_once_and_payment_cancels_the_rest(dunning, kafka_bootstrap):
+async def test_one_case_per_customer_and_currency_one_notice_per_step_listing_every_item(dunning, kafka_bootstrap):
     app, http, clock, topics, producer = dunning
     customer = env(CustomerUpserted(customer_id="C1", name="Globex", timezone="Europe/London"), "C1", clock)
     a, b = env(issued(INV_A), INV_A, clock), env(issued(INV_B), INV_B, clock)
     await send(producer, topics.invoicing, customer, a, b)
-    found = await wait_for(lambda: _n(cases(http, customer_id="C1"), 2), message="two cases")
-    case_a = next(c for c in found if c["invoice_id"] == INV_A)
-    assert [(s["step"], s["channel"], s["status"]) for s in case_a["steps"]][:2] == [
+    found = await wait_for(lambda: _items(http, "C1", 2), message="one case with two items")
+    case = found[0]
+    assert len(found) == 1 and case["currency"] == "EUR"
+    item_a = next(i for i in case["items"] if i["invoice_id"] == INV_A)
+    assert [(s["step"], s["channel"], s["status"]) for s in item_a["steps"]][:2] == [
         ("pre_due", "email", "scheduled"), ("due", "email", "scheduled")]
     # 09:00 London on the due date minus 3 days.
-    assert case_a["steps"][0]["due_at"] == "2026-03-07T09:00:00Z"
+    assert item_a["steps"][0]["due_at"] == "2026-03-07T09:00:00Z"
+    assert case["next_due_at"] == "2026-03-07T09:00:00Z"
 
     clock.set(datetime(2026, 3, 7, 9, 1, tzinfo=timezone.utc))
-    got = await wait_for(lambda: _n(requested(kafka_bootstrap, topics), 2), message="pre-due requests")
-    assert {(e.data["case_id"], e.data["step"], e.data["channel"]) for e in got} == {
-        (INV_A, "pre_due", "email"), (INV_B, "pre_due", "email")}
-    item = got[0].data["items"][0]
-    assert item["open_amount_minor"] == 50_000 and item["currency"] == "EUR"
+    got = await wait_for(lambda: _n(requested(kafka_bootstrap, topics), 1), message="the pre-due notice")
+    assert len(got) == 1  # one notice for both invoices
+    notice = got[0].data
+    assert (notice["case_id"], notice["step"], notice["channel"]) == (case["case_id"], "pre_due", "email")
+    assert sorted(i["invoice_id"] for i in notice["items"]) == [INV_A, INV_B]
+    assert all(i["open_amount_minor"] == 50_000 and i["days_overdue"] == 0 for i in notice["items"])
 
-    # B is paid in full: its later steps are cancelled. A is paid in part: the amount shrinks.
+    # B is paid in full: it leaves the case. A is paid in part: the amount shrinks.
     payment = env(PaymentReceived(customer_id="C1", payment_id="P1", billing_source="erp", external_id="P1",
                                   currency="EUR", amount_minor=70_000, received_at=clock.now(),
                                   allocations=[Allocation(invoice_id=INV_B, amount_minor=50_000, invoice_open_minor=0),
                                                Allocation(invoice_id=INV_A, amount_minor=20_000, invoice_open_minor=30_000)]),
                   "P1", clock)
     await send(producer, topics.invoicing, payment)
-    await wait_for(lambda: _case_status(http, INV_B, "closed"), message="case B closed")
+    await wait_for(lambda: _item_status(http, INV_B, "settled"), message="B settled")
 
     clock.set(datetime(2026, 3, 17, 10, 0, tzinfo=timezone.utc))  # past +7: "due" is stale by now, skipped
-    await wait_for(lambda: _n(requested(kafka_bootstrap, topics), 4), message="+7 requests for A")
+    await wait_for(lambda: _n(requested(kafka_bootstrap, topics), 3), message="+7 notices")
     clock.set(datetime(2026, 3, 25, 10, 0, tzinfo=timezone.utc))  # past +14
-    got = await wait_for(lambda: _n(requested(kafka_bootstrap, topics), 6), message="+14 requests for A")
+    got = await wait_for(lambda: _n(requested(kafka_bootstrap, topics), 5), message="+14 notices")
     later = [e.data for e in got if e.data["step"] != "pre_due"]
-    assert {d["case_id"] for d in later} == {INV_A}
     assert Counter((d["step"], d["channel"]) for d in later) == {
-        ("overdue_7", "email"): 1, ("overdue_7", "sms"): 1, ("final_14", "email"): 1, ("final_14", "sms"): 1}
-    assert all(d["items"][0]["open_amount_minor"] == 30_000 for d in later)
-    case_b = (await http.get(f"/v1/cases/{INV_B}")).json()
-    assert {s["status"] for s in case_b["steps"]} == {"executed", "cancelled"}
-    assert case_b["closed_reason"] == "paid"
+        ("overdue_7", "email"): 1, ("overdue_7_sms", "sms"): 1, ("final_14", "email"): 1, ("final_14_sms", "sms"): 1}
+    assert all([(i["invoice_id"], i["open_amount_minor"]) for i in d["items"]] == [(INV_A, 30_000)] for d in later)
+    assert [i["days_overdue"] for d in later if d["step"] == "final_14" for i in d["items"]] == [15]
+    case = (await http.get(f"/v1/cases/{case['case_id']}")).json()
+    item_b = next(i for i in case["items"] if i["invoice_id"] == INV_B)
+    assert {s["status"] for s in item_b["steps"]} == {"executed", "cancelled"} and item_b["closed_reason"] == "paid"
+    item_a = next(i for i in case["items"] if i["invoice_id"] == INV_A)
+    assert {s["step"]: s["status"] for s in item_a["steps"]}["due"] == "skipped"
+    assert [n["sequence"] for n in case["notices"]] == [1, 2, 3, 4, 5]
+
+
+async def _items(http, customer_id, n):
+    found = await cases(http, customer_id=customer_id)
+    return found if found and len(found[0]["items"]) >= n else None
 
 
 async def _n(coro, n):
@@ -112,9 +124,20 @@ async def _n(coro, n):
     return items if len(items) >= n else None
 
 
-async def _case_status(http, case_id, status):
-    r = await http.get(f"/v1/cases/{case_id}")
-    return r.status_code == 200 and r.json()["status"] == status
+async def _case_of(http, invoice_id):
+    found = await cases(http, invoice_id=invoice_id)
+    return found[0] if found else None
+
+
+async def _item_status(http, invoice_id, status):
+    case = await _case_of(http, invoice_id)
+    item = next((i for i in case["items"] if i["invoice_id"] == invoice_id), None) if case else None
+    return item if item and item["status"] == status else None
+
+
+async def _case_status(http, invoice_id, status):
+    case = await _case_of(http, invoice_id)
+    return case if case and case["status"] == status else None
 
 
 async def test_redelivered_events_change_nothing(dunning, kafka_bootstrap):
@@ -133,11 +156,12 @@ async def test_redelivered_events_change_nothing(dunning, kafka_bootstrap):
 
     pool = app.state.pool
     assert await pool.fetchval("SELECT count(*) FROM cases WHERE customer_id = 'C1'") == 1
-    assert await pool.fetchval("SELECT count(*) FROM case_steps WHERE case_id = $1::uuid", INV_A) == 6
+    assert await pool.fetchval("SELECT count(*) FROM item_steps WHERE invoice_id = $1::uuid", INV_A) == 6
     assert await pool.fetchval("SELECT count(*) FROM inbox") == 4  # customer, A, paid, sentinel
     got = await requested(kafka_bootstrap, topics)
     keys = [e.data["notification_key"] for e in got if e.data["customer_id"] == "C1"]
-    assert keys == [f"{INV_A}:pre_due:email"]
+    case_id = (await _case_of(http, INV_A))["case_id"]
+    assert keys == [f"{case_id}:pre_due:email:1"]
 
 
 async def test_poison_records_go_to_the_dead_letter_topic_and_the_consumer_carries_on(dunning, kafka_bootstrap):
@@ -161,7 +185,8 @@ async def test_another_tenant_sees_no_cases(dunning):
     await wait_for(lambda: cases(http), message="a case")
     async with client(str(http.base_url), await api_key(app, "t2", "collector")) as other:
         assert (await other.get("/v1/cases")).json() == []
-        assert (await other.get(f"/v1/cases/{INV_A}")).status_code == 404
+        assert (await other.get(f"/v1/cases/{(await _case_of(http, INV_A))['case_id']}")).status_code == 404
+        assert (await other.get("/v1/cases", params={"invoice_id": INV_A})).json() == []
     async with client(str(http.base_url), await api_key(app, "t1", "billing-source")) as wrong_role:
         assert (await wrong_role.get("/v1/cases")).status_code == 403
 
@@ -173,10 +198,12 @@ async def test_after_downtime_only_the_latest_due_step_is_sent(dunning, kafka_bo
     # The service "was down" from before the pre-due step until after the +7 step.
     clock.set(datetime(2026, 3, 18, 10, 0, tzinfo=timezone.utc))
     got = await wait_for(lambda: _n(requested(kafka_bootstrap, topics), 2), message="the +7 requests")
-    assert sorted((e.data["step"], e.data["channel"]) for e in got) == [("overdue_7", "email"), ("overdue_7", "sms")]
-    case = (await http.get(f"/v1/cases/{INV_A}")).json()
-    assert {s["step"]: s["status"] for s in case["steps"] if s["channel"] == "email"} == {
-        "pre_due": "skipped", "due": "skipped", "overdue_7": "executed", "final_14": "scheduled"}
+    assert sorted((e.data["step"], e.data["channel"]) for e in got) == [("overdue_7", "email"), ("overdue_7_sms", "sms")]
+    case = await _case_of(http, INV_A)
+    assert {s["step"]: (s["status"], s["reason"]) for s in case["items"][0]["steps"]} == {
+        "pre_due": ("skipped", "stale"), "due": ("skipped", "stale"), "overdue_7": ("executed", None),
+        "overdue_7_sms": ("executed", None), "final_14": ("scheduled", None), "final_14_sms": ("scheduled", None)}
+    assert [n["step"] for n in case["notices"]] == ["overdue_7", "overdue_7_sms"]
 
 
 async def test_adjusted_due_date_moves_the_steps_and_a_cancelled_invoice_stops_dunning(dunning, kafka_bootstrap):
@@ -185,7 +212,7 @@ async def test_adjusted_due_date_moves_the_steps_and_a_cancelled_invoice_stops_d
 
     app, http, clock, topics, producer = dunning
     await send(producer, topics.invoicing, env(issued(INV_A), INV_A, clock), env(issued(INV_B), INV_B, clock))
-    await wait_for(lambda: _n(cases(http), 2), message="two cases")
+    await wait_for(lambda: _items(http, "C1", 2), message="one case with both invoices")
     moved = InvoiceAdjusted(customer_id="C1", invoice_id=INV_A, billing_source="erp", external_id="X-000a",
                             number="N-000a", currency="EUR", amount_minor=40_000, open_amount_minor=40_000,
                             issue_date=date(2026, 2, 8), due_date=date(2026, 3, 20),
@@ -194,17 +221,19 @@ async def test_adjusted_due_date_moves_the_steps_and_a_cancelled_invoice_stops_d
     cancelled = InvoiceCancelled(customer_id="C1", invoice_id=INV_B, billing_source="erp", external_id="X-000b",
                                  number="N-000b", currency="EUR", cancelled_at=clock.now())
     await send(producer, topics.invoicing, env(moved, INV_A, clock), env(cancelled, INV_B, clock))
-    await wait_for(lambda: _case_status(http, INV_B, "closed"), message="case B closed")
-    case_a = await wait_for(lambda: _due(http, INV_A, "2026-03-20"), message="case A moved")
-    assert case_a["open_minor"] == 40_000
-    assert case_a["steps"][0]["due_at"] == "2026-03-17T09:00:00Z"  # pre-due, three days before the new date
-    case_b = (await http.get(f"/v1/cases/{INV_B}")).json()
-    assert case_b["closed_reason"] == "cancelled" and {s["status"] for s in case_b["steps"]} == {"cancelled"}
+    item_b = await wait_for(lambda: _item_status(http, INV_B, "cancelled"), message="B cancelled")
+    assert item_b["closed_reason"] == "cancelled" and {s["status"] for s in item_b["steps"]} == {"cancelled"}
+    item_a = await wait_for(lambda: _due(http, INV_A, "2026-03-20"), message="A moved")
+    assert item_a["open_minor"] == 40_000
+    assert item_a["steps"][0]["due_at"] == "2026-03-17T09:00:00Z"  # pre-due, three days before the new date
+    case = await _case_of(http, INV_A)
+    assert case["status"] == "open" and case["open_minor"] == 40_000 and case["next_due_at"] == "2026-03-17T09:00:00Z"
 
 
-async def _due(http, case_id, due_date):
-    case = (await http.get(f"/v1/cases/{case_id}")).json()
-    return case if case["due_date"] == due_date else None
+async def _due(http, invoice_id, due_date):
+    case = await _case_of(http, invoice_id)
+    item = next(i for i in case["items"] if i["invoice_id"] == invoice_id)
+    return item if item["due_date"] == due_date else None
 
 
 async def test_a_reversed_payment_reopens_the_case_and_its_later_steps(dunning, kafka_bootstrap):
@@ -217,16 +246,18 @@ async def test_a_reversed_payment_reopens_the_case_and_its_later_steps(dunning, 
                            amount_minor=50_000, received_at=clock.now(),
                            allocations=[Allocation(invoice_id=INV_A, amount_minor=50_000, invoice_open_minor=0)])
     await send(producer, topics.invoicing, env(paid, "P1", clock))
-    await wait_for(lambda: _case_status(http, INV_A, "closed"), message="closed by the payment")
+    closed = await wait_for(lambda: _case_status(http, INV_A, "closed"), message="closed by the payment")
+    assert closed["closed_reason"] == "paid"
     bounced = PaymentReversed(customer_id="C1", payment_id="P1", billing_source="erp", external_id="P1", currency="EUR",
                               amount_minor=50_000, reversed_at=clock.now(),
                               reopened=[Allocation(invoice_id=INV_A, amount_minor=50_000, invoice_open_minor=50_000)])
     await send(producer, topics.invoicing, env(bounced, "P1", clock))
-    await wait_for(lambda: _case_status(http, INV_A, "open"), message="re-opened by the reversal")
-    case = (await http.get(f"/v1/cases/{INV_A}")).json()
-    assert case["open_minor"] == 50_000 and case["round"] == 1
-    assert {s["status"] for s in case["steps"] if s["round"] == 0} == {"cancelled"}
-    assert {s["status"] for s in case["steps"] if s["round"] == 1} == {"scheduled"}
+    case = await wait_for(lambda: _case_status(http, INV_A, "open"), message="re-opened by the reversal")
+    assert case["case_id"] != closed["case_id"]  # the closed case stays closed; the customer's new case holds it
+    item = case["items"][0]
+    assert case["open_minor"] == 50_000 and item["round"] == 1
+    assert {s["status"] for s in item["steps"] if s["round"] == 0} == {"cancelled"}
+    assert {s["status"] for s in item["steps"] if s["round"] == 1} == {"scheduled"}
 
 
 async def test_an_invoice_reopened_after_its_last_step_is_dunned_again(dunning, kafka_bootstrap):
@@ -243,18 +274,18 @@ async def test_an_invoice_reopened_after_its_last_step_is_dunned_again(dunning, 
                            amount_minor=50_000, received_at=clock.now(),
                            allocations=[Allocation(invoice_id=INV_A, amount_minor=50_000, invoice_open_minor=0)])
     await send(producer, topics.invoicing, env(paid, "P1", clock))
-    await wait_for(lambda: _case_status(http, INV_A, "closed"), message="closed by the payment")
+    first = await wait_for(lambda: _case_status(http, INV_A, "closed"), message="closed by the payment")
     clock.set(datetime(2026, 3, 26, 10, 0, tzinfo=timezone.utc))
     bounced = PaymentReversed(customer_id="C1", payment_id="P1", billing_source="erp", external_id="P1", currency="EUR",
                               amount_minor=50_000, reversed_at=clock.now(),
                               reopened=[Allocation(invoice_id=INV_A, amount_minor=50_000, invoice_open_minor=50_000)])
     await send(producer, topics.invoicing, env(bounced, "P1", clock), env(bounced, "P1", clock))
     got = await wait_for(lambda: _n(requested(kafka_bootstrap, topics), 4), message="the final notices again")
+    case = await _case_of(http, INV_A)
     keys = Counter(e.data["notification_key"] for e in got)
-    assert keys == {f"{INV_A}:final_14:email": 1, f"{INV_A}:final_14:sms": 1,
-                    f"{INV_A}:final_14:email:r1": 1, f"{INV_A}:final_14:sms:r1": 1}
-    case = (await http.get(f"/v1/cases/{INV_A}")).json()
-    assert case["status"] == "open" and case["round"] == 1
+    assert keys == {f"{first['case_id']}:final_14:email:1": 1, f"{first['case_id']}:final_14_sms:sms:2": 1,
+                    f"{case['case_id']}:final_14:email:1": 1, f"{case['case_id']}:final_14_sms:sms:2": 1}
+    assert case["status"] == "open" and case["items"][0]["round"] == 1
 
 
 async def test_a_redelivered_event_whose_handler_publishes_publishes_once(dunning, kafka_bootstrap):
@@ -312,7 +343,7 @@ async def test_a_dispute_pauses_dunning_until_a_collector_resolves_it_or_its_pau
     clock.set(datetime(2026, 4, 1, 10, 0, tzinfo=timezone.utc))  # C2's pause has run out, nobody resolved it
     got = await wait_for(lambda: _n(requested(kafka_bootstrap, topics), 6), message="C2 dunned after the pause")
     c2 = sorted((e.data["step"], e.data["channel"]) for e in got if e.data["customer_id"] == "C2")
-    assert c2 == [("final_14", "email"), ("final_14", "sms")]  # only the latest step, no burst of stale ones
+    assert c2 == [("final_14", "email"), ("final_14_sms", "sms")]  # only the latest step, no burst of stale ones
 
 
 async def _disputes(http):

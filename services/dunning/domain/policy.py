@@ -1,83 +1,223 @@
-"""Dunning policies and the schedule of a case: pure rules, no I/O."""
+"""Dunning policies: what is said to a customer, when, on which channel, at what charge.
+
+A policy is a document (YAML in files or through the API), validated here with errors that
+name the line and field; it is pure data and rules, no I/O.
+"""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
+from decimal import Decimal, InvalidOperation
+from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator, model_validator
+
+from services.dunning.domain.charges import load_jurisdictions
+from shared.contract.events import Channel, Language, RiskSegment
+from shared.contract.money import to_major, to_minor, validate_currency
+from shared.contract.templates import NOTICE_TEMPLATES, RENDERED_CHANNELS
+
+ANY_TENANT = "*"  # policies shipped as files apply to every tenant that has none of its own
+_NAME = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+
+
+class PolicyError(ValueError):
+    """A policy document that cannot be used; `problems` name the line and field of each."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+_MAX_MINOR = 10**15  # far beyond any fee or threshold, well inside bigint
+
+
+def _amounts(value: Any) -> dict[str, int]:
+    """{"EUR": "5.00"} in major units -> {"EUR": 500} minor units; the currency must be ISO 4217."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError("expected currency: amount pairs, e.g. {EUR: \"5.00\"}")
+    out: dict[str, int] = {}
+    for currency, amount in value.items():
+        validate_currency(currency)
+        try:
+            number = Decimal(str(amount))
+        except InvalidOperation:
+            raise ValueError(f"{currency}: {amount!r} is not an amount") from None
+        if not number.is_finite() or abs(number) >= _MAX_MINOR:
+            raise ValueError(f"{currency}: {amount!r} is not a usable amount")
+        minor = to_minor(number, currency)
+        if abs(minor) >= _MAX_MINOR:
+            raise ValueError(f"{currency}: {amount!r} is beyond any sensible amount")
+        if minor < 0:
+            raise ValueError(f"{currency}: {amount} is negative")
+        out[currency] = minor
+    return out
+
+
+class _Problems(ValueError):
+    """Several problems found by the cross-field rules, each naming its field."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+class StepSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=_NAME, description="unique within the policy, e.g. overdue_7_email")
+    offset_days: int = Field(ge=-90, le=3650, description="days from the due date; negative is before it")
+    channel: Channel
+    template: str | None = Field(default=None, description="the notice template (email, sms and letter steps)")
+    fee: dict[str, int] = Field(default_factory=dict, description="fixed fee per currency, major units in YAML")
+    min_overdue: dict[str, int] = Field(
+        default_factory=dict, description="per currency: below this amount owed the step is skipped")
+
+    @field_validator("fee", "min_overdue", mode="before")
+    @classmethod
+    def _major_units(cls, value: dict[str, Any] | None) -> dict[str, int]:
+        return _amounts(value)
+
+    @field_serializer("fee", "min_overdue")
+    def _as_written(self, value: dict[str, int]) -> dict[str, str]:
+        """Back in major units, as the document is written: a stored policy reads back the same."""
+        return {currency: str(to_major(minor, currency)) for currency, minor in value.items()}
+
+    @model_validator(mode="after")
+    def _template_for_messages(self) -> "StepSpec":
+        if self.channel in RENDERED_CHANNELS and not self.template:
+            raise ValueError(f"a {self.channel} step needs a template")
+        return self
+
+
+class Charges(BaseModel):
+    """Statutory late-payment charges: interest on the overdue amount, and a fixed compensation
+    once per invoice, from the jurisdiction's table (services/dunning/data/late_payment.yaml)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    jurisdiction: str = Field(description="a code of the rate table, e.g. eu-2011-7 or tr-ttk-1530")
+    interest: bool = True
+    compensation: bool = True
+
+    @field_validator("jurisdiction")
+    @classmethod
+    def _known(cls, code: str) -> str:
+        known = load_jurisdictions()
+        if code not in known:
+            raise ValueError(f"unknown jurisdiction {code!r}; the rate table has {', '.join(sorted(known))}")
+        return code
+
+
+class PolicySpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=_NAME)
+    segment: RiskSegment = Field(description="the risk segment it applies to")
+    customer_group: str | None = Field(default=None, pattern=_NAME, description="only customers of this group")
+    languages: list[Language] = Field(min_length=1, description="the languages its notices go out in")
+    send_hour_local: int = Field(default=9, ge=0, le=23, description="steps fall due at this hour of the customer's day")
+    fee_per: Literal["notice", "invoice"] = Field(
+        default="notice", description="a step's fee once per notice, or once per invoice the notice lists")
+    charges: Charges | None = None
+    steps: list[StepSpec] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _rules(self) -> "PolicySpec":
+        problems = []
+        for i, (a, b) in enumerate(zip(self.steps, self.steps[1:]), start=1):
+            if b.offset_days < a.offset_days:
+                problems.append(f"steps.{i}.offset_days: {b.offset_days} comes before the previous step's"
+                                f" {a.offset_days} (steps must be in order)")
+        seen: set[str] = set()
+        for i, s in enumerate(self.steps):
+            if s.name in seen:
+                problems.append(f"steps.{i}.name: {s.name!r} is used twice")
+            seen.add(s.name)
+            if s.template and s.channel in RENDERED_CHANNELS:
+                have = NOTICE_TEMPLATES.get(s.template)
+                if have is None:
+                    problems.append(f"steps.{i}.template: unknown template {s.template!r}")
+                elif missing := [lang for lang in self.languages if lang not in have]:
+                    problems.append(f"steps.{i}.template: {s.template!r} has no {', '.join(missing)} version")
+            if s.channel == "legal" and i != len(self.steps) - 1:
+                problems.append(f"steps.{i}.channel: the legal hand-over must be the last step")
+        if problems:
+            raise _Problems(problems)
+        return self
+
+    @property
+    def slot(self) -> tuple[str, str | None]:
+        return self.segment, self.customer_group
+
+
+def _line_of(node: yaml.Node | None, loc: tuple) -> int | None:
+    """The line (1-based) of the YAML node at a pydantic error location, as deep as it goes."""
+    line = node.start_mark.line + 1 if node is not None else None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            node = next((v for k, v in node.value if k.value == part), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+        else:
+            break
+        if node is None:
+            break
+        line = node.start_mark.line + 1
+    return line
+
+
+_LOC = re.compile(r"^(steps\.(\d+)\.(\w+)): ")
+
+
+def parse_policy(text: str, where: str = "policy") -> PolicySpec:
+    """A policy from YAML (or JSON, which is YAML); PolicyError lists every problem as
+    "<where> line N, <field>: <reason>"."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark else ""
+        raise PolicyError([f"{where}{line}: not valid YAML ({getattr(e, 'problem', None) or e})"]) from None
+    if not isinstance(data, dict):
+        raise PolicyError([f"{where}: a policy is a mapping with name, segment, languages and steps"])
+    try:
+        return PolicySpec.model_validate(data)
+    except ValidationError as e:
+        problems = []
+        for err in e.errors():
+            loc = tuple(p for p in err["loc"] if p not in ("function-after[_rules()]",))
+            message = err["msg"].removeprefix("Value error, ")
+            cause = (err.get("ctx") or {}).get("error")
+            if not loc and isinstance(cause, _Problems):  # the cross-step rules: each names its field
+                for part in cause.problems:
+                    m = _LOC.match(part)
+                    path = (("steps", int(m.group(2)), m.group(3)) if m else ())
+                    line = _line_of(node, path)
+                    problems.append(f"{where}{f' line {line}' if line else ''}, {part}")
+                continue
+            line = _line_of(node, loc)
+            field = ".".join(str(p) for p in loc)
+            problems.append(f"{where}{f' line {line}' if line else ''}, {field}: {message}")
+        raise PolicyError(problems) from None
+
+
+# --- scheduling -------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
-class PolicyStep:
+class PlannedStep:
     name: str
-    offset_days: int  # relative to the due date
-    channel: str  # email | sms | collector_call | letter | legal
-    template: str
-
-
-@dataclass(frozen=True)
-class Policy:
-    name: str
-    segment: str
-    steps: tuple[PolicyStep, ...]
-    send_hour_local: int = 9  # steps fall due at this hour of the customer's day
-
-
-STANDARD = Policy(
-    "standard",
-    "medium",
-    (
-        PolicyStep("pre_due", -3, "email", "reminder_pre_due"),
-        PolicyStep("due", 0, "email", "reminder_due"),
-        PolicyStep("overdue_7", 7, "email", "reminder_overdue"),
-        PolicyStep("overdue_7", 7, "sms", "reminder_overdue"),
-        PolicyStep("final_14", 14, "email", "final_notice"),
-        PolicyStep("final_14", 14, "sms", "final_notice"),
-    ),
-)
-GENTLE = Policy(
-    "gentle",
-    "low",
-    (
-        PolicyStep("pre_due", -3, "email", "reminder_pre_due"),
-        PolicyStep("due", 0, "email", "reminder_due"),
-        PolicyStep("overdue_7", 7, "email", "reminder_overdue"),
-        PolicyStep("final_14", 14, "email", "final_notice"),
-    ),
-)
-# Risky customers get a denser schedule and earlier SMS.
-STRICT = Policy(
-    "strict",
-    "high",
-    (
-        PolicyStep("pre_due", -5, "email", "reminder_pre_due"),
-        PolicyStep("pre_due_sms", -1, "sms", "reminder_pre_due"),
-        PolicyStep("due", 0, "email", "reminder_due"),
-        PolicyStep("overdue_3", 3, "sms", "reminder_overdue"),
-        PolicyStep("overdue_7", 7, "email", "reminder_overdue"),
-        PolicyStep("overdue_7", 7, "sms", "reminder_overdue"),
-        PolicyStep("final_14", 14, "email", "final_notice"),
-        PolicyStep("final_14", 14, "sms", "final_notice"),
-    ),
-)
-DEFAULT_POLICIES = {p.segment: p for p in (GENTLE, STANDARD, STRICT)}
-
-
-def policy_for(segment: str | None) -> Policy:
-    return DEFAULT_POLICIES.get(segment or "medium", STANDARD)
-
-
-def policy_named(name: str) -> Policy:
-    return next((p for p in DEFAULT_POLICIES.values() if p.name == name), STANDARD)
-
-
-@dataclass(frozen=True)
-class ScheduledStep:
-    name: str
+    position: int  # order within the policy
     channel: str
-    template: str
+    template: str | None
     offset_days: int
     due_at: datetime
-    status: str  # scheduled | skipped
 
 
 def step_due_at(due_date: date, offset_days: int, timezone: str, hour: int) -> datetime:
@@ -85,26 +225,15 @@ def step_due_at(due_date: date, offset_days: int, timezone: str, hour: int) -> d
     return local.astimezone(ZoneInfo("UTC"))
 
 
-def schedule_case(policy: Policy, due_date: date, timezone: str, now: datetime) -> list[ScheduledStep]:
-    """All steps of the policy with their times. When a case opens late (an old invoice, or
-    catch-up after downtime), only the most recent past step is still sent: a customer 20 days
-    overdue gets the current notice, not the whole history."""
-    steps = [
-        ScheduledStep(s.name, s.channel, s.template, s.offset_days,
-                      step_due_at(due_date, s.offset_days, timezone, policy.send_hour_local), "scheduled")
-        for s in policy.steps
-    ]
-    past_offsets = [s.offset_days for s in steps if s.due_at <= now]
-    if past_offsets:
-        latest = max(past_offsets)
-        steps = [
-            s if s.due_at > now or s.offset_days == latest else ScheduledStep(
-                s.name, s.channel, s.template, s.offset_days, s.due_at, "skipped")
-            for s in steps
-        ]
-    return steps
+def plan_item(policy: PolicySpec, due_date: date, timezone: str) -> list[PlannedStep]:
+    """Every step of the policy for one invoice, at `send_hour_local` in the customer's timezone.
+    Steps already past are planned too: the claim sends only the latest of them (no burst)."""
+    return [PlannedStep(s.name, i, s.channel, s.template, s.offset_days,
+                        step_due_at(due_date, s.offset_days, timezone, policy.send_hour_local))
+            for i, s in enumerate(policy.steps)]
 
 
-def notification_key(case_id: str, step: str, channel: str, round_: int = 0) -> str:
-    """One notification per (case, step, channel) and round, whatever is retried or redelivered."""
-    return f"{case_id}:{step}:{channel}" + (f":r{round_}" if round_ else "")
+def notification_key(case_id: str, step: str, channel: str, sequence: int = 0) -> str:
+    """One notification per (case, step, channel) and notice of the case, whatever is retried or
+    redelivered (a case can reach the same step again when a later invoice joins it)."""
+    return f"{case_id}:{step}:{channel}" + (f":{sequence}" if sequence else "")

@@ -14,7 +14,7 @@ from services.invoicing.service_layer.ingest import stable_id
 from services.invoicing.service_layer.sources import require_right
 from shared.clock import Clock
 from shared.contract import (
-    CreditNoteIssued, Envelope, InvoiceOverdue, LateFeeAssessed, PaymentReceived, Topics, new_envelope,
+    CreditNoteIssued, Envelope, InterestAccrued, InvoiceOverdue, LateFeeAssessed, PaymentReceived, Topics, new_envelope,
 )
 from shared.contract.events import Allocation
 from shared.http import DomainError
@@ -142,29 +142,40 @@ class Invoicing:
         return events, received
 
     async def on_late_fee_assessed(self, conn: asyncpg.Connection, env: Envelope, p: LateFeeAssessed) -> None:
-        """Book a dunning fee as a charge on the customer's account (in the consumer's inbox
-        transaction): payable, aged and on the statement, but not dunned itself. Like an invoice
-        it takes the customer's credit, so it holds the customer's bucket shared, as the invoice
-        ingest does (a payment recorded at the same moment and this fee see each other)."""
+        await self._book_charge(conn, env, p.customer_id, "fee", p.fee_id, p.currency, p.amount_minor, p.assessed_at, p.reason)
+
+    async def on_interest_accrued(self, conn: asyncpg.Connection, env: Envelope, p: InterestAccrued) -> None:
+        reason = (f"late-payment interest ({p.jurisdiction}) {p.periods[0].start}..{p.periods[-1].end}"
+                  if p.periods else f"late-payment interest ({p.jurisdiction})")
+        await self._book_charge(conn, env, p.customer_id, "interest", p.accrual_id, p.currency, p.amount_minor, p.assessed_at, reason)
+
+    async def _book_charge(self, conn: asyncpg.Connection, env: Envelope, customer_id: str, kind: str, charge_key: str, currency: str,
+                           amount_minor: int, assessed_at: datetime, reason: str) -> None:
+        """Book a dunning fee or interest as a charge on the customer's account (in the consumer's
+        inbox transaction): payable, aged and on the statement, but not dunned itself. Like an
+        invoice it takes the customer's credit, so it holds the customer's bucket shared, as the
+        invoice ingest does (a payment recorded at the same moment and this charge see each other)."""
         now = self.clock.now()
-        fee_id = stable_id(env.tenant_id, "dunning", "fee", p.fee_id)
-        await repo.share_customer_buckets(conn, env.tenant_id, [p.customer_id])
-        customer = await repo.get_customer(conn, env.tenant_id, p.customer_id)
+        charge_id = stable_id(env.tenant_id, "dunning", kind, charge_key)
+        await repo.share_customer_buckets(conn, env.tenant_id, [customer_id])
+        customer = await repo.get_customer(conn, env.tenant_id, customer_id)
         if customer is None:
-            raise DomainError("customer_id", f"no customer {p.customer_id!r} to charge the fee to")
+            raise DomainError("customer_id", f"no customer {customer_id!r} to charge the {kind} to")
+        prefix = "FEE" if kind == "fee" else "INT"
         inserted = await conn.fetchval(
             """INSERT INTO invoices (tenant_id, invoice_id, billing_source, external_id, customer_id, number, currency,
                  amount_minor, open_minor, issue_date, due_date, issued_at, kind)
-               VALUES ($1, $2, 'dunning', $3, $4, $5, $6, $7, $7, $8, $8, $9, 'fee') ON CONFLICT DO NOTHING RETURNING 1""",
-            env.tenant_id, fee_id, f"fee:{p.fee_id}", p.customer_id, f"FEE-{p.fee_id[:40]}", p.currency,
-            p.amount_minor, p.assessed_at.date(), now,
+               VALUES ($1, $2, 'dunning', $3, $4, $5, $6, $7, $7, $8, $8, $9, $10)
+               ON CONFLICT DO NOTHING RETURNING 1""",
+            env.tenant_id, charge_id, f"{kind}:{charge_key}", customer_id, f"{prefix}-{charge_key[:40]}", currency,
+            amount_minor, assessed_at.date(), now, kind,
         )
         if not inserted:
             return
         await repo.book_ledger(conn, env.tenant_id, [
-            (p.customer_id, p.currency, "fee", str(fee_id), p.amount_minor, p.assessed_at.date(), p.reason)], now)
-        await add_events(conn, self.topics.invoicing, await cash.apply_credit(conn, env.tenant_id, p.customer_id,
-                                                                              p.currency, now))
+            (customer_id, currency, kind, str(charge_id), amount_minor, assessed_at.date(), reason)], now)
+        await add_events(conn, self.topics.invoicing, await cash.apply_credit(conn, env.tenant_id, customer_id,
+                                                                              currency, now))
 
     async def unapplied_cash(self, tenant_id: str, limit: int = 500, source: str | None = None) -> list[asyncpg.Record]:
         """Money received that is not on any invoice: for a person to resolve (`source`: only

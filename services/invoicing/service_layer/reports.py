@@ -47,7 +47,7 @@ WITH counted AS (
       AND ($5::text IS NULL OR billing_source = $5)
 ), amounts AS (
     SELECT ref_id, sum(amount_minor)::bigint AS amount_minor FROM ledger_entries
-    WHERE tenant_id = $1 AND (kind IN ('invoice', 'fee') OR (kind = 'adjustment' AND booked_on <= $2))
+    WHERE tenant_id = $1 AND (kind IN ('invoice', 'fee', 'interest') OR (kind = 'adjustment' AND booked_on <= $2))
       AND ($3::text IS NULL OR currency = $3)
     GROUP BY ref_id
 ), paid AS (

@@ -1,0 +1,231 @@
+"""SQL of dunning cases: items, their step timers, notices and charges (set-based: every
+function takes the keys of a whole batch)."""
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from datetime import datetime
+
+import asyncpg
+
+# When an open item may be dunned again: never while on hold or the customer is marked "do not
+# chase", not before an open dispute covering it stops pausing. NULL: not paused.
+PAUSED_UNTIL = """GREATEST(
+    CASE WHEN i.hold_reason IS NOT NULL OR dc.do_not_chase_reason IS NOT NULL THEN 'infinity'::timestamptz END,
+    (SELECT max(d.pause_until) FROM disputes d WHERE d.tenant_id = i.tenant_id AND d.customer_id = i.customer_id
+       AND d.status = 'open' AND (d.invoice_id IS NULL OR d.invoice_id = i.invoice_id)))"""
+
+_REFRESH = f"""
+WITH k AS (SELECT DISTINCT tenant_id, case_id FROM unnest($1::text[], $2::uuid[]) AS k(tenant_id, case_id)),
+state AS (
+    SELECT k.tenant_id, k.case_id,
+      (SELECT min(GREATEST(s.due_at, {PAUSED_UNTIL}))
+         FROM case_items i LEFT JOIN dunning_customers dc USING (tenant_id, customer_id)
+         JOIN item_steps s ON s.tenant_id = i.tenant_id AND s.invoice_id = i.invoice_id AND s.round = i.round
+                          AND s.status = 'scheduled'
+        WHERE i.tenant_id = k.tenant_id AND i.case_id = k.case_id AND i.status = 'open') AS next_due_at,
+      EXISTS (SELECT 1 FROM case_items i WHERE i.tenant_id = k.tenant_id AND i.case_id = k.case_id
+              AND i.status = 'open') AS has_open,
+      (SELECT i.closed_reason FROM case_items i WHERE i.tenant_id = k.tenant_id AND i.case_id = k.case_id
+        ORDER BY i.closed_at DESC NULLS LAST LIMIT 1) AS last_reason
+    FROM k)
+UPDATE cases c SET next_due_at = state.next_due_at,
+  status = CASE WHEN c.status = 'open' AND NOT state.has_open THEN 'closed' ELSE c.status END,
+  closed_reason = CASE WHEN c.status = 'open' AND NOT state.has_open THEN state.last_reason ELSE c.closed_reason END,
+  closed_at = CASE WHEN c.status = 'open' AND NOT state.has_open THEN $3 ELSE c.closed_at END
+FROM state WHERE c.tenant_id = state.tenant_id AND c.case_id = state.case_id"""
+
+
+def _cols(rows: list[tuple]) -> list[list]:
+    return [list(col) for col in zip(*rows)]
+
+
+async def refresh(conn: asyncpg.Connection, keys: Iterable[tuple[str, uuid.UUID]], now: datetime) -> None:
+    """After items, steps, holds or disputes changed: the case's timer moves to its next due
+    step that is not paused, and a case without open items closes."""
+    keys = sorted(set(keys))
+    if keys:
+        await conn.execute(_REFRESH, [k[0] for k in keys], [k[1] for k in keys], now)
+
+
+async def lock_cases_of(conn: asyncpg.Connection, invoices: Iterable[tuple[str, uuid.UUID]]) -> dict[tuple[str, uuid.UUID], asyncpg.Record]:
+    """The items of these invoices, their cases locked first and in one order (the claim loop
+    locks cases too: case before items everywhere, so the two never deadlock)."""
+    invoices = sorted(set(invoices))
+    if not invoices:
+        return {}
+    await conn.execute(
+        "SELECT 1 FROM cases c WHERE (c.tenant_id, c.case_id) IN (SELECT i.tenant_id, i.case_id FROM case_items i"
+        " JOIN unnest($1::text[], $2::uuid[]) AS k(tenant_id, invoice_id) USING (tenant_id, invoice_id))"
+        " ORDER BY c.tenant_id, c.case_id FOR UPDATE OF c",
+        [k[0] for k in invoices], [k[1] for k in invoices])
+    rows = await conn.fetch(
+        "SELECT i.* FROM case_items i JOIN unnest($1::text[], $2::uuid[]) AS k(tenant_id, invoice_id)"
+        " USING (tenant_id, invoice_id)", [k[0] for k in invoices], [k[1] for k in invoices])
+    return {(r["tenant_id"], r["invoice_id"]): r for r in rows}
+
+
+async def open_cases(conn: asyncpg.Connection, keys: Iterable[tuple[str, str, str]], now: datetime) -> dict[tuple[str, str, str], uuid.UUID]:
+    """The open case of each (tenant, customer, currency), opened where there is none."""
+    keys = sorted(set(keys))
+    if not keys:
+        return {}
+    cols = [[k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]]
+    await conn.execute(
+        "INSERT INTO cases (tenant_id, case_id, customer_id, currency, opened_at)"
+        " SELECT t, gen_random_uuid(), c, cur, $4 FROM unnest($1::text[], $2::text[], $3::text[]) AS k(t, c, cur)"
+        " ON CONFLICT (tenant_id, customer_id, currency) WHERE status = 'open' DO NOTHING", *cols, now)
+    rows = await conn.fetch(
+        "SELECT c.tenant_id, c.customer_id, c.currency, c.case_id FROM cases c"
+        " JOIN unnest($1::text[], $2::text[], $3::text[]) AS k(tenant_id, customer_id, currency)"
+        " USING (tenant_id, customer_id, currency) WHERE c.status = 'open'"
+        " ORDER BY c.tenant_id, c.case_id FOR UPDATE OF c", *cols)
+    return {(r["tenant_id"], r["customer_id"], r["currency"]): r["case_id"] for r in rows}
+
+
+async def insert_items(conn: asyncpg.Connection, rows: list[tuple]) -> set[tuple[str, uuid.UUID]]:
+    """rows: (tenant, invoice, case, customer, number, currency, amount, due_date, policy tenant,
+    name, version, joined_at). An invoice already held by a case is left as it is."""
+    if not rows:
+        return set()
+    inserted = await conn.fetch(
+        """INSERT INTO case_items (tenant_id, invoice_id, case_id, customer_id, number, currency, amount_minor,
+             open_minor, due_date, policy_tenant, policy_name, policy_version, joined_at)
+           SELECT t, i, c, cu, n, cur, a, a, d, pt, pn, pv, j
+           FROM unnest($1::text[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::bigint[],
+                       $8::date[], $9::text[], $10::text[], $11::int[], $12::timestamptz[])
+             AS u(t, i, c, cu, n, cur, a, d, pt, pn, pv, j)
+           ON CONFLICT DO NOTHING RETURNING tenant_id, invoice_id""", *_cols(rows))
+    return {(r["tenant_id"], r["invoice_id"]) for r in inserted}
+
+
+async def insert_steps(conn: asyncpg.Connection, rows: list[tuple]) -> None:
+    """rows: (tenant, invoice, round, step, position, channel, template, offset_days, due_at).
+    A step of that name already in the round (sent, skipped) is not planned again."""
+    if rows:
+        await conn.execute(
+            "INSERT INTO item_steps (tenant_id, invoice_id, round, step, position, channel, template, offset_days,"
+            " due_at, status) SELECT *, 'scheduled' FROM unnest($1::text[], $2::uuid[], $3::int[], $4::text[],"
+            " $5::int[], $6::text[], $7::text[], $8::int[], $9::timestamptz[]) ON CONFLICT DO NOTHING",
+            *_cols(rows))
+
+
+async def cancel_steps(conn: asyncpg.Connection, invoices: list[tuple[str, uuid.UUID]], reason: str,
+                       after: datetime | None = None) -> None:
+    """Cancel the scheduled steps of these invoices (only those due after `after`, if given)."""
+    if invoices:
+        await conn.execute(
+            "UPDATE item_steps s SET status = 'cancelled', reason = $3 FROM unnest($1::text[], $2::uuid[])"
+            " AS k(tenant_id, invoice_id) WHERE s.tenant_id = k.tenant_id AND s.invoice_id = k.invoice_id"
+            " AND s.status = 'scheduled' AND ($4::timestamptz IS NULL OR s.due_at > $4)",
+            [k[0] for k in invoices], [k[1] for k in invoices], reason, after)
+
+
+async def reduce_items(conn: asyncpg.Connection, amounts: dict[tuple[str, uuid.UUID], int], reason: str,
+                       now: datetime) -> list[asyncpg.Record]:
+    """Open amounts go down (never up: a late redelivery of an older payment changes nothing);
+    an item at zero is settled (or cancelled) and its remaining steps cancelled."""
+    keys = sorted(amounts)
+    rows = await conn.fetch(
+        "UPDATE case_items i SET open_minor = LEAST(i.open_minor, k.open_minor),"
+        " status = CASE WHEN k.open_minor = 0 AND i.status = 'open' THEN $4 ELSE i.status END,"
+        " closed_reason = CASE WHEN k.open_minor = 0 AND i.status = 'open' THEN $5 ELSE i.closed_reason END,"
+        " closed_at = CASE WHEN k.open_minor = 0 AND i.status = 'open' THEN $6 ELSE i.closed_at END"
+        " FROM unnest($1::text[], $2::uuid[], $3::bigint[]) AS k(tenant_id, invoice_id, open_minor)"
+        " WHERE i.tenant_id = k.tenant_id AND i.invoice_id = k.invoice_id"
+        " RETURNING i.tenant_id, i.invoice_id, i.case_id, i.status",
+        [k[0] for k in keys], [k[1] for k in keys], [amounts[k] for k in keys],
+        "cancelled" if reason == "cancelled" else "settled", reason, now)
+    closed = [(r["tenant_id"], r["invoice_id"]) for r in rows if r["status"] != "open"]
+    await cancel_steps(conn, closed, reason)
+    return rows
+
+
+async def due_cases(conn: asyncpg.Connection, now: datetime, limit: int, tenant_id: str | None = None) -> list[asyncpg.Record]:
+    """Claim cases whose timer is due (SKIP LOCKED: any number of workers share them)."""
+    return await conn.fetch(
+        "SELECT tenant_id, case_id, customer_id, currency, notices FROM cases"
+        " WHERE status = 'open' AND next_due_at <= $1 AND ($3::text IS NULL OR tenant_id = $3)"
+        " ORDER BY next_due_at LIMIT $2 FOR UPDATE SKIP LOCKED",
+        now, limit, tenant_id)
+
+
+async def claimed_items(conn: asyncpg.Connection, cases: list[asyncpg.Record], now: datetime) -> list[asyncpg.Record]:
+    """The open items of claimed cases with what the claim needs: pause, timezone, whether in
+    dunning this round, and charges to date."""
+    return await conn.fetch(
+        f"""SELECT i.tenant_id, i.invoice_id, i.case_id, i.number, i.currency, i.open_minor, i.due_date, i.round,
+                   i.policy_tenant, i.policy_name, i.policy_version, coalesce(dc.timezone, 'UTC') AS timezone,
+                   coalesce({PAUSED_UNTIL} > $3, false) AS paused,
+                   EXISTS (SELECT 1 FROM item_steps s WHERE s.tenant_id = i.tenant_id AND s.invoice_id = i.invoice_id
+                           AND s.round = i.round AND s.status = 'executed') AS in_dunning,
+                   coalesce(ch.fees, 0) AS fees_minor, coalesce(ch.interest, 0) AS interest_minor, ch.interest_until
+            FROM case_items i
+            JOIN unnest($1::text[], $2::uuid[]) AS k(tenant_id, case_id) USING (tenant_id, case_id)
+            LEFT JOIN dunning_customers dc USING (tenant_id, customer_id)
+            LEFT JOIN LATERAL (
+                SELECT sum(amount_minor) FILTER (WHERE kind <> 'interest') AS fees,
+                       sum(amount_minor) FILTER (WHERE kind = 'interest') AS interest,
+                       max(period_end) FILTER (WHERE kind = 'interest') AS interest_until
+                FROM charges c WHERE c.tenant_id = i.tenant_id AND c.invoice_id = i.invoice_id) ch ON true
+            WHERE i.status = 'open'""",
+        [c["tenant_id"] for c in cases], [c["case_id"] for c in cases], now)
+
+
+async def due_steps(conn: asyncpg.Connection, items: list[asyncpg.Record], now: datetime) -> list[asyncpg.Record]:
+    if not items:
+        return []
+    return await conn.fetch(
+        "SELECT s.* FROM item_steps s JOIN unnest($1::text[], $2::uuid[], $3::int[]) AS k(tenant_id, invoice_id, round)"
+        " USING (tenant_id, invoice_id, round) WHERE s.status = 'scheduled' AND s.due_at <= $4",
+        [i["tenant_id"] for i in items], [i["invoice_id"] for i in items], [i["round"] for i in items], now)
+
+
+async def mark_steps(conn: asyncpg.Connection, rows: list[tuple], now: datetime) -> None:
+    """rows: (tenant, invoice, round, step, status, reason, notice_id)."""
+    if rows:
+        await conn.execute(
+            "UPDATE item_steps s SET status = k.status, reason = k.reason, notice_id = k.notice_id, executed_at = $8"
+            " FROM unnest($1::text[], $2::uuid[], $3::int[], $4::text[], $5::text[], $6::text[], $7::uuid[])"
+            " AS k(tenant_id, invoice_id, round, step, status, reason, notice_id)"
+            " WHERE s.tenant_id = k.tenant_id AND s.invoice_id = k.invoice_id AND s.round = k.round"
+            " AND s.step = k.step AND s.status = 'scheduled'",
+            *_cols(rows), now)
+
+
+async def insert_notices(conn: asyncpg.Connection, rows: list[tuple]) -> None:
+    """rows: (tenant, notice, case, customer, sequence, step, channel, template, key, currency,
+    items json, total, created_at)."""
+    if rows:
+        await conn.execute(
+            "INSERT INTO notices (tenant_id, notice_id, case_id, customer_id, sequence, step, channel, template,"
+            " notification_key, currency, items, total_minor, created_at) SELECT * FROM unnest($1::text[],"
+            " $2::uuid[], $3::uuid[], $4::text[], $5::int[], $6::text[], $7::text[], $8::text[], $9::text[],"
+            " $10::text[], $11::jsonb[], $12::bigint[], $13::timestamptz[])", *_cols(rows))
+
+
+async def insert_charges(conn: asyncpg.Connection, rows: list[tuple]) -> set[str]:
+    """rows: (tenant, charge_id, kind, case, invoice, customer, currency, amount, start, end,
+    detail json, assessed_at). Returns the charge ids that are new: a charge is made once."""
+    if not rows:
+        return set()
+    inserted = await conn.fetch(
+        "INSERT INTO charges (tenant_id, charge_id, kind, case_id, invoice_id, customer_id, currency, amount_minor,"
+        " period_start, period_end, detail, assessed_at) SELECT * FROM unnest($1::text[], $2::text[], $3::text[],"
+        " $4::uuid[], $5::uuid[], $6::text[], $7::text[], $8::bigint[], $9::date[], $10::date[], $11::jsonb[],"
+        " $12::timestamptz[]) ON CONFLICT DO NOTHING RETURNING charge_id", *_cols(rows))
+    return {r["charge_id"] for r in inserted}
+
+
+async def count_notices(conn: asyncpg.Connection, counts: dict[tuple[str, uuid.UUID], int]) -> None:
+    if counts:
+        keys = sorted(counts)
+        await conn.execute(
+            "UPDATE cases c SET notices = c.notices + k.n FROM unnest($1::text[], $2::uuid[], $3::int[])"
+            " AS k(tenant_id, case_id, n) WHERE c.tenant_id = k.tenant_id AND c.case_id = k.case_id",
+            [k[0] for k in keys], [k[1] for k in keys], [counts[k] for k in keys])
+
+
+async def next_due(pool: asyncpg.Pool, now: datetime) -> datetime | None:
+    return await pool.fetchval(
+        "SELECT min(next_due_at) FROM cases WHERE status = 'open' AND next_due_at > $1 AND next_due_at < 'infinity'", now)
