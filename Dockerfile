@@ -63,6 +63,13 @@ RUN groupadd --system --gid ${APP_GID} tahsilat \
         --shell /usr/sbin/nologin tahsilat \
  && install -d -o ${APP_UID} -g ${APP_GID} -m 0750 /var/lib/tahsilat
 
+# Pango and a font with Latin, Turkish, Czech and Persian glyphs: WeasyPrint renders the legal
+# case file as PDF with them.
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libpango-1.0-0 libpangoft2-1.0-0 fonts-dejavu-core \
+ && rm -rf /var/lib/apt/lists/*
+
 COPY --from=build /opt/venv /opt/venv
 
 # HTTP_HOST=0.0.0.0 so the port is reachable from outside the container;

@@ -458,14 +458,18 @@ def _report_query(db_prefix: str, query):
     return _service_query("invoicing", db_prefix, query)
 
 
-def _service_query(service: str, db_prefix: str, query):
+def _service_query(service: str, db_prefix: str, query, service_pool: bool = False):
     """Run `query(pool)` against <db-prefix>_<service> on the platform's PostgreSQL; a database
-    that cannot be reached is one clear line and exit code 2."""
+    that cannot be reached is one clear line and exit code 2. `service_pool`: a pool as the
+    services have it (JSON columns decoded), for running a service's own use case."""
 
     async def run():
         import asyncpg
 
-        pool = await asyncpg.create_pool(await _service_database(service, db_prefix), min_size=1, max_size=2)
+        from shared.db import create_pool
+
+        url = await _service_database(service, db_prefix)
+        pool = await (create_pool(url, max_size=2) if service_pool else asyncpg.create_pool(url, min_size=1, max_size=2))
         try:
             return await query(pool)
         finally:
@@ -636,12 +640,14 @@ def dunning_plan(
     day = _report_date(date, "date")
 
     async def query(pool):
-        try:  # the platform's time: the demo moves it (no file: the system's)
-            return await dry_run(Dunning(pool, FileClock(VAR / "demo-clock.json"), Topics("")), tenant, day)
+        # the platform's time: CLOCK_FILE as the services have it, else the demo's (no file: the system's)
+        clock = FileClock(Path(os.environ.get("CLOCK_FILE") or VAR / "demo-clock.json"))
+        try:
+            return await dry_run(Dunning(pool, clock, Topics("")), tenant, day)
         except DomainError as exc:
             return exc
 
-    notices = _service_query("dunning", db_prefix, query)
+    notices = _service_query("dunning", db_prefix, query, service_pool=True)
     if isinstance(notices, DomainError):
         console.print(f"[red]{notices.field}:[/red] {escape(notices.reason)}")
         raise typer.Exit(2)

@@ -19,7 +19,8 @@ def build(settings: DunningSettings, clock: Clock | None = None) -> FastAPI:
     host = ServiceHost(settings, migrations=MIGRATIONS, clock=clock)
 
     def wire(host: ServiceHost, app: FastAPI) -> None:
-        dunning = Dunning(host.pool, host.clock, host.topics, settings.dispute_pause_days)
+        dunning = Dunning(host.pool, host.clock, host.topics, settings.dispute_pause_days,
+                          dispute_alert_days=settings.dispute_alert_days)
         app.state.dunning = dunning
         app.state.commands = Commands(dunning)
 
@@ -35,6 +36,7 @@ def build(settings: DunningSettings, clock: Clock | None = None) -> FastAPI:
         host.consume("events", [host.topics.invoicing, host.topics.risk], dunning.handlers())
         host.every("steps", lambda: dunning.claim_due_steps(settings.step_batch_size), wake_on="dunning_steps",
                    next_due=dunning.next_step_due)
+        host.every("arrangements", dunning.arrangements.tick, next_due=dunning.arrangements.next_due)
 
     app = host.create_api("Tahsilat dunning", "Dunning cases, notices, charges and policies.", wire)
     app.include_router(router)

@@ -13,5 +13,7 @@ class DunningSettings(ServiceSettings):
     step_batch_size: int = Field(default=200, ge=1, description="cases fired per transaction of the step timer")
     dispute_pause_days: int = Field(default=30, ge=1, le=365,
                                     description="longest a dispute pauses dunning when nobody resolves it")
+    dispute_alert_days: int = Field(default=14, ge=1, le=365,
+                                    description="a dispute open this long raises DisputeAgeing (once)")
     dunning_policy_dir: Path | None = Field(default=None, description="a directory of policy YAML files loaded at start, for"
                                                                " every tenant, besides the shipped ones")

@@ -33,7 +33,9 @@ PRODUCERS: dict[str, tuple[str, ...]] = {
     "invoicing": ("CustomerUpserted", "InvoiceIssued", "InvoiceAdjusted", "InvoiceCancelled", "PaymentReceived",
                   "PaymentReversed", "CreditApplied", "CreditNoteIssued", "InvoicePaid", "InvoiceOverdue", "BalanceConfirmationRequested",
                   "BalanceConfirmed", "BalanceContested"),
-    "dunning": ("NotificationRequested", "DunningStepExecuted", "LateFeeAssessed", "InterestAccrued", "DisputeOpened", "DisputeResolved"),
+    "dunning": ("NotificationRequested", "DunningStepExecuted", "LateFeeAssessed", "InterestAccrued", "DisputeOpened", "DisputeResolved",
+                "DisputeAgeing", "CreditNoteRequested", "PromiseToPayRecorded", "PromiseToPayKept", "PromiseToPayBroken",
+                "PaymentPlanAgreed", "PaymentPlanBroken", "PaymentPlanCompleted", "CaseEscalatedToLegal"),
     "notifier": ("NotificationSent", "NotificationFailed"),
     "risk": ("RiskAssessed",),
 }

@@ -16,6 +16,7 @@ from shared.contract.registry import REGISTRY
 Channel = Literal["email", "sms", "collector_call", "letter", "legal"]
 Language = Literal["en", "tr", "cs", "fa"]
 RiskSegment = Literal["low", "medium", "high"]
+DisputeReason = Literal["price", "quantity", "quality", "not_received", "duplicate", "already_paid", "other"]
 
 
 class EventPayload(BaseModel):
@@ -283,6 +284,7 @@ class DisputeOpened(EventPayload):
     reason: str
     invoice_ids: list[str] = Field(default_factory=list, description="empty: the whole account")
     opened_at: AwareDatetime
+    reason_code: DisputeReason = Field(default="other", description="what the customer disputes, for reporting")
 
 
 @REGISTRY.register("DisputeResolved", 1)
@@ -291,6 +293,115 @@ class DisputeResolved(EventPayload):
     resolution: str = Field(description="what was decided, in the collector's words")
     resolved_by: str = Field(description="the API key id of whoever resolved it")
     resolved_at: AwareDatetime
+    outcome: Literal["accepted", "rejected"] | None = Field(
+        default=None, description="accepted: a credit note is requested; rejected: dunning resumes")
+    credit_minor: int | None = Field(default=None, gt=0)
+
+
+@REGISTRY.register("DisputeAgeing", 1)
+class DisputeAgeing(EventPayload):
+    """A dispute has been open longer than the tenant allows: someone must look at it."""
+
+    dispute_id: str
+    reason_code: DisputeReason
+    opened_at: AwareDatetime
+    age_days: int = Field(ge=0)
+
+
+@REGISTRY.register("CreditNoteRequested", 1)
+class CreditNoteRequested(EventPayload):
+    """A collector accepted a dispute: invoicing issues the credit note and applies it."""
+
+    request_id: str = Field(description="idempotency key: the dispute it settles")
+    dispute_id: str
+    invoice_id: str | None = Field(default=None, description="the invoice credited; none: oldest first")
+    invoice_number: str | None = None
+    currency: CurrencyCode
+    amount_minor: int = Field(gt=0)
+    reason: str
+    requested_at: AwareDatetime
+
+
+@REGISTRY.register("PromiseToPayRecorded", 1)
+class PromiseToPayRecorded(EventPayload):
+    promise_id: str
+    case_id: str
+    currency: CurrencyCode
+    amount_minor: int = Field(gt=0)
+    promised_date: date
+    channel: str = Field(description="how it was given: phone, email, sms, letter, portal, in_person")
+    taken_by: str
+    invoice_ids: list[str]
+    recorded_at: AwareDatetime
+
+
+@REGISTRY.register("PromiseToPayKept", 1)
+class PromiseToPayKept(EventPayload):
+    promise_id: str
+    amount_minor: int
+    paid_minor: int
+    kept_at: AwareDatetime
+
+
+@REGISTRY.register("PromiseToPayBroken", 1)
+class PromiseToPayBroken(EventPayload):
+    """Not paid by the promised day plus grace: dunning resumes where it was; risk counts it."""
+
+    promise_id: str
+    amount_minor: int
+    paid_minor: int
+    promised_date: date
+    broken_at: AwareDatetime
+
+
+class PlanInstalment(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    sequence: int = Field(ge=1)
+    due_date: date
+    amount_minor: int = Field(gt=0)
+
+
+@REGISTRY.register("PaymentPlanAgreed", 1)
+class PaymentPlanAgreed(EventPayload):
+    plan_id: str
+    case_id: str
+    currency: CurrencyCode
+    total_minor: int = Field(gt=0)
+    instalments: list[PlanInstalment]
+    invoice_ids: list[str]
+    agreed_by: str
+    agreed_at: AwareDatetime
+
+
+@REGISTRY.register("PaymentPlanBroken", 1)
+class PaymentPlanBroken(EventPayload):
+    """An instalment was missed: dunning resumes on what is still open; risk counts it."""
+
+    plan_id: str
+    missed_sequence: int
+    paid_minor: int
+    broken_at: AwareDatetime
+
+
+@REGISTRY.register("CaseEscalatedToLegal", 1)
+class CaseEscalatedToLegal(EventPayload):
+    """The legal step: automatic dunning of the case ends; the case file goes to whoever takes it
+    to court (also GET /v1/cases/{case_id}/case-file, as JSON or PDF in the customer's language)."""
+
+    case_id: str
+    currency: CurrencyCode
+    total_minor: int = Field(ge=0, description="open amounts, fees and interest at the hand-over")
+    invoice_ids: list[str]
+    case_file: dict = Field(description="statement of account, notices, contact log, promises, plans, disputes,"
+                                        " fees and interest")
+    escalated_at: AwareDatetime
+
+
+@REGISTRY.register("PaymentPlanCompleted", 1)
+class PaymentPlanCompleted(EventPayload):
+    plan_id: str
+    paid_minor: int
+    completed_at: AwareDatetime
 
 
 @REGISTRY.register("DunningStepExecuted", 1)

@@ -4,7 +4,10 @@ language, a payment cancels the later steps, and risk assesses both customers.""
 from __future__ import annotations
 
 import html
+import os
 import re
+import subprocess
+import sys
 import uuid
 from datetime import datetime, timedelta, timezone
 
@@ -314,6 +317,8 @@ SAMPLE_BODIES = {  # a valid body for each operation with an id that takes one: 
     ("PUT", "/v1/invoices/{invoice_id}/hold"): {"reason": "held by someone else"},
     ("PUT", "/v1/customers/{customer_id}/do-not-chase"): {"reason": "stopped by someone else"},
     ("PUT", "/v1/customers/{customer_id}/group"): {"customer_group": "stolen"},
+    ("POST", "/v1/cases/{case_id}/promises"): {"amount_minor": 100, "promised_date": "2030-01-01", "channel": "phone"},
+    ("POST", "/v1/cases/{case_id}/payment-plans"): {"count": 2, "first_due": "2030-01-01"},
     ("PUT", "/v1/policies/{name}"): {"source": "name: erp\nsegment: medium\nlanguages: [en]\nsteps:\n"
                                                "  - {name: due, offset_days: 0, channel: email, template: reminder_due}\n"},
 }
@@ -362,7 +367,8 @@ async def test_no_key_of_another_tenant_or_source_reaches_an_id_it_does_not_own(
         cases, disputes = await wait_for(owned, 60, 0.2, "the case, the dispute and the risk score")
         ids = {"invoice_id": invoice_id, "customer_id": "M1", "case_id": cases[0]["case_id"],
                "dispute_id": disputes[0]["dispute_id"], "name": "erp",
-               "secret_id": erp["ingest_secret"]["secret_id"], "row_id": "1", "version": "1"}
+               "secret_id": erp["ingest_secret"]["secret_id"], "row_id": "1", "version": "1",
+               "promise_id": str(uuid.uuid4()), "plan_id": str(uuid.uuid4())}
 
         async def seen_by_owner() -> list:
             reads = [f"{inv}/v1/invoices/{invoice_id}", f"{inv}/v1/customers/M1/statement", f"{inv}/v1/billing-sources",
@@ -421,3 +427,145 @@ def test_service_logs_are_structured_and_hold_no_contact_details(platform):
             assert isinstance(json.loads(line), dict), f"{service}: {line}"
         assert not any(c in text for c in contacts), service
         assert "+90555" not in text, service
+
+
+JOURNEY_POLICY = """\
+name: journey-{segment}
+segment: {segment}
+languages: [en, tr, cs, fa]
+steps:
+  - {{name: due, offset_days: 0, channel: email, template: reminder_due}}
+  - {{name: overdue_7, offset_days: 7, channel: email, template: reminder_overdue}}
+  - {{name: final_14, offset_days: 14, channel: email, template: final_notice}}
+  - {{name: legal_21, offset_days: 21, channel: legal}}
+"""
+
+
+async def test_one_customer_five_invoices_two_currencies_from_first_notice_to_legal(platform):
+    """#9: one notice per currency per step; a part payment; a promise, broken; a disputed
+    invoice left out of the notices; the legal hand-over with its case file."""
+    p, clock = platform
+    inv, dun = p.url("invoicing"), p.url("dunning")
+    admin = {"X-API-Key": await create_key(p.database_urls, tenant_id="journey", role="admin")}
+    source = {"X-API-Key": await create_key(p.database_urls, tenant_id="journey", role="billing-source",
+                                            source_name="erp", records=("invoices", "payments"))}
+    j1 = customer("J1", "en", "UTC")
+    due = (clock.now() + timedelta(days=5)).date()
+
+    def moment(days: int, hour: int = 9, minute: int = 5) -> datetime:
+        return datetime.combine(due + timedelta(days=days), datetime.min.time(), timezone.utc) + timedelta(
+            hours=hour, minutes=minute)
+
+    async with httpx.AsyncClient(timeout=30) as http:
+        for segment in ("low", "medium", "high"):  # whatever risk makes of J1, the same schedule
+            r = await http.post(f"{dun}/v1/policies", headers=admin, json={
+                "source": JOURNEY_POLICY.format(segment=segment), "activate": True})
+            assert r.status_code == 201, r.text
+        invoices = [("J-E1", "EUR", 10_000), ("J-E2", "EUR", 20_000), ("J-E3", "EUR", 30_000),
+                    ("J-U1", "USD", 40_000), ("J-U2", "USD", 50_000)]
+        ids = {}
+        for number, currency, amount in invoices:
+            r = await http.post(f"{inv}/v1/invoices", headers=source, json={
+                "external_id": number, "number": number, "customer": j1, "currency": currency, "amount_minor": amount,
+                "issue_date": str(due - timedelta(days=30)), "due_date": str(due)})
+            assert r.status_code == 201, r.text
+            ids[number] = r.json()["id"]
+
+        async def cases():
+            found = (await http.get(f"{dun}/v1/cases", headers=admin, params={"customer_id": "J1"})).json()
+            return {c["currency"]: c for c in found if c["status"] in ("open", "legal")}
+
+        found = await wait_for(lambda: _when(cases(), lambda c: sum(len(x["items"]) for x in c.values()) == 5), 60, 0.2,
+                               "two cases with all five invoices")
+        eur, usd = found["EUR"]["case_id"], found["USD"]["case_id"]
+
+        # the dry run, from the command line: the due date will bring one reminder per currency
+        env = dict(os.environ, DATABASE_URL=p.server_url, CLOCK_FILE=str(p.options.clock_file), COLUMNS="160")
+        plan = subprocess.run([sys.executable, "-m", "tahsilat.cli", "dunning", "plan", "--tenant", "journey", "--date",
+                               str(due), "--db-prefix", p.options.db_prefix], capture_output=True, text=True,
+                              timeout=60, env=env)
+        assert plan.returncode == 0, plan.stdout + plan.stderr
+        rows = [line for line in plan.stdout.splitlines() if " J1 " in line]
+        assert len(rows) == 2 and any("600.00 EUR" in r for r in rows) and any("900.00 USD" in r for r in rows), plan.stdout
+        assert all(" due " in r and " email " in r for r in rows)
+        bad = subprocess.run([sys.executable, "-m", "tahsilat.cli", "dunning", "plan", "--tenant", "journey", "--date",
+                              "someday", "--db-prefix", p.options.db_prefix], capture_output=True, text=True, timeout=60,
+                             env=env)
+        assert bad.returncode == 2 and "not a date" in bad.stdout
+
+        async def emails(n):
+            got = await emails_to(http, p.sinks_url, j1["email"])
+            return got if len(got) >= n else None
+
+        # the due date: one reminder per currency, listing that currency's invoices
+        clock.set(moment(0))
+        got = await wait_for(lambda: emails(2), 60, 0.2, "one due-date reminder per currency")
+        assert len(got) == 2
+        assert {("J-E1" in m["text"], "J-U1" in m["text"]) for m in got} == {(True, False), (False, True)}
+        assert all(("J-E3" in m["text"]) != ("J-U2" in m["text"]) for m in got)
+
+        # J1 pays J-E1 and promises the rest of the EUR by the 9th day; USD is dunned at +7, EUR not
+        r = await http.post(f"{inv}/v1/payments", headers=source, json={
+            "external_id": "J-PAY1", "customer_id": "J1", "currency": "EUR", "amount_minor": 10_000,
+            "invoice_refs": ["J-E1"]})
+        assert r.status_code == 201, r.text
+        await wait_for(lambda: _when(cases(), lambda c: c["EUR"]["open_minor"] == 50_000), 60, 0.2, "the EUR payment")
+        r = await http.post(f"{dun}/v1/cases/{eur}/promises", headers=admin, json={
+            "amount_minor": 50_000, "promised_date": str(due + timedelta(days=9)), "channel": "phone", "grace_days": 0})
+        assert r.status_code == 201, r.text
+        clock.set(moment(7))
+        got = await wait_for(lambda: emails(3), 60, 0.2, "the USD +7 reminder")
+        assert "J-U1" in got[-1]["text"] and "J-E2" not in got[-1]["text"]
+
+        # the promise is broken: EUR resumes with the latest step due (+7), now listing what is left
+        clock.set(moment(10, hour=8))
+        broken = await wait_for(lambda: _typed(p, "PromiseToPayBroken", "journey"), 60, 0.2, "the broken promise")
+        assert broken[0].data["paid_minor"] == 0
+        got = await wait_for(lambda: emails(4), 60, 0.2, "EUR dunned again")
+        assert "J-E2" in got[-1]["text"] and "J-E3" in got[-1]["text"] and "J-E1" not in got[-1]["text"]
+
+        # J-U2 is disputed: the final USD notice lists J-U1 only
+        r = await http.post(f"{dun}/v1/disputes", headers=admin, json={
+            "customer_id": "J1", "invoice_id": ids["J-U2"], "reason_code": "quantity",
+            "description": "half of the order never arrived"})
+        assert r.status_code == 201, r.text
+        clock.set(moment(14))
+        got = await wait_for(lambda: emails(6), 60, 0.2, "the final notices")
+        finals = got[-2:]
+        usd_final = next(m for m in finals if "J-U1" in m["text"])
+        assert "J-U2" not in usd_final["text"]
+
+        # the legal step: both cases handed over with their case files; nothing more is sent
+        clock.set(moment(21))
+        escalated = await wait_for(lambda: _typed(p, "CaseEscalatedToLegal", "journey", 2), 60, 0.2, "the hand-over")
+        files = {e.data["currency"]: e.data["case_file"] for e in escalated}
+        assert [n["step"] for n in files["EUR"]["notices"]] == ["due", "overdue_7", "final_14"]
+        assert [pr["status"] for pr in files["EUR"]["promises"]] == ["broken"]
+        assert [(x["payment_ref"], x["amount_minor"]) for x in files["EUR"]["statement"]["payments"]][0][1] == 10_000
+        assert [d["reason_code"] for d in files["USD"]["disputes"]] == ["quantity"]
+        assert files["USD"]["statement"]["totals"]["open_minor"] == 90_000
+        found = await cases()
+        assert {c["status"] for c in found.values()} == {"legal"}
+        r = await http.get(f"{dun}/v1/cases/{usd}/case-file", headers=admin, params={"format": "pdf"})
+        assert r.status_code == 200 and r.content[:5] == b"%PDF-"
+        clock.set(moment(30))
+        await wait_for(lambda: _settled_outbox(http, p, admin), 30, 0.2, "nothing more in flight")
+        assert len(await emails_to(http, p.sinks_url, j1["email"])) == 6
+
+
+async def _when(coro, predicate):
+    value = await coro
+    try:
+        return value if predicate(value) else None
+    except (KeyError, IndexError, StopIteration):
+        return None
+
+
+async def _typed(p, event_type: str, tenant: str, n: int = 1):
+    found = [e for e in await read_events(p.bootstrap, p.topics.dunning) if e.type == event_type and e.tenant_id == tenant]
+    return found if len(found) >= n else None
+
+
+async def _settled_outbox(http, p, admin) -> bool:
+    held = await http.get(f"{p.url('dunning')}/v1/outbox/held", headers=admin)
+    return held.status_code == 200 and held.json() == []

@@ -2,18 +2,27 @@
 function takes the keys of a whole batch)."""
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterable
 from datetime import datetime
 
 import asyncpg
 
-# When an open item may be dunned again: never while on hold or the customer is marked "do not
-# chase", not before an open dispute covering it stops pausing. NULL: not paused.
+# When an open item may be dunned again: never while on hold, under an active payment plan or the
+# customer is marked "do not chase"; not before an open dispute covering it stops pausing (an
+# accepted one: until its credit note arrives), nor before the deadline of an open promise
+# covering it. NULL: not paused.
 PAUSED_UNTIL = """GREATEST(
-    CASE WHEN i.hold_reason IS NOT NULL OR dc.do_not_chase_reason IS NOT NULL THEN 'infinity'::timestamptz END,
+    CASE WHEN i.hold_reason IS NOT NULL OR dc.do_not_chase_reason IS NOT NULL
+           OR EXISTS (SELECT 1 FROM payment_plans pp WHERE pp.tenant_id = i.tenant_id AND pp.customer_id = i.customer_id
+                      AND pp.status = 'active' AND i.invoice_id = ANY(pp.invoice_ids))
+         THEN 'infinity'::timestamptz END,
     (SELECT max(d.pause_until) FROM disputes d WHERE d.tenant_id = i.tenant_id AND d.customer_id = i.customer_id
-       AND d.status = 'open' AND (d.invoice_id IS NULL OR d.invoice_id = i.invoice_id)))"""
+       AND (d.status = 'open' OR (d.outcome = 'accepted' AND d.credit_applied_at IS NULL))
+       AND (d.invoice_id IS NULL OR d.invoice_id = i.invoice_id)),
+    (SELECT max(p.deadline) FROM promises p WHERE p.tenant_id = i.tenant_id AND p.customer_id = i.customer_id
+       AND p.status = 'open' AND i.invoice_id = ANY(p.invoice_ids)))"""
 
 _REFRESH = f"""
 WITH k AS (SELECT DISTINCT tenant_id, case_id FROM unnest($1::text[], $2::uuid[]) AS k(tenant_id, case_id)),
@@ -195,25 +204,29 @@ async def mark_steps(conn: asyncpg.Connection, rows: list[tuple], now: datetime)
 
 async def insert_notices(conn: asyncpg.Connection, rows: list[tuple]) -> None:
     """rows: (tenant, notice, case, customer, sequence, step, channel, template, key, currency,
-    items json, total, created_at)."""
+    items (a list), total, created_at)."""
     if rows:
         await conn.execute(
             "INSERT INTO notices (tenant_id, notice_id, case_id, customer_id, sequence, step, channel, template,"
-            " notification_key, currency, items, total_minor, created_at) SELECT * FROM unnest($1::text[],"
-            " $2::uuid[], $3::uuid[], $4::text[], $5::int[], $6::text[], $7::text[], $8::text[], $9::text[],"
-            " $10::text[], $11::jsonb[], $12::bigint[], $13::timestamptz[])", *_cols(rows))
+            " notification_key, currency, items, total_minor, created_at) SELECT t, n, c, cu, sq, st, ch, tp, k, cur,"
+            " i::jsonb, tot, at FROM unnest($1::text[], $2::uuid[], $3::uuid[], $4::text[], $5::int[], $6::text[],"
+            " $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::bigint[], $13::timestamptz[])"
+            " AS u(t, n, c, cu, sq, st, ch, tp, k, cur, i, tot, at)",
+            *_cols([(*r[:10], json.dumps(r[10]), *r[11:]) for r in rows]))
 
 
 async def insert_charges(conn: asyncpg.Connection, rows: list[tuple]) -> set[str]:
     """rows: (tenant, charge_id, kind, case, invoice, customer, currency, amount, start, end,
-    detail json, assessed_at). Returns the charge ids that are new: a charge is made once."""
+    detail (a dict), assessed_at). Returns the charge ids that are new: a charge is made once."""
     if not rows:
         return set()
     inserted = await conn.fetch(
         "INSERT INTO charges (tenant_id, charge_id, kind, case_id, invoice_id, customer_id, currency, amount_minor,"
-        " period_start, period_end, detail, assessed_at) SELECT * FROM unnest($1::text[], $2::text[], $3::text[],"
-        " $4::uuid[], $5::uuid[], $6::text[], $7::text[], $8::bigint[], $9::date[], $10::date[], $11::jsonb[],"
-        " $12::timestamptz[]) ON CONFLICT DO NOTHING RETURNING charge_id", *_cols(rows))
+        " period_start, period_end, detail, assessed_at) SELECT t, id, k, c, i, cu, cur, a, ps, pe, d::jsonb, at"
+        " FROM unnest($1::text[], $2::text[], $3::text[], $4::uuid[], $5::uuid[], $6::text[], $7::text[],"
+        " $8::bigint[], $9::date[], $10::date[], $11::text[], $12::timestamptz[])"
+        " AS u(t, id, k, c, i, cu, cur, a, ps, pe, d, at) ON CONFLICT DO NOTHING RETURNING charge_id",
+        *_cols([(*r[:10], json.dumps(r[10]), r[11]) for r in rows]))
     return {r["charge_id"] for r in inserted}
 
 

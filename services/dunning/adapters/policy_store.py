@@ -2,7 +2,6 @@
 (segment, customer group) slot of a tenant; '*' holds the policies shipped as files."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -34,7 +33,7 @@ class PolicyBook:
                 ref.tenant_id, ref.name, ref.version)
             if document is None:
                 raise LookupError(f"policy {ref.name} v{ref.version} of {ref.tenant_id} is not stored")
-            self._specs[ref] = PolicySpec.model_validate(json.loads(document))
+            self._specs[ref] = PolicySpec.model_validate(document)
         return self._specs[ref]
 
     async def specs(self, conn: asyncpg.Connection, refs) -> dict[PolicyRef, PolicySpec]:
@@ -74,7 +73,7 @@ async def add_version(conn: asyncpg.Connection, tenant_id: str, spec: PolicySpec
     await conn.execute(
         "INSERT INTO policies (tenant_id, name, version, segment, customer_group, document, source, status, created_at,"
         " created_by) VALUES ($1, $2, $3, $4, $5, $6, $7, 'draft', $8, $9)",
-        tenant_id, spec.name, version, spec.segment, spec.customer_group, spec.model_dump_json(), source, now, by)
+        tenant_id, spec.name, version, spec.segment, spec.customer_group, spec.model_dump(mode="json"), source, now, by)
     return version
 
 
@@ -114,7 +113,7 @@ async def load_files(conn: asyncpg.Connection, directories: list[Path], now: dat
         latest = await conn.fetchrow(
             "SELECT version, document, status FROM policies WHERE tenant_id = '*' AND name = $1"
             " ORDER BY version DESC LIMIT 1", name)
-        if latest is not None and PolicySpec.model_validate(json.loads(latest["document"])) == spec:
+        if latest is not None and PolicySpec.model_validate(latest["document"]) == spec:
             version, status = latest["version"], latest["status"]
         else:
             version, status = await add_version(conn, ANY_TENANT, spec, text, "file", now), "draft"

@@ -8,11 +8,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from decimal import ROUND_FLOOR, ROUND_HALF_UP, Decimal
-from typing import Literal
+from typing import Literal, get_args
 from zoneinfo import ZoneInfo
 
-DISPUTE_REASONS = ("price", "quantity", "quality", "not_received", "duplicate", "already_paid", "other")
-DisputeReason = Literal["price", "quantity", "quality", "not_received", "duplicate", "already_paid", "other"]
+from shared.contract.events import DisputeReason
+
+DISPUTE_REASONS: tuple[str, ...] = get_args(DisputeReason)
 PromiseChannel = Literal["phone", "email", "sms", "letter", "portal", "in_person"]
 
 

@@ -2,20 +2,23 @@
 charges; policies and their versions; holds, "do not chase" and customer groups; disputes."""
 from __future__ import annotations
 
-import json
+import asyncio
 import uuid
 from datetime import date, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import BaseModel, Field
 
-from services.dunning.adapters import policy_store
+from services.dunning.adapters import case_file, policy_store
 from services.dunning.adapters import views
+from services.dunning.domain.arrangements import Instalment, PromiseChannel
 from services.dunning.domain.policy import PolicyError, PolicySpec, parse_policy
 from services.dunning.service_layer import planning
 from services.dunning.service_layer.handlers import Commands
 from shared.auth import Principal, require_role
+from shared.contract.events import DisputeReason
+from shared.contract.money import CurrencyCode
 from shared.contract.text import SafeText
 from shared.http import DomainError
 
@@ -115,9 +118,9 @@ def _case(c, items, steps, notices, charges) -> CaseOut:
         next_due_at=next_due if next_due is None or next_due.year < 9999 else None,
         open_minor=sum(i.open_minor for i in its if i.status == "open"), items=its,
         notices=[NoticeOut(**{k: n[k] for k in NoticeOut.model_fields if k not in ("notice_id", "items")},
-                           notice_id=str(n["notice_id"]), items=json.loads(n["items"])) for n in notices.get(key, [])],
+                           notice_id=str(n["notice_id"]), items=n["items"]) for n in notices.get(key, [])],
         charges=[ChargeOut(**{k: ch[k] for k in ChargeOut.model_fields if k not in ("invoice_id", "detail")},
-                           invoice_id=str(ch["invoice_id"]), detail=json.loads(ch["detail"]))
+                           invoice_id=str(ch["invoice_id"]), detail=ch["detail"])
                  for ch in charges.get(key, [])])
 
 
@@ -143,6 +146,23 @@ async def get_case(case_id: uuid.UUID, principal: Reader, request: Request) -> C
     return _case(found[0][0], *found[1:])
 
 
+@router.get("/cases/{case_id}/case-file", tags=["cases"],
+            responses={200: {"content": {"application/json": {}, "application/pdf": {}}}})
+async def get_case_file(case_id: uuid.UUID, principal: Reader, request: Request,
+                        format: Annotated[Literal["json", "pdf"], Query(description="json or pdf")] = "json"):
+    """The case file of a case handed over to legal, as it was at the hand-over: statement of
+    account, notices, contact log, promises, plans, disputes, fees and interest. The PDF is in
+    the customer's language."""
+    document = await views.case_file(request.app.state.pool, principal.tenant_id, case_id)
+    if document is None:
+        raise DomainError("case_id", f"case {case_id} of this tenant has not been handed over to legal", 404)
+    if format == "pdf":
+        pdf = await asyncio.to_thread(case_file.render_pdf, document)
+        return Response(pdf, media_type="application/pdf",
+                        headers={"Content-Disposition": f'attachment; filename="case-file-{case_id}.pdf"'})
+    return document
+
+
 # -- policies -------------------------------------------------------------------------------------
 
 
@@ -166,7 +186,7 @@ class PolicyOut(BaseModel):
 
     @classmethod
     def of(cls, r) -> "PolicyOut":
-        return cls(**{**{k: r[k] for k in cls.model_fields}, "document": json.loads(r["document"])})
+        return cls(**{**{k: r[k] for k in cls.model_fields}, "document": r["document"]})
 
 
 def _parse(body: PolicyIn):
@@ -275,7 +295,7 @@ async def backtest(body: BacktestIn, principal: Reader, request: Request) -> lis
                     if body.version in (None, r["version"]) and (body.version or r["status"] == "active")]
         if not rows:
             raise DomainError("name", f"no policy {body.name!r}" + (f" v{body.version}" if body.version else " active"), 404)
-        spec = PolicySpec.model_validate(json.loads(rows[0]["document"]))
+        spec = PolicySpec.model_validate(rows[0]["document"])
     steps = await planning.backtest(request.app.state.dunning, principal.tenant_id, spec, body.first_due, body.last_due)
     return [BacktestStep(**vars(s)) for s in steps]
 
@@ -349,7 +369,158 @@ async def customer_group(customer_id: CustomerId, body: GroupIn, principal: Coll
                                                                        body.customer_group))
 
 
+# -- promises, payment plans ---------------------------------------------------------------------
+
+
+def _arrangements(request: Request):
+    return request.app.state.dunning.arrangements
+
+
+class PromiseIn(BaseModel):
+    amount_minor: int = Field(gt=0, le=10**15)
+    promised_date: date
+    channel: PromiseChannel = Field(description="how the customer gave it")
+    invoice_ids: list[uuid.UUID] | None = Field(default=None, max_length=1000,
+                                                description="the invoices it covers; default: all open in the case")
+    grace_days: int = Field(default=3, ge=0, le=30, description="days after the promised date before it is broken")
+    note: SafeText | None = Field(default=None, max_length=1000)
+
+
+class PromiseOut(BaseModel):
+    promise_id: str
+    customer_id: str
+    case_id: str
+    currency: str
+    invoice_ids: list[str]
+    amount_minor: int
+    promised_date: date
+    grace_days: int
+    deadline: datetime = Field(description="kept if paid before this, else broken")
+    channel: str
+    taken_by: str
+    note: str | None
+    status: str
+    paid_minor: int
+    created_at: datetime
+    resolved_at: datetime | None
+
+    @classmethod
+    def of(cls, r) -> "PromiseOut":
+        return cls(**{**{k: r[k] for k in cls.model_fields if k not in ("promise_id", "case_id", "invoice_ids")},
+                      "promise_id": str(r["promise_id"]), "case_id": str(r["case_id"]),
+                      "invoice_ids": [str(i) for i in r["invoice_ids"]]})
+
+
+@router.post("/cases/{case_id}/promises", response_model=PromiseOut, status_code=201, tags=["promises"])
+async def record_promise(case_id: uuid.UUID, body: PromiseIn, principal: Collector, request: Request) -> PromiseOut:
+    """The customer promises to pay an amount by a date: the covered invoices are not dunned
+    until then (plus grace). Kept when payments cover it; otherwise broken and dunning resumes."""
+    row = await _arrangements(request).record_promise(
+        principal.tenant_id, case_id, amount_minor=body.amount_minor, promised_date=body.promised_date,
+        channel=body.channel, taken_by=principal.key_id, invoice_ids=body.invoice_ids, grace_days=body.grace_days,
+        note=body.note)
+    return PromiseOut.of(row)
+
+
+@router.get("/promises", response_model=list[PromiseOut], tags=["promises"])
+async def list_promises(principal: Reader, request: Request,
+                        status: Annotated[str | None, Query(pattern="^(open|kept|broken|cancelled)$")] = None,
+                        customer_id: Annotated[str | None, Query(max_length=200)] = None) -> list[PromiseOut]:
+    rows = await views.arrangements(request.app.state.pool, "promises", principal.tenant_id, status, customer_id)
+    return [PromiseOut.of(r) for r in rows]
+
+
+@router.delete("/promises/{promise_id}", response_model=PromiseOut, tags=["promises"])
+async def cancel_promise(promise_id: uuid.UUID, principal: Collector, request: Request) -> PromiseOut:
+    """Withdraw an open promise (taken by mistake): dunning resumes at once."""
+    return PromiseOut.of(await _arrangements(request).cancel_promise(principal.tenant_id, promise_id))
+
+
+class InstalmentIn(BaseModel):
+    due_date: date
+    amount_minor: int = Field(gt=0, le=10**15)
+
+
+class PlanIn(BaseModel):
+    instalments: list[InstalmentIn] | None = Field(default=None, min_length=1, max_length=120,
+                                                   description="explicit instalments, adding up to what is owed")
+    count: int | None = Field(default=None, ge=1, le=120, description="or: this many equal instalments ...")
+    first_due: date | None = Field(default=None, description="... the first due then ...")
+    every_days: int = Field(default=30, ge=1, le=366, description="... and every this many days")
+    invoice_ids: list[uuid.UUID] | None = Field(default=None, max_length=1000,
+                                                description="the invoices it covers; default: all open in the case")
+    grace_days: int = Field(default=3, ge=0, le=30, description="days after an instalment's date before the plan breaks")
+
+
+class InstalmentOut(BaseModel):
+    sequence: int
+    due_date: date
+    amount_minor: int
+    reminded_at: datetime | None
+
+
+class PlanOut(BaseModel):
+    plan_id: str
+    customer_id: str
+    case_id: str
+    currency: str
+    invoice_ids: list[str]
+    total_minor: int
+    grace_days: int
+    status: str
+    paid_minor: int
+    missed_sequence: int | None
+    agreed_by: str
+    created_at: datetime
+    resolved_at: datetime | None
+    instalments: list[InstalmentOut] = []
+
+    @classmethod
+    def of(cls, r, instalments=()) -> "PlanOut":
+        return cls(**{**{k: r[k] for k in cls.model_fields if k not in ("plan_id", "case_id", "invoice_ids", "instalments")},
+                      "plan_id": str(r["plan_id"]), "case_id": str(r["case_id"]),
+                      "invoice_ids": [str(i) for i in r["invoice_ids"]],
+                      "instalments": [InstalmentOut(**{k: i[k] for k in InstalmentOut.model_fields}) for i in instalments]})
+
+
+@router.post("/cases/{case_id}/payment-plans", response_model=PlanOut, status_code=201, tags=["payment plans"])
+async def agree_plan(case_id: uuid.UUID, body: PlanIn, principal: Collector, request: Request) -> PlanOut:
+    """The customer pays what the covered invoices owe in instalments, each reminded before it is
+    due; the invoices are not dunned while the plan holds. A missed instalment breaks it."""
+    instalments = ([Instalment(n + 1, i.due_date, i.amount_minor) for n, i in enumerate(body.instalments)]
+                   if body.instalments else None)
+    row = await _arrangements(request).agree_plan(
+        principal.tenant_id, case_id, instalments=instalments, count=body.count, first_due=body.first_due,
+        every_days=body.every_days, invoice_ids=body.invoice_ids, grace_days=body.grace_days,
+        agreed_by=principal.key_id)
+    found = await views.plan(request.app.state.pool, principal.tenant_id, row["plan_id"])
+    return PlanOut.of(*found)
+
+
+@router.get("/payment-plans", response_model=list[PlanOut], tags=["payment plans"])
+async def list_plans(principal: Reader, request: Request,
+                     status: Annotated[str | None, Query(pattern="^(active|completed|broken|cancelled)$")] = None,
+                     customer_id: Annotated[str | None, Query(max_length=200)] = None) -> list[PlanOut]:
+    rows = await views.arrangements(request.app.state.pool, "payment_plans", principal.tenant_id, status, customer_id)
+    return [PlanOut.of(r) for r in rows]
+
+
+@router.get("/payment-plans/{plan_id}", response_model=PlanOut, tags=["payment plans"])
+async def get_plan(plan_id: uuid.UUID, principal: Reader, request: Request) -> PlanOut:
+    found = await views.plan(request.app.state.pool, principal.tenant_id, plan_id)
+    if found is None:
+        raise DomainError("plan_id", f"no payment plan {plan_id} in this tenant", 404)
+    return PlanOut.of(*found)
+
+
 # -- disputes -------------------------------------------------------------------------------------
+
+
+class DisputeIn(BaseModel):
+    customer_id: str = Field(min_length=1, max_length=200)
+    invoice_id: uuid.UUID | None = Field(default=None, description="the invoice disputed; none: the whole account")
+    reason_code: DisputeReason
+    description: SafeText = Field(min_length=3, max_length=2000, description="what the customer says")
 
 
 class DisputeOut(BaseModel):
@@ -357,8 +528,14 @@ class DisputeOut(BaseModel):
     customer_id: str
     origin: str
     reason: str
+    reason_code: str
     invoice_id: str | None
+    currency: str | None
+    disputed_minor: int | None
     status: str
+    outcome: str | None = None
+    credit_minor: int | None = None
+    opened_by: str | None = None
     opened_at: datetime
     pause_until: datetime = Field(description="dunning goes on after this even if nobody resolves the dispute")
     resolved_at: datetime | None = None
@@ -372,7 +549,40 @@ class DisputeOut(BaseModel):
 
 
 class Resolution(BaseModel):
+    outcome: Literal["accepted", "rejected"] = Field(
+        default="rejected", description="accepted: a credit note is requested from invoicing; rejected: dunning resumes")
     resolution: SafeText = Field(min_length=3, max_length=1000, description="what was decided")
+    credit_minor: int | None = Field(default=None, gt=0, le=10**15,
+                                     description="accepted: how much to credit (default: the disputed invoice's open amount)")
+    currency: CurrencyCode | None = Field(default=None, description="accepted on the whole account: the credit's currency")
+
+
+@router.post("/disputes", response_model=DisputeOut, status_code=201, tags=["disputes"])
+async def open_dispute(body: DisputeIn, principal: Collector, request: Request) -> DisputeOut:
+    """Record a dispute on an invoice or the whole account, with its reason code: what it covers
+    is not dunned until it is resolved (or `DISPUTE_PAUSE_DAYS` pass)."""
+    row = await _arrangements(request).open_dispute(
+        principal.tenant_id, customer_id=body.customer_id, invoice_id=body.invoice_id, currency=None,
+        reason_code=body.reason_code, description=body.description, opened_by=principal.key_id)
+    return DisputeOut.of(row)
+
+
+class DisputeReasonRow(BaseModel):
+    reason_code: str
+    disputes: int
+    open: int
+    accepted: int
+    rejected: int
+    credited_minor: dict[str, int] = Field(description="per currency: credit notes requested")
+
+
+@router.get("/reports/disputes", response_model=list[DisputeReasonRow], tags=["disputes"])
+async def dispute_reasons(principal: Reader, request: Request,
+                          opened_from: Annotated[date | None, Query(alias="from")] = None,
+                          opened_to: Annotated[date | None, Query(alias="to")] = None) -> list[DisputeReasonRow]:
+    """Disputes by reason code: which process keeps causing them."""
+    return [DisputeReasonRow(**r) for r in await views.dispute_reasons(
+        request.app.state.pool, principal.tenant_id, opened_from, opened_to)]
 
 
 @router.get("/disputes", response_model=list[DisputeOut], tags=["disputes"])
@@ -385,8 +595,9 @@ async def list_disputes(principal: Reader, request: Request,
 
 @router.post("/disputes/{dispute_id}/resolve", response_model=DisputeOut, tags=["disputes"])
 async def resolve_dispute(dispute_id: uuid.UUID, body: Resolution, principal: Collector, request: Request) -> DisputeOut:
-    """Close a dispute with what was decided (DisputeResolved); what it paused is dunned again
-    from the next step."""
-    row = await request.app.state.dunning.resolve_dispute(principal.tenant_id, dispute_id, body.resolution,
-                                                          principal.key_id)
+    """Close a dispute (DisputeResolved): accepted, a credit note is requested from invoicing
+    (CreditNoteRequested); rejected, what it paused is dunned again from the latest step due."""
+    row = await _arrangements(request).resolve_dispute(
+        principal.tenant_id, dispute_id, outcome=body.outcome, resolution=body.resolution,
+        credit_minor=body.credit_minor, by=principal.key_id, currency=body.currency)
     return DisputeOut.of(row)

@@ -2,7 +2,6 @@
 timer that turns due steps into consolidated notices, and the commands of the API."""
 from __future__ import annotations
 
-import json
 import uuid
 from collections import defaultdict
 from datetime import date, datetime, timedelta
@@ -10,15 +9,17 @@ from zoneinfo import ZoneInfo
 
 import asyncpg
 
+from services.dunning.adapters import case_file
 from services.dunning.adapters import cases as repo
 from services.dunning.adapters import policy_store
 from services.dunning.adapters.policy_store import PolicyBook, PolicyRef, Resolver
+from services.dunning.service_layer.arrangements import Arrangements
 from services.dunning.domain.charges import compensation_minor, interest, load_jurisdictions
 from services.dunning.domain.consolidation import DueStep, Item, Notice, consolidate, days_overdue
 from services.dunning.domain.policy import PolicySpec, notification_key, plan_item, step_due_at
 from shared.clock import Clock
 from shared.contract import (
-    BalanceConfirmationRequested, BalanceContested, DisputeOpened, DisputeResolved, DunningStepExecuted, Envelope,
+    BalanceConfirmationRequested, BalanceContested, CaseEscalatedToLegal, DisputeOpened, DunningStepExecuted, Envelope,
     InterestAccrued, InvoiceAdjusted, LateFeeAssessed, NotificationRequested, PaymentReversed, Topics, new_envelope,
 )
 from shared.contract.events import InterestPeriod, NoticeItem
@@ -38,10 +39,11 @@ def _last_per(events: list[Event], key) -> dict:
 
 class Dunning:
     def __init__(self, pool: asyncpg.Pool, clock: Clock, topics: Topics, dispute_pause_days: int = 30,
-                 book: PolicyBook | None = None) -> None:
+                 book: PolicyBook | None = None, dispute_alert_days: int = 14) -> None:
         self.pool, self.clock, self.topics = pool, clock, topics
         self.dispute_pause = timedelta(days=dispute_pause_days)
         self.book = book or PolicyBook()
+        self.arrangements = Arrangements(pool, clock, topics, self.dispute_pause, timedelta(days=dispute_alert_days))
 
     def handlers(self) -> dict[str, Handler]:
         """Set-based handlers for what arrives in volume; one at a time for the rare kinds."""
@@ -66,10 +68,12 @@ class Dunning:
     async def on_customers_upserted(self, conn: asyncpg.Connection, events: list[Event]) -> None:
         latest = _last_per(events, lambda e: (e.envelope.tenant_id, e.payload.customer_id))
         await conn.execute(
-            "INSERT INTO dunning_customers (tenant_id, customer_id, timezone)"
-            " SELECT * FROM unnest($1::text[], $2::text[], $3::text[])"
-            " ON CONFLICT (tenant_id, customer_id) DO UPDATE SET timezone = EXCLUDED.timezone, updated_at = now()",
+            "INSERT INTO dunning_customers (tenant_id, customer_id, timezone, language)"
+            " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])"
+            " ON CONFLICT (tenant_id, customer_id) DO UPDATE SET timezone = EXCLUDED.timezone,"
+            " language = EXCLUDED.language, updated_at = now()",
             [k[0] for k in latest], [k[1] for k in latest], [e.payload.timezone for e in latest.values()],
+            [e.payload.language for e in latest.values()],
         )
 
     async def on_risk_assessed(self, conn: asyncpg.Connection, events: list[Event]) -> None:
@@ -213,12 +217,18 @@ class Dunning:
     async def on_allocations(self, conn: asyncpg.Connection, events: list[Event]) -> None:
         """PaymentReceived, CreditApplied, CreditNoteIssued: what each allocation leaves open,
         and what was paid when (for backtests and the collection reports)."""
+        now = self.clock.now()
+        await self.arrangements.on_credit_notes(conn, [
+            (e.envelope.tenant_id, e.payload.external_id) for e in events
+            if e.envelope.type == "CreditNoteIssued" and e.payload.external_id.startswith("dispute:")], now)
         await self._record_payments(conn, [
             (e.envelope.tenant_id, uuid.UUID(a.invoice_id), self._payment_ref(e.payload), a.amount_minor,
-             self._paid_at(e)) for e in events for a in e.payload.allocations])
+             self._paid_at(e), now) for e in events for a in e.payload.allocations])
         await self._reduce(conn, self._lowest(
             ((e.envelope.tenant_id, a.invoice_id), a.invoice_open_minor) for e in events for a in e.payload.allocations),
             "paid")
+        await self.arrangements.on_payments(
+            conn, {(e.envelope.tenant_id, e.payload.customer_id) for e in events if e.payload.allocations}, now)
 
     @staticmethod
     def _payment_ref(p) -> str:
@@ -231,12 +241,13 @@ class Dunning:
 
     @staticmethod
     async def _record_payments(conn: asyncpg.Connection, rows: list[tuple]) -> None:
-        """rows: (tenant, invoice, payment ref, amount, paid at); invoices dunning never held are left out."""
+        """rows: (tenant, invoice, payment ref, amount, paid at, recorded at); invoices dunning never
+        held are left out."""
         if rows:
             await conn.execute(
-                "INSERT INTO item_payments (tenant_id, invoice_id, payment_ref, amount_minor, paid_at)"
-                " SELECT k.* FROM unnest($1::text[], $2::uuid[], $3::text[], $4::bigint[], $5::timestamptz[])"
-                " AS k(tenant_id, invoice_id, payment_ref, amount_minor, paid_at)"
+                "INSERT INTO item_payments (tenant_id, invoice_id, payment_ref, amount_minor, paid_at, recorded_at)"
+                " SELECT k.* FROM unnest($1::text[], $2::uuid[], $3::text[], $4::bigint[], $5::timestamptz[],"
+                " $6::timestamptz[]) AS k(tenant_id, invoice_id, payment_ref, amount_minor, paid_at, recorded_at)"
                 " WHERE EXISTS (SELECT 1 FROM case_items i WHERE i.tenant_id = k.tenant_id AND i.invoice_id = k.invoice_id)"
                 " ON CONFLICT DO NOTHING", *[list(c) for c in zip(*rows)])
 
@@ -288,7 +299,7 @@ class Dunning:
     async def on_payment_reversed(self, conn: asyncpg.Connection, env: Envelope, p: PaymentReversed) -> None:
         """A bounced payment: the invoices it paid are dunned again."""
         await self._record_payments(conn, [(env.tenant_id, uuid.UUID(a.invoice_id), f"reversal:{p.payment_id}",
-                                            -a.amount_minor, p.reversed_at) for a in p.reopened])
+                                            -a.amount_minor, p.reversed_at, self.clock.now()) for a in p.reopened])
         for a in p.reopened:
             await self._reopen(conn, env.tenant_id, uuid.UUID(a.invoice_id), a.invoice_open_minor)
 
@@ -387,12 +398,15 @@ class Dunning:
                 added[(ch[0], ch[4])][1 if ch[2] == "interest" else 0] += ch[7]
 
         events: list[Envelope] = []
-        marks, notices, counts = [], [], {}
+        marks, notices, counts, escalated = [], [], {}, []
         for case, decision, today in decided:
             tenant_id, case_id, currency = case["tenant_id"], str(case["case_id"]), case["currency"]
             sequence = case["notices"]
             notice_of_channel = {}
             for notice in decision.notices:
+                if notice.step.channel == "legal":  # not a message: the case goes to legal (below)
+                    escalated.append((case, notice))
+                    continue
                 sequence += 1
                 notice_id = uuid.uuid5(case["case_id"], f"notice:{sequence}")
                 notice_of_channel[notice.step.channel] = notice_id
@@ -406,7 +420,7 @@ class Dunning:
                 total = sum(x.open_amount_minor + x.fees_minor + x.interest_minor for x in lines)
                 notices.append((tenant_id, notice_id, case["case_id"], case["customer_id"], sequence, notice.step.name,
                                 notice.step.channel, notice.step.template, key, currency,
-                                json.dumps([x.model_dump(mode="json") for x in lines]), total, now))
+                                [x.model_dump(mode="json") for x in lines], total, now))
                 requested = new_envelope(NotificationRequested(
                     customer_id=case["customer_id"], notification_key=key, case_id=case_id, step=notice.step.name,
                     channel=notice.step.channel, template=notice.step.template or notice.step.name, items=lines,
@@ -427,8 +441,31 @@ class Dunning:
         await repo.insert_notices(conn, notices)
         events += [self._charge_event(ch, now) for ch in charges if ch[1] in new]
         await repo.count_notices(conn, {k: v for k, v in counts.items() if v})
+        for case, notice in escalated:
+            events.append(await self._escalate(conn, case, notice, now))
         await repo.refresh(conn, [(c["tenant_id"], c["case_id"]) for c in claimed], now)
         return events
+
+    async def _escalate(self, conn: asyncpg.Connection, case, notice: Notice, now: datetime) -> Envelope:
+        """The legal step: automatic dunning of the case ends (its invoices stay owed, payments
+        still count), and the case file, frozen now, goes with CaseEscalatedToLegal."""
+        tenant_id, case_id = case["tenant_id"], case["case_id"]
+        await conn.execute(
+            "UPDATE cases SET status = 'legal', closed_reason = 'legal', closed_at = $3 WHERE tenant_id = $1"
+            " AND case_id = $2", tenant_id, case_id, now)
+        open_items = await conn.fetch(
+            "SELECT invoice_id FROM case_items WHERE tenant_id = $1 AND case_id = $2 AND status = 'open'",
+            tenant_id, case_id)
+        await repo.cancel_steps(conn, [(tenant_id, r["invoice_id"]) for r in open_items], "legal")
+        document = await case_file.build(conn, tenant_id, case_id, now)
+        await conn.execute(
+            "INSERT INTO case_files (tenant_id, case_id, document, created_at) VALUES ($1, $2, $3, $4)"
+            " ON CONFLICT DO NOTHING", tenant_id, case_id, document, now)
+        return new_envelope(CaseEscalatedToLegal(
+            customer_id=case["customer_id"], case_id=str(case_id), currency=case["currency"],
+            total_minor=document["statement"]["totals"]["total_minor"],
+            invoice_ids=[str(r["invoice_id"]) for r in open_items], case_file=document, escalated_at=now),
+            source=SOURCE, tenant_id=tenant_id, subject=str(case_id), time=now)
 
     @staticmethod
     def _item(r: asyncpg.Record) -> Item:
@@ -449,7 +486,7 @@ class Dunning:
         def charge(charge_id: str, kind: str, invoice_id: str, amount: int, start=None, end=None, detail=None):
             if amount > 0:
                 out.append((tenant_id, charge_id, kind, case_id, uuid.UUID(invoice_id), customer_id, currency, amount,
-                            start, end, json.dumps(detail or {}), now))
+                            start, end, detail or {}, now))
 
         for notice in notices:
             lead = by_id[notice.lead_invoice]
@@ -486,7 +523,6 @@ class Dunning:
 
     def _charge_event(self, ch: tuple, now: datetime) -> Envelope:
         tenant_id, charge_id, kind, case_id, invoice_id, customer_id, currency, amount, start, end, detail, _ = ch
-        detail = json.loads(detail)
         if kind == "interest":
             payload = InterestAccrued(
                 customer_id=customer_id, accrual_id=charge_id, case_id=str(case_id), invoice_id=str(invoice_id),
@@ -538,26 +574,6 @@ class Dunning:
                                   reason=p.reason, opened_at=now)
             await add_events(conn, self.topics.dunning, [new_envelope(
                 event, source=SOURCE, tenant_id=env.tenant_id, subject=str(dispute_id), time=now, caused_by=env)])
-
-    async def resolve_dispute(self, tenant_id: str, dispute_id: uuid.UUID, resolution: str, by: str) -> asyncpg.Record:
-        """A collector closes a dispute: dunning of what it paused goes on at the next step."""
-        now = self.clock.now()
-        async with self.pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow(
-                "SELECT * FROM disputes WHERE tenant_id = $1 AND dispute_id = $2 FOR UPDATE", tenant_id, dispute_id)
-            if row is None:
-                raise DomainError("dispute_id", f"no dispute {dispute_id} in this tenant", 404)
-            if row["status"] != "open":
-                raise DomainError("dispute_id", f"the dispute was already {row['status']}", 409)
-            row = await conn.fetchrow(
-                "UPDATE disputes SET status = 'resolved', resolved_at = $3, resolution = $4, resolved_by = $5"
-                " WHERE tenant_id = $1 AND dispute_id = $2 RETURNING *", tenant_id, dispute_id, now, resolution, by)
-            await self._refresh_customer(conn, tenant_id, row["customer_id"])
-            event = DisputeResolved(customer_id=row["customer_id"], dispute_id=str(dispute_id), resolution=resolution,
-                                    resolved_by=by, resolved_at=now)
-            await add_events(conn, self.topics.dunning, [new_envelope(
-                event, source=SOURCE, tenant_id=tenant_id, subject=str(dispute_id), time=now)])
-        return row
 
 
 class Commands:

@@ -2,7 +2,6 @@
 the backtest of a policy over the stored history."""
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, timezone
@@ -47,7 +46,7 @@ async def dry_run(dunning: Dunning, tenant_id: str, day: date) -> list[dict]:
         finally:
             await transaction.rollback()
     return [{**{k: r[k] for k in ("customer_id", "currency", "step", "channel", "template", "total_minor")},
-             "case_id": str(r["case_id"]), "at": r["created_at"], "items": json.loads(r["items"])} for r in rows]
+             "case_id": str(r["case_id"]), "at": r["created_at"], "items": r["items"]} for r in rows]
 
 
 @dataclass

@@ -14,7 +14,7 @@ from services.invoicing.service_layer.ingest import stable_id
 from services.invoicing.service_layer.sources import require_right
 from shared.clock import Clock
 from shared.contract import (
-    CreditNoteIssued, Envelope, InterestAccrued, InvoiceOverdue, LateFeeAssessed, PaymentReceived, Topics, new_envelope,
+    CreditNoteIssued, CreditNoteRequested, Envelope, InterestAccrued, InvoiceOverdue, LateFeeAssessed, PaymentReceived, Topics, new_envelope,
 )
 from shared.contract.events import Allocation
 from shared.http import DomainError
@@ -148,6 +148,19 @@ class Invoicing:
         reason = (f"late-payment interest ({p.jurisdiction}) {p.periods[0].start}..{p.periods[-1].end}"
                   if p.periods else f"late-payment interest ({p.jurisdiction})")
         await self._book_charge(conn, env, p.customer_id, "interest", p.accrual_id, p.currency, p.amount_minor, p.assessed_at, reason)
+
+    async def on_credit_note_requested(self, conn: asyncpg.Connection, env: Envelope, p: CreditNoteRequested) -> None:
+        """A collector accepted a dispute: the credit note is issued here (source `dunning`, once
+        per request) and applied to the disputed invoice, else oldest first (CreditNoteIssued)."""
+        now = self.clock.now()
+        note_id = stable_id(env.tenant_id, "dunning", "credit_note", p.request_id)
+        await repo.lock_receipt_key(conn, env.tenant_id, "dunning", "credit_note", p.request_id)
+        if await conn.fetchval("SELECT 1 FROM payments WHERE tenant_id = $1 AND payment_id = $2", env.tenant_id, note_id):
+            return
+        events, _ = await self._receive(conn, env.tenant_id, "dunning", "credit_note", note_id, p.request_id,
+                                        p.customer_id, p.currency, p.amount_minor, now,
+                                        [p.invoice_number] if p.invoice_number else [], p.reason, now)
+        await add_events(conn, self.topics.invoicing, events)
 
     async def _book_charge(self, conn: asyncpg.Connection, env: Envelope, customer_id: str, kind: str, charge_key: str, currency: str,
                            amount_minor: int, assessed_at: datetime, reason: str) -> None:

@@ -1,0 +1,236 @@
+"""The dunning step timer under load (issue #9): due steps claimed and turned into consolidated
+NotificationRequested events, against a raw SQL claim loop on the same data in the same run.
+
+    .venv/bin/python -m bench.dunning [--customers 50000] [--invoices-per-customer 4] [--batch 200]
+
+Quick check: `--customers 5000`.
+
+The data: `--customers` customers with `--invoices-per-customer` open EUR invoices each, one case
+per customer, every invoice with one step due now (its overdue_7 email; the standard policy)
+and its later steps still to come: 200,000 due steps across 50,000 customers by default. It is
+written once into a template database (a migrated dunning database, COPY), and each run gets a
+fresh copy of it (CREATE DATABASE ... TEMPLATE), so every run starts from the same rows.
+
+1. Yardstick: a raw claim loop in SQL, one statement per batch of `--batch` steps: claim the due
+   steps with FOR UPDATE SKIP LOCKED, mark them executed, and write one outbox row per step with a
+   small JSON payload (no consolidation, no policy, no amounts): the least a timer can do.
+2. The engine: `Dunning.claim_due_steps(--batch)` until nothing is due, in one process: claims
+   `--batch` cases at a time, consolidates each case's items into one notice per channel, marks
+   the steps, writes the notices and the outbox rows (NotificationRequested, DunningStepExecuted).
+   Rate: due steps done per second; the ratio to the yardstick is the figure (goal >= 0.3).
+3. Two workers: the same, in two processes on one copy (SKIP LOCKED shares the cases); goal
+   >= 1.6x one worker where the cores allow: the machine's cores are printed, and PostgreSQL runs
+   on the same cores.
+
+Prints the figures and PASS or BELOW TARGET; never fails on a figure. The databases are dropped
+at the end."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import os
+import time
+import uuid
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+
+import asyncpg
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from services.dunning.adapters import policy_store
+from services.dunning.bootstrap import MIGRATIONS
+from services.dunning.domain.policy import parse_policy, plan_item
+from services.dunning.service_layer.handlers import Dunning
+from shared.clock import ManualClock
+from shared.contract import Topics
+from shared.db import create_pool, drop_database, ensure_database, migrate, with_database
+from tahsilat.embedded import resolve_postgres
+
+console = Console()
+NOW = datetime(2026, 6, 1, 10, 0, tzinfo=timezone.utc)
+DUE = date(2026, 5, 24)  # overdue_7 falls due 2026-05-31 09:00 UTC: due at NOW, the rest later
+TENANT = "bench"
+
+_RAW_CLAIM = """
+WITH claimed AS (
+    SELECT tenant_id, invoice_id, round, step FROM item_steps
+    WHERE status = 'scheduled' AND due_at <= $1 ORDER BY due_at LIMIT $2 FOR UPDATE SKIP LOCKED
+), done AS (
+    UPDATE item_steps s SET status = 'executed', executed_at = $1 FROM claimed c
+    WHERE s.tenant_id = c.tenant_id AND s.invoice_id = c.invoice_id AND s.round = c.round AND s.step = c.step
+    RETURNING s.tenant_id, s.invoice_id, s.step
+)
+INSERT INTO outbox (topic, event_id, tenant_id, event_type, key, envelope)
+SELECT 'bench', gen_random_uuid(), tenant_id, 'StepDue', tenant_id || ':' || invoice_id,
+       jsonb_build_object('invoice_id', invoice_id, 'step', step, 'at', $1::timestamptz)
+FROM done"""
+
+
+async def build_template(server: str, name: str, customers: int, per_customer: int) -> int:
+    """A migrated dunning database holding the data; returns the number of due steps."""
+    await drop_database(server, name)
+    await ensure_database(server, name)
+    url = with_database(server, name)
+    await migrate(url, MIGRATIONS)
+    pool = await create_pool(url, max_size=1)
+    async with pool.acquire() as conn, conn.transaction():
+        await policy_store.load_files(conn, [policy_store.SHIPPED], NOW)
+    await pool.close()
+    conn = await asyncpg.connect(url)
+    try:
+        spec = parse_policy((policy_store.SHIPPED / "standard.yaml").read_text())
+        version = await conn.fetchval("SELECT version FROM policies WHERE tenant_id = '*' AND name = 'standard'"
+                                      " AND status = 'active'")
+        plan = plan_item(spec, DUE, "UTC")
+        cases, items, steps = [], [], []
+        with Progress(TextColumn("  {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=console) as progress:
+            task = progress.add_task("generating customers", total=customers)
+            for c in range(customers):
+                customer, case_id = f"C{c:07d}", uuid.uuid4()
+                cases.append((TENANT, case_id, customer, "EUR", "open", NOW - timedelta(days=30),
+                              NOW - timedelta(hours=1)))
+                for n in range(per_customer):
+                    invoice = uuid.uuid4()
+                    items.append((TENANT, invoice, case_id, customer, f"INV-{c}-{n}", "EUR", 10_000 + n, 10_000 + n,
+                                  DUE, "*", "standard", version, NOW - timedelta(days=30)))
+                    for s in plan:
+                        if s.offset_days < 7:
+                            continue  # already sent in this story; overdue_7 (email and SMS) is due now
+                        status = "scheduled"
+                        due_at = s.due_at if s.offset_days > 7 else NOW - timedelta(hours=1)
+                        steps.append((TENANT, invoice, 0, s.name, s.position, s.channel, s.template, s.offset_days,
+                                      due_at, status))
+                progress.advance(task)
+            task = progress.add_task("writing (COPY)", total=3)
+            await conn.copy_records_to_table("cases", records=cases, columns=(
+                "tenant_id", "case_id", "customer_id", "currency", "status", "opened_at", "next_due_at"))
+            progress.advance(task)
+            await conn.copy_records_to_table("case_items", records=items, columns=(
+                "tenant_id", "invoice_id", "case_id", "customer_id", "number", "currency", "amount_minor", "open_minor",
+                "due_date", "policy_tenant", "policy_name", "policy_version", "joined_at"))
+            progress.advance(task)
+            await conn.copy_records_to_table("item_steps", records=steps, columns=(
+                "tenant_id", "invoice_id", "round", "step", "position", "channel", "template", "offset_days", "due_at",
+                "status"))
+            progress.advance(task)
+        await conn.execute("VACUUM ANALYZE")
+        return await conn.fetchval("SELECT count(*) FROM item_steps WHERE due_at <= $1", NOW)
+    finally:
+        await conn.close()
+
+
+async def copy_of(server: str, template: str, name: str) -> str:
+    await drop_database(server, name)
+    conn = await asyncpg.connect(with_database(server, "postgres"))
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+    finally:
+        await conn.close()
+    return with_database(server, name)
+
+
+async def raw_loop(url: str, batch: int) -> tuple[int, float]:
+    conn = await asyncpg.connect(url)
+    try:
+        done, started = 0, time.perf_counter()
+        while True:
+            status = await conn.execute(_RAW_CLAIM, NOW, batch)
+            n = int(status.split()[-1])
+            if not n:
+                return done, time.perf_counter() - started
+            done += n
+    finally:
+        await conn.close()
+
+
+async def engine_loop(url: str, batch: int, start_at: float | None = None) -> tuple[int, int, float]:
+    """(cases fired, notices, seconds) of one worker running the step timer until nothing is due."""
+    pool = await create_pool(url, max_size=2)  # as the service has it (JSON columns decoded)
+    try:
+        dunning = Dunning(pool, ManualClock(NOW), Topics("bench."))
+        if start_at is not None:
+            await asyncio.sleep(max(0.0, start_at - time.time()))
+        cases, started = 0, time.perf_counter()
+        while n := await dunning.claim_due_steps(batch):
+            cases += n
+        elapsed = time.perf_counter() - started
+        notices = await pool.fetchval("SELECT count(*) FROM notices")
+        return cases, notices, elapsed
+    finally:
+        await pool.close()
+
+
+def _worker(url: str, batch: int, start_at: float, out) -> None:
+    out.put(asyncio.run(engine_loop(url, batch, start_at)))
+
+
+async def steps_done(url: str) -> int:
+    conn = await asyncpg.connect(url)
+    try:
+        return await conn.fetchval("SELECT count(*) FROM item_steps WHERE status <> 'scheduled' AND due_at <= $1", NOW)
+    finally:
+        await conn.close()
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--customers", type=int, default=50_000)
+    parser.add_argument("--invoices-per-customer", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=200)
+    args = parser.parse_args()
+    server, origin = await resolve_postgres(Path(os.environ.get("TAHSILAT_HOME", "var")) / "pg")
+    run = uuid.uuid4().hex[:6]
+    template, names = f"bench_dun_tmpl_{run}", [f"bench_dun_{run}_{n}" for n in range(3)]
+    console.print(f"[bold]bench/dunning[/bold]: {args.customers:,} customers x {args.invoices_per_customer} invoices,"
+                  f" batch {args.batch}; PostgreSQL: {origin}; cores: {os.cpu_count()}")
+    try:
+        due = await build_template(server, template, args.customers, args.invoices_per_customer)
+        console.print(f"  due steps: {due:,} (overdue_7 email and SMS of every invoice) in {args.customers:,} cases")
+
+        url = await copy_of(server, template, names[0])
+        n, raw_s = await raw_loop(url, args.batch)
+        raw_rate = n / raw_s
+        console.print(f"  yardstick, raw SQL claim loop: {n:,} steps in {raw_s:.1f} s = {raw_rate:,.0f} steps/s")
+
+        url = await copy_of(server, template, names[1])
+        cases, notices, one_s = await engine_loop(url, args.batch)
+        steps = await steps_done(url)
+        one_rate = steps / one_s
+        console.print(f"  engine, one worker: {steps:,} steps of {cases:,} cases -> {notices:,} notices in {one_s:.1f} s"
+                      f" = {one_rate:,.0f} steps/s ({cases / one_s:,.0f} cases/s)")
+
+        url = await copy_of(server, template, names[2])
+        ctx = multiprocessing.get_context("spawn")
+        out = ctx.Queue()
+        start_at = time.time() + 3.0  # both processes up and connected before the clock starts
+        workers = [ctx.Process(target=_worker, args=(url, args.batch, start_at, out)) for _ in range(2)]
+        for w in workers:
+            w.start()
+        results = [out.get() for _ in workers]
+        for w in workers:
+            w.join()
+        two_s = max(r[2] for r in results)
+        steps2 = await steps_done(url)
+        two_rate = steps2 / two_s
+        notices2 = results[0][1]
+        console.print(f"  engine, two workers: {steps2:,} steps, {sum(r[0] for r in results):,} cases"
+                      f" ({' + '.join(f'{r[0]:,}' for r in results)}) -> {notices2:,} notices in {two_s:.1f} s"
+                      f" = {two_rate:,.0f} steps/s")
+        ratio, scale = one_rate / raw_rate, two_rate / one_rate
+        console.print(f"\n  engine / yardstick: [bold]{ratio:.2f}[/bold] (goal >= 0.3): "
+                      + ("[green]PASS[/green]" if ratio >= 0.3 else "[yellow]BELOW TARGET[/yellow]"))
+        console.print(f"  two workers / one: [bold]{scale:.2f}x[/bold] (goal >= 1.6x where the cores allow; "
+                      f"{os.cpu_count()} cores shared with PostgreSQL): "
+                      + ("[green]PASS[/green]" if scale >= 1.6 else "[yellow]BELOW TARGET[/yellow]"))
+        if notices != notices2 or steps != steps2:
+            console.print(f"[red]  the runs disagree: {notices} vs {notices2} notices, {steps} vs {steps2} steps[/red]")
+    finally:
+        for name in [*names, template]:
+            await drop_database(server, name)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
