@@ -126,6 +126,7 @@ async def test_a_payment_plan_reminds_each_instalment_and_a_missed_one_breaks_it
     assert reminder[0].data["items"][0]["open_amount_minor"] == 33_334
     assert {e.data["step"] for e in reminder} == {"plan_instalment"}
     await send(producer, topics.invoicing, payment("P1", INV_A, 33_334, 16_666, at(date(2026, 3, 14)), clock))
+    await wait_for(lambda: app.state.pool.fetchval("SELECT count(*) = 1 FROM item_payments"), message="the payment")
     clock.set(at(date(2026, 4, 12)))  # second reminder; the first instalment is paid, nothing breaks
     await wait_for(lambda: _n(requested(kafka_bootstrap, topics), 2), message="the second reminder")
     assert (await http.get(f"/v1/payment-plans/{plan['plan_id']}")).json()["status"] == "active"

@@ -247,12 +247,13 @@ async def test_two_workers_and_a_worker_stopping_midway_request_each_notice_exac
     finally:
         await producer.stop()
     got = await requested(kafka_bootstrap, topics)
-    keys = Counter(e.data["notification_key"] for e in got)
+    # a relay stopped between publishing and recording it publishes that batch again (at least
+    # once; consumers drop the copies by event id): one event per notice, however often delivered
+    keys = Counter(e.data["notification_key"] for e in {e.id: e for e in got}.values())
     assert set(keys) == {n["notification_key"] for n in notices}
     assert max(keys.values()) == 1, keys.most_common(3)
     # one notice per customer per step and channel: pre-due/due, +7 email and SMS, +14 email and SMS
     assert len(notices) == customers * 5
-    assert len({e.id for e in got}) == len(got)
 
 
 async def _all_items(http, n):

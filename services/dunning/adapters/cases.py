@@ -9,6 +9,9 @@ from datetime import datetime
 
 import asyncpg
 
+from shared.contract import DunningStepExecuted, NotificationRequested
+from shared.outbox import envelope_select, iso_time
+
 # When an open item may be dunned again: never while on hold, under an active payment plan or the
 # customer is marked "do not chase"; not before an open dispute covering it stops pausing (an
 # accepted one: until its credit note arrives), nor before the deadline of an open promise
@@ -25,9 +28,10 @@ PAUSED_UNTIL = """GREATEST(
        AND p.status = 'open' AND i.invoice_id = ANY(p.invoice_ids)))"""
 
 _REFRESH = f"""
-WITH k AS (SELECT DISTINCT tenant_id, case_id FROM unnest($1::text[], $2::uuid[]) AS k(tenant_id, case_id)),
+WITH k AS (SELECT tenant_id, case_id, sum(n) AS n FROM unnest($1::text[], $2::uuid[], $4::int[]) AS k(tenant_id, case_id, n)
+           GROUP BY tenant_id, case_id),
 state AS (
-    SELECT k.tenant_id, k.case_id,
+    SELECT k.tenant_id, k.case_id, k.n,
       (SELECT min(GREATEST(s.due_at, {PAUSED_UNTIL}))
          FROM case_items i LEFT JOIN dunning_customers dc USING (tenant_id, customer_id)
          JOIN item_steps s ON s.tenant_id = i.tenant_id AND s.invoice_id = i.invoice_id AND s.round = i.round
@@ -38,7 +42,7 @@ state AS (
       (SELECT i.closed_reason FROM case_items i WHERE i.tenant_id = k.tenant_id AND i.case_id = k.case_id
         ORDER BY i.closed_at DESC NULLS LAST LIMIT 1) AS last_reason
     FROM k)
-UPDATE cases c SET next_due_at = state.next_due_at,
+UPDATE cases c SET next_due_at = state.next_due_at, notices = c.notices + state.n,
   status = CASE WHEN c.status = 'open' AND NOT state.has_open THEN 'closed' ELSE c.status END,
   closed_reason = CASE WHEN c.status = 'open' AND NOT state.has_open THEN state.last_reason ELSE c.closed_reason END,
   closed_at = CASE WHEN c.status = 'open' AND NOT state.has_open THEN $3 ELSE c.closed_at END
@@ -49,12 +53,15 @@ def _cols(rows: list[tuple]) -> list[list]:
     return [list(col) for col in zip(*rows)]
 
 
-async def refresh(conn: asyncpg.Connection, keys: Iterable[tuple[str, uuid.UUID]], now: datetime) -> None:
+async def refresh(conn: asyncpg.Connection, keys: Iterable[tuple[str, uuid.UUID]], now: datetime,
+                  notices: dict[tuple[str, uuid.UUID], int] | None = None) -> None:
     """After items, steps, holds or disputes changed: the case's timer moves to its next due
-    step that is not paused, and a case without open items closes."""
+    step that is not paused, and a case without open items closes. `notices`: how many notices
+    each case just sent (their count numbers the idempotency keys)."""
     keys = sorted(set(keys))
     if keys:
-        await conn.execute(_REFRESH, [k[0] for k in keys], [k[1] for k in keys], now)
+        counts = notices or {}
+        await conn.execute(_REFRESH, [k[0] for k in keys], [k[1] for k in keys], now, [counts.get(k, 0) for k in keys])
 
 
 async def lock_cases_of(conn: asyncpg.Connection, invoices: Iterable[tuple[str, uuid.UUID]]) -> dict[tuple[str, uuid.UUID], asyncpg.Record]:
@@ -173,8 +180,8 @@ async def claimed_items(conn: asyncpg.Connection, cases: list[asyncpg.Record], n
             JOIN unnest($1::text[], $2::uuid[]) AS k(tenant_id, case_id) USING (tenant_id, case_id)
             LEFT JOIN dunning_customers dc USING (tenant_id, customer_id)
             LEFT JOIN LATERAL (
-                SELECT sum(amount_minor) FILTER (WHERE kind <> 'interest') AS fees,
-                       sum(amount_minor) FILTER (WHERE kind = 'interest') AS interest,
+                SELECT (sum(amount_minor) FILTER (WHERE kind <> 'interest'))::bigint AS fees,
+                       (sum(amount_minor) FILTER (WHERE kind = 'interest'))::bigint AS interest,
                        max(period_end) FILTER (WHERE kind = 'interest') AS interest_until
                 FROM charges c WHERE c.tenant_id = i.tenant_id AND c.invoice_id = i.invoice_id) ch ON true
             WHERE i.status = 'open'""",
@@ -204,14 +211,14 @@ async def mark_steps(conn: asyncpg.Connection, rows: list[tuple], now: datetime)
 
 async def insert_notices(conn: asyncpg.Connection, rows: list[tuple]) -> None:
     """rows: (tenant, notice, case, customer, sequence, step, channel, template, key, currency,
-    items (a list), total, created_at)."""
+    items (a list), total, created_at, lead invoice)."""
     if rows:
         await conn.execute(
             "INSERT INTO notices (tenant_id, notice_id, case_id, customer_id, sequence, step, channel, template,"
-            " notification_key, currency, items, total_minor, created_at) SELECT t, n, c, cu, sq, st, ch, tp, k, cur,"
-            " i::jsonb, tot, at FROM unnest($1::text[], $2::uuid[], $3::uuid[], $4::text[], $5::int[], $6::text[],"
-            " $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::bigint[], $13::timestamptz[])"
-            " AS u(t, n, c, cu, sq, st, ch, tp, k, cur, i, tot, at)",
+            " notification_key, currency, items, total_minor, created_at, lead_invoice) SELECT t, n, c, cu, sq, st,"
+            " ch, tp, k, cur, i::jsonb, tot, at, li FROM unnest($1::text[], $2::uuid[], $3::uuid[], $4::text[],"
+            " $5::int[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::bigint[],"
+            " $13::timestamptz[], $14::uuid[]) AS u(t, n, c, cu, sq, st, ch, tp, k, cur, i, tot, at, li)",
             *_cols([(*r[:10], json.dumps(r[10]), *r[11:]) for r in rows]))
 
 
@@ -230,15 +237,34 @@ async def insert_charges(conn: asyncpg.Connection, rows: list[tuple]) -> set[str
     return {r["charge_id"] for r in inserted}
 
 
-async def count_notices(conn: asyncpg.Connection, counts: dict[tuple[str, uuid.UUID], int]) -> None:
-    if counts:
-        keys = sorted(counts)
-        await conn.execute(
-            "UPDATE cases c SET notices = c.notices + k.n FROM unnest($1::text[], $2::uuid[], $3::int[])"
-            " AS k(tenant_id, case_id, n) WHERE c.tenant_id = k.tenant_id AND c.case_id = k.case_id",
-            [k[0] for k in keys], [k[1] for k in keys], [counts[k] for k in keys])
-
-
 async def next_due(pool: asyncpg.Pool, now: datetime) -> datetime | None:
     return await pool.fetchval(
         "SELECT min(next_due_at) FROM cases WHERE status = 'open' AND next_due_at > $1 AND next_due_at < 'infinity'", now)
+
+
+def _notice_event_sql(payload, data: dict[str, str]) -> str:
+    return (f"INSERT INTO outbox (topic, event_id, tenant_id, event_type, key, envelope)"
+            f" SELECT $3, {envelope_select(payload, source='dunning', subject='x.case_id::text', data=data)}"
+            " FROM (SELECT *, gen_random_uuid() AS eid FROM notices WHERE tenant_id = $1 AND notice_id = ANY($4::uuid[])"
+            " ORDER BY case_id, sequence) AS x")
+
+
+# $1 tenant, $2 time (ISO text), $3 topic, $4 notice ids.
+_NOTIFICATION_REQUESTED = _notice_event_sql(NotificationRequested, {
+    "customer_id": "x.customer_id", "notification_key": "x.notification_key", "case_id": "x.case_id::text",
+    "step": "x.step", "channel": "x.channel", "template": "coalesce(x.template, x.step)", "items": "x.items",
+    "requested_at": "$2::text", "links": "'{}'::json", "balances": "'[]'::json"})
+_STEP_EXECUTED = _notice_event_sql(DunningStepExecuted, {
+    "customer_id": "x.customer_id", "case_id": "x.case_id::text", "invoice_id": "x.lead_invoice::text",
+    "step": "x.step", "channel": "x.channel", "executed_at": "$2::text",
+    "invoice_ids": "(SELECT json_agg(e->>'invoice_id') FROM jsonb_array_elements(x.items) AS e)",
+    "notification_key": "x.notification_key"})
+
+
+async def notice_events(conn: asyncpg.Connection, tenant_id: str, notice_ids: list[uuid.UUID], topic: str,
+                        now: datetime) -> None:
+    """Each notice's NotificationRequested (all of them first, in case and notice order), then its
+    DunningStepExecuted, into the outbox: no per-notice Python (the claim's hot path)."""
+    if notice_ids:
+        for statement in (_NOTIFICATION_REQUESTED, _STEP_EXECUTED):
+            await conn.execute(statement, tenant_id, iso_time(now), topic, notice_ids)

@@ -22,7 +22,7 @@ from shared.contract import (
     BalanceConfirmationRequested, BalanceContested, CaseEscalatedToLegal, DisputeOpened, DunningStepExecuted, Envelope,
     InterestAccrued, InvoiceAdjusted, LateFeeAssessed, NotificationRequested, PaymentReversed, Topics, new_envelope,
 )
-from shared.contract.events import InterestPeriod, NoticeItem
+from shared.contract.events import InterestPeriod
 from shared.http import DomainError
 from shared.outbox import add_events
 from shared.processing import Event, Handler, each
@@ -349,11 +349,11 @@ class Dunning:
             claimed = await repo.due_cases(conn, now, limit)
             if not claimed:
                 return 0
-            events = await self._fire(conn, claimed, now)
-            await add_events(conn, self.topics.dunning, events)
+            await self._fire(conn, claimed, now)
             return len(claimed)
 
-    async def _fire(self, conn: asyncpg.Connection, claimed: list[asyncpg.Record], now: datetime) -> list[Envelope]:
+    async def _fire(self, conn: asyncpg.Connection, claimed: list[asyncpg.Record], now: datetime) -> int:
+        """Decide, write and publish (to the outbox) what the claimed cases send; the events written."""
         items = await repo.claimed_items(conn, claimed, now)
         live = [i for i in items if not i["paused"]]
         steps = await repo.due_steps(conn, live, now)
@@ -397,7 +397,6 @@ class Dunning:
             if ch[1] in new:
                 added[(ch[0], ch[4])][1 if ch[2] == "interest" else 0] += ch[7]
 
-        events: list[Envelope] = []
         marks, notices, counts, escalated = [], [], {}, []
         for case, decision, today in decided:
             tenant_id, case_id, currency = case["tenant_id"], str(case["case_id"]), case["currency"]
@@ -411,26 +410,17 @@ class Dunning:
                 notice_id = uuid.uuid5(case["case_id"], f"notice:{sequence}")
                 notice_of_channel[notice.step.channel] = notice_id
                 key = notification_key(case_id, notice.step.name, notice.step.channel, sequence)
-                lines = [NoticeItem(invoice_id=i.invoice_id, number=i.number, currency=currency,
-                                    open_amount_minor=i.open_minor, due_date=i.due_date,
-                                    days_overdue=days_overdue(i, today),
-                                    fees_minor=i.fees_minor + added[(tenant_id, uuid.UUID(i.invoice_id))][0],
-                                    interest_minor=i.interest_minor + added[(tenant_id, uuid.UUID(i.invoice_id))][1])
+                # NoticeItem's fields as JSON, built directly: this runs for every notice
+                lines = [{"invoice_id": i.invoice_id, "number": i.number, "currency": currency,
+                          "open_amount_minor": i.open_minor, "due_date": i.due_date.isoformat(),
+                          "days_overdue": days_overdue(i, today),
+                          "fees_minor": i.fees_minor + added[(tenant_id, uuid.UUID(i.invoice_id))][0],
+                          "interest_minor": i.interest_minor + added[(tenant_id, uuid.UUID(i.invoice_id))][1]}
                          for i in notice.items]
-                total = sum(x.open_amount_minor + x.fees_minor + x.interest_minor for x in lines)
+                total = sum(x["open_amount_minor"] + x["fees_minor"] + x["interest_minor"] for x in lines)
                 notices.append((tenant_id, notice_id, case["case_id"], case["customer_id"], sequence, notice.step.name,
-                                notice.step.channel, notice.step.template, key, currency,
-                                [x.model_dump(mode="json") for x in lines], total, now))
-                requested = new_envelope(NotificationRequested(
-                    customer_id=case["customer_id"], notification_key=key, case_id=case_id, step=notice.step.name,
-                    channel=notice.step.channel, template=notice.step.template or notice.step.name, items=lines,
-                    requested_at=now), source=SOURCE, tenant_id=tenant_id, subject=case_id, time=now)
-                executed = new_envelope(DunningStepExecuted(
-                    customer_id=case["customer_id"], case_id=case_id, invoice_id=notice.lead_invoice,
-                    step=notice.step.name, channel=notice.step.channel, executed_at=now,
-                    invoice_ids=[i.invoice_id for i in notice.items], notification_key=key),
-                    source=SOURCE, tenant_id=tenant_id, subject=case_id, time=now, caused_by=requested)
-                events += [requested, executed]
+                                notice.step.channel, notice.step.template, key, currency, lines, total, now,
+                                uuid.UUID(notice.lead_invoice)))
             counts[(tenant_id, case["case_id"])] = sequence - case["notices"]
             for (invoice_id, round_, name), channel in decision.executed.items():
                 marks.append((tenant_id, uuid.UUID(invoice_id), round_, name, "executed", None,
@@ -439,12 +429,16 @@ class Dunning:
                 marks.append((tenant_id, uuid.UUID(invoice_id), round_, name, "skipped", reason, None))
         await repo.mark_steps(conn, marks, now)
         await repo.insert_notices(conn, notices)
-        events += [self._charge_event(ch, now) for ch in charges if ch[1] in new]
-        await repo.count_notices(conn, {k: v for k, v in counts.items() if v})
+        # NotificationRequested and DunningStepExecuted of each notice, built by PostgreSQL from its row
+        for tenant_id in sorted({n[0] for n in notices}):
+            await repo.notice_events(conn, tenant_id, [n[1] for n in notices if n[0] == tenant_id], self.topics.dunning,
+                                     now)
+        events = [self._charge_event(ch, now) for ch in charges if ch[1] in new]
         for case, notice in escalated:
             events.append(await self._escalate(conn, case, notice, now))
-        await repo.refresh(conn, [(c["tenant_id"], c["case_id"]) for c in claimed], now)
-        return events
+        await add_events(conn, self.topics.dunning, events)
+        await repo.refresh(conn, [(c["tenant_id"], c["case_id"]) for c in claimed], now, counts)
+        return len(notices) + len(events)
 
     async def _escalate(self, conn: asyncpg.Connection, case, notice: Notice, now: datetime) -> Envelope:
         """The legal step: automatic dunning of the case ends (its invoices stay owed, payments
