@@ -64,6 +64,15 @@ async def refresh(conn: asyncpg.Connection, keys: Iterable[tuple[str, uuid.UUID]
         await conn.execute(_REFRESH, [k[0] for k in keys], [k[1] for k in keys], now, [counts.get(k, 0) for k in keys])
 
 
+async def refresh_customer(conn: asyncpg.Connection, tenant_id: str, customer_id: str, now: datetime) -> None:
+    """A pause of the customer's invoices changed (a dispute, promise, plan, hold): the timers of
+    the customer's open cases move."""
+    rows = await conn.fetch(
+        "SELECT case_id FROM cases WHERE tenant_id = $1 AND customer_id = $2 AND status = 'open'"
+        " ORDER BY case_id FOR UPDATE", tenant_id, customer_id)
+    await refresh(conn, [(tenant_id, r["case_id"]) for r in rows], now)
+
+
 async def lock_cases_of(conn: asyncpg.Connection, invoices: Iterable[tuple[str, uuid.UUID]]) -> dict[tuple[str, uuid.UUID], asyncpg.Record]:
     """The items of these invoices, their cases locked first and in one order (the claim loop
     locks cases too: case before items everywhere, so the two never deadlock)."""

@@ -45,12 +45,6 @@ class Arrangements:
     def _event(self, payload, tenant_id: str, subject: str, now: datetime, caused_by: Envelope | None = None) -> Envelope:
         return new_envelope(payload, source=SOURCE, tenant_id=tenant_id, subject=subject, time=now, caused_by=caused_by)
 
-    async def _refresh_customer(self, conn: asyncpg.Connection, tenant_id: str, customer_id: str, now: datetime) -> None:
-        rows = await conn.fetch(
-            "SELECT case_id FROM cases WHERE tenant_id = $1 AND customer_id = $2 AND status = 'open'"
-            " ORDER BY case_id FOR UPDATE", tenant_id, customer_id)
-        await repo.refresh(conn, [(tenant_id, r["case_id"]) for r in rows], now)
-
     async def _case_items(self, conn: asyncpg.Connection, tenant_id: str, case_id: uuid.UUID,
                           invoice_ids: list[uuid.UUID] | None) -> tuple[asyncpg.Record, list[asyncpg.Record], str]:
         """The open case (locked) and its open items covered (all when none are named)."""
@@ -122,7 +116,7 @@ class Arrangements:
                 " AND status = 'open' RETURNING *", tenant_id, promise_id, now)
             if row is None:
                 raise DomainError("promise_id", f"no open promise {promise_id} in this tenant", 404)
-            await self._refresh_customer(conn, tenant_id, row["customer_id"], now)
+            await repo.refresh_customer(conn, tenant_id, row["customer_id"], now)
             return row
 
     # -- payment plans ------------------------------------------------------------------------------
@@ -189,7 +183,7 @@ class Arrangements:
                 " VALUES ($1, $2, $3, 'collector', $4, $5, $6, $7, $8, $9, $10, $11) RETURNING *",
                 tenant_id, dispute_id, customer_id, description, invoice_id, now, now + self.dispute_pause, reason_code,
                 currency, disputed, opened_by)
-            await self._refresh_customer(conn, tenant_id, customer_id, now)
+            await repo.refresh_customer(conn, tenant_id, customer_id, now)
             await add_events(conn, self.topics.dunning, [self._event(DisputeOpened(
                 customer_id=customer_id, dispute_id=str(dispute_id), origin="collector", reason=description,
                 invoice_ids=[str(invoice_id)] if invoice_id else [], opened_at=now, reason_code=reason_code),
@@ -223,7 +217,7 @@ class Arrangements:
                 " pause_until = CASE WHEN $6 = 'accepted' THEN $9 ELSE pause_until END"
                 " WHERE tenant_id = $1 AND dispute_id = $2 RETURNING *",
                 tenant_id, dispute_id, now, resolution, by, outcome, credit, currency, now + self.dispute_pause)
-            await self._refresh_customer(conn, tenant_id, row["customer_id"], now)
+            await repo.refresh_customer(conn, tenant_id, row["customer_id"], now)
             events = [self._event(DisputeResolved(
                 customer_id=row["customer_id"], dispute_id=str(dispute_id), resolution=resolution, resolved_by=by,
                 resolved_at=now, outcome=outcome, credit_minor=credit), tenant_id, str(dispute_id), now)]
@@ -331,7 +325,7 @@ class Arrangements:
             events.append(self._event(payload, plan["tenant_id"], str(plan["case_id"]), now))
             touched.add((plan["tenant_id"], plan["customer_id"]))
         for tenant_id, customer_id in sorted(touched):
-            await self._refresh_customer(conn, tenant_id, customer_id, now)
+            await repo.refresh_customer(conn, tenant_id, customer_id, now)
         await add_events(conn, self.topics.dunning, events)
         return len(events)
 

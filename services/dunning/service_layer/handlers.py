@@ -546,13 +546,6 @@ class Dunning:
         await add_events(conn, self.topics.dunning, [new_envelope(
             request, source=SOURCE, tenant_id=env.tenant_id, subject=p.confirmation_id, time=now, caused_by=env)])
 
-    async def _refresh_customer(self, conn: asyncpg.Connection, tenant_id: str, customer_id: str) -> None:
-        """A pause of the customer's items changed: their cases' timers move."""
-        rows = await conn.fetch(
-            "SELECT case_id FROM cases WHERE tenant_id = $1 AND customer_id = $2 AND status = 'open'"
-            " ORDER BY case_id FOR UPDATE", tenant_id, customer_id)
-        await repo.refresh(conn, [(tenant_id, r["case_id"]) for r in rows], self.clock.now())
-
     async def on_balance_contested(self, conn: asyncpg.Connection, env: Envelope, p: BalanceContested) -> None:
         """A contested balance opens an account-level dispute: no reminders until it is resolved."""
         now = self.clock.now()
@@ -563,7 +556,7 @@ class Dunning:
             env.tenant_id, dispute_id, p.customer_id, p.reason, now, now + self.dispute_pause,
         )
         if opened:
-            await self._refresh_customer(conn, env.tenant_id, p.customer_id)
+            await repo.refresh_customer(conn, env.tenant_id, p.customer_id, now)
             event = DisputeOpened(customer_id=p.customer_id, dispute_id=str(dispute_id), origin="balance_confirmation",
                                   reason=p.reason, opened_at=now)
             await add_events(conn, self.topics.dunning, [new_envelope(
@@ -605,7 +598,7 @@ class Commands:
                 " do_not_chase_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (tenant_id, customer_id) DO UPDATE SET"
                 " do_not_chase_reason = $3, do_not_chase_by = $4, do_not_chase_at = $5, updated_at = now()"
                 " RETURNING *", tenant_id, customer_id, reason, by if reason else None, now if reason else None)
-            await self.dunning._refresh_customer(conn, tenant_id, customer_id)
+            await repo.refresh_customer(conn, tenant_id, customer_id, now)
             return row
 
     async def set_customer_group(self, tenant_id: str, customer_id: str, group: str | None) -> asyncpg.Record:
