@@ -191,7 +191,7 @@ class Dunning:
         await repo.insert_steps(conn, [
             (t, i, 0, s.name, s.position, s.channel, s.template, s.offset_days, s.due_at)
             for (t, i) in sorted(inserted) for s in plans[(t, i)][1]])
-        await repo.refresh(conn, {(k[0], case_id) for k, case_id in case_of.items()}, now)
+        await repo.advance(conn, inserted)
 
     async def _reduce(self, conn: asyncpg.Connection, amounts: dict[tuple[str, str], int], reason: str) -> None:
         """Payment takes what it covers out of dunning: open amounts go down, a settled item
