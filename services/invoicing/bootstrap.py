@@ -29,7 +29,8 @@ def build(settings: InvoicingSettings, clock: Clock | None = None) -> FastAPI:
         app.state.ingestor = InvoiceIngestor(host.pool, host.clock, host.topics, settings.overdue_grace_days)
         host.consume("dunning", [host.topics.dunning], {"LateFeeAssessed": each(invoicing.on_late_fee_assessed),
                                                        "InterestAccrued": each(invoicing.on_interest_accrued),
-                                                       "CreditNoteRequested": each(invoicing.on_credit_note_requested)})
+                                                       "CreditNoteRequested": each(invoicing.on_credit_note_requested),
+                                                       "SettlementAccepted": each(invoicing.on_settlement_accepted)})
         host.consume_raw("ingest", [host.topics.ingest],
                          ingest_handler(host.pool, app.state.ingestor, invoicing, f"{host.name}.ingest",
                                         Verifier(host.pool, settings.ingest_signature_tolerance_seconds)))

@@ -33,6 +33,9 @@ from shared.contract.events import (
     PromiseToPayKept,
     PromiseToPayRecorded,
     RiskAssessed,
+    SettlementAccepted,
+    SettlementOffered,
+    SettlementOfferEnded,
 )
 from shared.contract.registry import REGISTRY, UnknownEventType, parse_payload
 from shared.contract.topics import Topics
@@ -43,5 +46,5 @@ __all__ = [
     "LateFeeAssessed", "InterestAccrued", "BalanceConfirmationRequested", "BalanceConfirmed", "BalanceContested", "DisputeOpened", "DisputeResolved", "InvoicePaid", "InvoiceOverdue",
     "NotificationRequested", "NotificationSent", "NotificationFailed", "RiskAssessed",
     "DunningStepExecuted", "CaseEscalatedToLegal", "CreditNoteRequested", "DisputeAgeing", "PaymentPlanAgreed", "PaymentPlanBroken",
-    "PaymentPlanCompleted", "PromiseToPayBroken", "PromiseToPayKept", "PromiseToPayRecorded", "REGISTRY", "UnknownEventType", "parse_payload", "Topics",
+    "PaymentPlanCompleted", "PromiseToPayBroken", "PromiseToPayKept", "PromiseToPayRecorded", "SettlementOffered", "SettlementAccepted", "SettlementOfferEnded", "REGISTRY", "UnknownEventType", "parse_payload", "Topics",
 ]

@@ -35,7 +35,8 @@ PRODUCERS: dict[str, tuple[str, ...]] = {
                   "BalanceConfirmed", "BalanceContested"),
     "dunning": ("NotificationRequested", "DunningStepExecuted", "LateFeeAssessed", "InterestAccrued", "DisputeOpened", "DisputeResolved",
                 "DisputeAgeing", "CreditNoteRequested", "PromiseToPayRecorded", "PromiseToPayKept", "PromiseToPayBroken",
-                "PaymentPlanAgreed", "PaymentPlanBroken", "PaymentPlanCompleted", "CaseEscalatedToLegal"),
+                "PaymentPlanAgreed", "PaymentPlanBroken", "PaymentPlanCompleted", "CaseEscalatedToLegal",
+                "SettlementOffered", "SettlementAccepted", "SettlementOfferEnded"),
     "notifier": ("NotificationSent", "NotificationFailed"),
     "risk": ("RiskAssessed",),
 }

@@ -167,6 +167,14 @@ class Balance(BaseModel):
     balance_minor: int
 
 
+class OfferTerms(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    currency: CurrencyCode
+    pay_minor: int = Field(gt=0)
+    discount_minor: int = Field(gt=0)
+    pay_by: date
+
+
 class NoticeItem(BaseModel):
     model_config = ConfigDict(frozen=True)
     invoice_id: str
@@ -190,6 +198,7 @@ class NotificationRequested(EventPayload):
     requested_at: AwareDatetime
     links: dict[str, str] = Field(default_factory=dict, description="named links the message carries, e.g. confirm")
     balances: list["Balance"] = Field(default_factory=list, description="account balances the message states")
+    offer: "OfferTerms | None" = Field(default=None, description="a settlement offer the message makes")
 
 
 @REGISTRY.register("NotificationSent", 1)
@@ -402,6 +411,48 @@ class PaymentPlanCompleted(EventPayload):
     plan_id: str
     paid_minor: int
     completed_at: AwareDatetime
+
+
+@REGISTRY.register("SettlementOffered", 1)
+class SettlementOffered(EventPayload):
+    """A collector offered a discount for paying the whole overdue amount of a case by a date."""
+
+    offer_id: str
+    case_id: str
+    currency: CurrencyCode
+    invoice_ids: list[str]
+    owed_minor: int = Field(gt=0, description="the overdue amount the offer covers")
+    discount_minor: int = Field(gt=0)
+    pay_minor: int = Field(gt=0, description="what settles it: owed less the discount")
+    pay_by: date
+    offered_by: str
+    offered_at: AwareDatetime
+
+
+@REGISTRY.register("SettlementAccepted", 1)
+class SettlementAccepted(EventPayload):
+    """The customer paid the settlement amount in time. Invoicing credits what the covered
+    invoices still owe (at most the discount), once per offer."""
+
+    offer_id: str
+    case_id: str
+    currency: CurrencyCode
+    paid_minor: int = Field(ge=0)
+    discount_minor: int = Field(gt=0)
+    credit_minor: int = Field(ge=0, description="the credit note to issue: what is still open, at most the discount")
+    invoice_numbers: list[str] = Field(description="the covered invoices the credit is applied to, oldest first")
+    accepted_at: AwareDatetime
+
+
+@REGISTRY.register("SettlementOfferEnded", 1)
+class SettlementOfferEnded(EventPayload):
+    """The offer lapsed unpaid at the end of its pay-by day, or was withdrawn: dunning resumes."""
+
+    offer_id: str
+    case_id: str
+    outcome: Literal["expired", "withdrawn"]
+    paid_minor: int = Field(ge=0)
+    ended_at: AwareDatetime
 
 
 @REGISTRY.register("DunningStepExecuted", 1)

@@ -11,7 +11,8 @@ LANGUAGES: tuple[str, ...] = get_args(Language)
 
 NOTICE_TEMPLATES: dict[str, frozenset[str]] = {
     name: frozenset(LANGUAGES)
-    for name in ("reminder_pre_due", "reminder_due", "reminder_overdue", "final_notice", "balance_confirmation")
+    for name in ("reminder_pre_due", "reminder_due", "reminder_overdue", "final_notice", "balance_confirmation",
+                 "settlement_offer")
 }
 
 # Channels whose step is a message rendered from a template; a collector call is a task and a

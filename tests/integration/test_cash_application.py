@@ -311,3 +311,31 @@ async def test_a_payment_made_while_an_invoice_is_being_issued_pays_it(service, 
     received = await wait_for(lambda: _types(kafka_bootstrap, topics, "PaymentReceived"), message="PaymentReceived")
     assert [a["amount_minor"] for a in received[0].data["allocations"]] == [10_000]  # paid on arrival, not as credit
     await balance_reconciles(app)
+
+
+async def test_a_settlement_accepted_by_dunning_is_credited_once_on_the_invoices_it_names(service, kafka_bootstrap):
+    from shared.contract import SettlementAccepted, new_envelope
+    from shared.kafka import start_producer
+
+    app, http, topics = service
+    await http.post("/v1/invoices/bulk", json={"items": [invoice("A", 10_000), invoice("B", 10_000, due="2026-03-20")]})
+    # the customer paid the settlement amount: 95 % of 200.00 (A in full, B down to 10.00)
+    assert (await http.post("/v1/payments", json=payment("P1", 19_000))).status_code == 201
+    number_b = await app.state.pool.fetchval("SELECT number FROM invoices WHERE external_id = 'B'")
+    when = datetime(2026, 3, 30, tzinfo=timezone.utc)
+    accepted = new_envelope(SettlementAccepted(
+        customer_id="C1", offer_id="0b7a5c1e-0000-4000-8000-000000000001", case_id="case-1", currency="EUR",
+        paid_minor=19_000, discount_minor=1_000, credit_minor=1_000, invoice_numbers=[number_b], accepted_at=when),
+        source="dunning", tenant_id="t1", subject="case-1", time=when)
+    producer = await start_producer(kafka_bootstrap)
+    try:
+        for e in (accepted, accepted):  # redelivered
+            await producer.send_and_wait(topics.dunning, e.model_dump_json().encode(), key=e.key.encode())
+    finally:
+        await producer.stop()
+    issued = await wait_for(lambda: _types(kafka_bootstrap, topics, "CreditNoteIssued"), message="CreditNoteIssued")
+    assert issued[0].data["external_id"] == "settlement:0b7a5c1e-0000-4000-8000-000000000001"
+    assert [(a["amount_minor"], a["invoice_open_minor"]) for a in issued[0].data["allocations"]] == [(1_000, 0)]
+    assert await open_amounts(app) == {"A": (0, "paid"), "B": (0, "paid")}
+    assert await app.state.pool.fetchval("SELECT count(*) FROM payments WHERE kind = 'credit_note'") == 1
+    await balance_reconciles(app)

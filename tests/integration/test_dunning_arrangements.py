@@ -1,4 +1,4 @@
-"""Promises to pay, payment plans and disputes against real PostgreSQL and the broker: each
+"""Promises to pay, payment plans, settlement offers and disputes against real PostgreSQL and the broker: each
 pauses what it covers, is kept or broken by the payments that arrive (or do not), and dunning
 resumes where it was; each decision is made once, however often the timer runs."""
 from __future__ import annotations
@@ -9,13 +9,13 @@ from datetime import date, datetime, timezone
 
 import pytest
 
-from shared.contract import CreditNoteIssued, PaymentReceived
+from shared.contract import CreditNoteIssued, PaymentReceived, RiskAssessed
 from shared.contract.events import Allocation
 from tahsilat.streams import read_events
 from tests.integration.test_dunning import (  # noqa: F401 - the fixture
     INV_A, INV_B, _case_of, _items, _n, dunning, env, issued, requested, send,
 )
-from tests.support import wait_for
+from tests.support import api_key, client, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -339,3 +339,146 @@ async def test_a_claim_that_fails_midway_changes_nothing_and_the_next_one_sends_
 
 async def _true(value: bool) -> bool:
     return value
+
+
+# -- settlement offers ------------------------------------------------------------------------------
+
+SETTLE = """\
+name: settle
+segment: medium
+languages: [en, tr]
+settlement: {max_discount_percent: 5, max_days: 14, min_days_overdue: 7}
+steps:
+  - {name: due, offset_days: 0, channel: email, template: reminder_due}
+  - {name: overdue_7, offset_days: 7, channel: email, template: reminder_overdue}
+  - {name: overdue_14, offset_days: 14, channel: email, template: final_notice}
+"""
+
+
+async def _settle_policy(app, http):
+    async with client(str(http.base_url), await api_key(app, "t1", "admin")) as admin:
+        r = await admin.post("/v1/policies", json={"source": SETTLE, "activate": True})
+        assert r.status_code == 201, r.text
+
+
+async def test_a_settlement_offer_paid_in_time_is_accepted_once_and_its_discount_credited(dunning, kafka_bootstrap):
+    app, http, clock, topics, producer = dunning
+    case = await _setup(dunning)  # A and B, 500.00 each, due 2026-03-10, the standard policy
+    offers = f"/v1/cases/{case['case_id']}/settlement-offers"
+    clock.set(at(date(2026, 3, 20)))  # 10 days overdue: the standard policy offers from 14
+    await wait_for(lambda: _n(requested(kafka_bootstrap, topics), 2), message="overdue_7, email and SMS")
+    r = await http.post(offers, json={"discount_percent": "5", "pay_by": "2026-03-30"})
+    assert r.status_code == 409 and "from 14 days" in r.text, r.text
+    clock.set(at(date(2026, 3, 25)))  # 15 days overdue; final_14 (email and SMS) goes out first
+    await wait_for(lambda: _n(requested(kafka_bootstrap, topics), 4), message="final_14, email and SMS")
+    for body, field in (({"discount_percent": "6", "pay_by": "2026-04-01"}, "above the policy's limit of 5"),
+                        ({"discount_percent": "5", "pay_by": "2026-04-09"}, "more than the policy's 14 days"),
+                        ({"discount_percent": "5", "pay_by": "2026-03-24"}, "has passed"),
+                        ({"discount_percent": "55", "pay_by": "2026-04-01"}, "discount_percent")):
+        r = await http.post(offers, json=body)
+        assert r.status_code == 422 and field in r.text, r.text
+    r = await http.post(offers, json={"discount_percent": "5", "pay_by": "2026-04-01", "note": "agreed on the phone"})
+    assert r.status_code == 201, r.text
+    offer = r.json()
+    assert (offer["owed_minor"], offer["discount_minor"], offer["pay_minor"], offer["status"]) == (
+        100_000, 5_000, 95_000, "open")
+    assert offer["deadline"] == "2026-04-02T00:00:00Z"
+    assert (await http.post(offers, json={"discount_percent": "2", "pay_by": "2026-04-01"})).status_code == 409
+    r = await http.post(f"/v1/cases/{case['case_id']}/promises", json={
+        "amount_minor": 1_000, "promised_date": "2026-03-28", "channel": "phone"})
+    assert r.status_code == 409 and "already under settlement offer" in r.text
+    # the customer is told, in one notice listing what the offer covers
+    async def offer_notices():
+        return [e for e in await requested(kafka_bootstrap, topics) if e.data["template"] == "settlement_offer"]
+    told = await wait_for(lambda: _n(offer_notices(), 1), message="the offer notice")
+    assert told[0].data["offer"] == {"currency": "EUR", "pay_minor": 95_000, "discount_minor": 5_000,
+                                     "pay_by": "2026-04-01"}
+    assert sorted(i["invoice_id"] for i in told[0].data["items"]) == [INV_A, INV_B]
+    # 950.00 paid (A in full, B down to 50.00), and the same payment delivered again
+    paid = env(PaymentReceived(customer_id="C1", payment_id="P1", billing_source="erp", external_id="P1",
+                               currency="EUR", amount_minor=95_000, received_at=at(date(2026, 3, 30)),
+                               allocations=[Allocation(invoice_id=INV_A, amount_minor=50_000, invoice_open_minor=0),
+                                            Allocation(invoice_id=INV_B, amount_minor=45_000, invoice_open_minor=5_000)]),
+               "P1", clock)
+    await send(producer, topics.invoicing, paid, paid)
+    accepted = await wait_for(lambda: _n(events_of(kafka_bootstrap, topics, "SettlementAccepted"), 1),
+                              message="accepted")
+    assert (accepted[0].data["paid_minor"], accepted[0].data["credit_minor"], accepted[0].data["invoice_numbers"]) == (
+        95_000, 5_000, ["N-000b"])
+    for _ in range(3):
+        await app.state.dunning.arrangements.tick()
+    clock.set(at(date(2026, 4, 20)))  # long after: B's 50.00 is the discount, never dunned
+    assert await app.state.dunning.claim_due_steps() == 0
+    assert len(await events_of(kafka_bootstrap, topics, "SettlementAccepted")) == 1
+    assert [(o["status"], o["paid_minor"], o["credit_minor"]) for o in (await http.get("/v1/settlement-offers")).json()] \
+        == [("accepted", 95_000, 5_000)]
+    # invoicing's credit note settles B: the case closes
+    await send(producer, topics.invoicing, env(CreditNoteIssued(
+        customer_id="C1", credit_note_id="CN-1", billing_source="dunning", external_id=f"settlement:{offer['offer_id']}",
+        currency="EUR", amount_minor=5_000, issue_date=date(2026, 4, 2),
+        allocations=[Allocation(invoice_id=INV_B, amount_minor=5_000, invoice_open_minor=0)]), "CN-1", clock))
+    async def closed_cases():
+        return [c for c in (await http.get("/v1/cases", params={"customer_id": "C1"})).json() if c["status"] == "closed"]
+    closed = await wait_for(lambda: _n(closed_cases(), 1), message="the case closed")
+    assert closed[0]["closed_reason"] == "paid"
+    assert await app.state.pool.fetchval("SELECT credit_applied_at IS NOT NULL FROM settlement_offers")
+
+
+async def test_an_offer_unpaid_by_its_day_expires_dunning_resumes_and_one_can_be_withdrawn(dunning, kafka_bootstrap):
+    app, http, clock, topics, producer = dunning
+    await _settle_policy(app, http)
+    case = await _setup(dunning)
+    assert case["items"][0]["policy"] == "settle@1"
+    clock.set(at(date(2026, 3, 17)))  # overdue_7 goes out at 09:00 (the due step is stale by then)
+    await wait_for(lambda: _n(requested(kafka_bootstrap, topics), 1), message="overdue_7")
+    r = await http.post(f"/v1/cases/{case['case_id']}/settlement-offers", json={"discount_percent": "4.5",
+                                                                                "pay_by": "2026-03-26"})
+    assert r.status_code == 201, r.text
+    offer = r.json()
+    assert (offer["discount_minor"], offer["pay_minor"]) == (4_500, 95_500)
+    await wait_for(lambda: _n(requested(kafka_bootstrap, topics), 2), message="the offer notice")
+    # a part payment is not enough; overdue_14 (03-24) falls inside the offer: nothing goes out
+    await send(producer, topics.invoicing, payment("P1", INV_A, 10_000, 40_000, at(date(2026, 3, 20)), clock))
+    await wait_for(lambda: app.state.pool.fetchval("SELECT count(*) = 1 FROM item_payments"), message="payment")
+    clock.set(at(date(2026, 3, 25)))
+    assert await app.state.dunning.claim_due_steps() == 0
+    # the pay-by day ends: expired, told once, and the latest step due goes out
+    clock.set(at(date(2026, 3, 27), 0))
+    ended = await wait_for(lambda: _n(events_of(kafka_bootstrap, topics, "SettlementOfferEnded"), 1), message="expired")
+    assert (ended[0].data["outcome"], ended[0].data["paid_minor"]) == ("expired", 10_000)
+    got = await wait_for(lambda: _n(requested(kafka_bootstrap, topics), 3), message="dunning resumed")
+    assert got[-1].data["step"] == "overdue_14"
+    assert {(i["invoice_id"], i["open_amount_minor"]) for i in got[-1].data["items"]} == {(INV_A, 40_000),
+                                                                                          (INV_B, 50_000)}
+    for _ in range(3):
+        await app.state.dunning.arrangements.tick()
+    assert len(await events_of(kafka_bootstrap, topics, "SettlementOfferEnded")) == 1
+    # a new offer, withdrawn: once
+    r = await http.post(f"/v1/cases/{case['case_id']}/settlement-offers", json={"discount_percent": "5",
+                                                                                "pay_by": "2026-04-03"})
+    assert r.status_code == 201, r.text
+    second = r.json()
+    r = await http.delete(f"/v1/settlement-offers/{second['offer_id']}")
+    assert r.status_code == 200 and r.json()["status"] == "withdrawn", r.text
+    assert (await http.delete(f"/v1/settlement-offers/{second['offer_id']}")).status_code == 409
+    assert (await http.delete(f"/v1/settlement-offers/{INV_A}")).status_code == 404
+    ended = await wait_for(lambda: _n(events_of(kafka_bootstrap, topics, "SettlementOfferEnded"), 2), message="withdrawn")
+    assert [e.data["outcome"] for e in ended] == ["expired", "withdrawn"]
+    assert [o["status"] for o in (await http.get("/v1/settlement-offers", params={"customer_id": "C1"})).json()] == [
+        "expired", "withdrawn"]
+
+
+async def test_a_policy_without_settlement_allows_no_offer(dunning, kafka_bootstrap):
+    app, http, clock, topics, producer = dunning
+    case = await _setup(dunning)
+    await send(producer, topics.risk, env(RiskAssessed(customer_id="C1", score=10, segment="low", factors=[],
+                                                       assessed_at=clock.now()), "C1", clock))
+
+    async def gentle():
+        item = (await _case_of(http, INV_A))["items"][0]
+        return item if item["policy"].startswith("gentle@") else None
+    await wait_for(gentle, message="re-planned on the gentle policy")
+    clock.set(at(date(2026, 4, 20)))
+    r = await http.post(f"/v1/cases/{case['case_id']}/settlement-offers", json={"discount_percent": "1",
+                                                                                "pay_by": "2026-04-21"})
+    assert r.status_code == 409 and "allows no settlement offers" in r.text, r.text

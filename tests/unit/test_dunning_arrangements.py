@@ -24,6 +24,9 @@ from services.dunning.domain.arrangements import (
     promise_outcome,
     resolve_dispute,
     settlement_amount,
+    settlement_credit,
+    settlement_outcome,
+    settlement_terms,
     split_instalments,
 )
 
@@ -642,3 +645,53 @@ def test_dispute_reasons_are_the_seven_codes():
     assert set(DISPUTE_REASONS) == {"price", "quantity", "quality", "not_received", "duplicate",
                                     "already_paid", "other"}
     assert len(DISPUTE_REASONS) == 7
+
+
+# --- settlement terms, outcome and credit -----------------------------------------------------------
+
+_LIMITS = dict(max_percent=Decimal("10"), max_days=14, min_days_overdue=30)
+
+
+def test_settlement_terms_within_the_policy():
+    """12,345.67 overdue at 7.5 %: discount 925.93 (925.925 half up), pays 11,419.74 by a day within 14."""
+    t = settlement_terms(1_234_567, Decimal("7.5"), TODAY + timedelta(days=14), TODAY, 30, **_LIMITS)
+    assert (t.owed_minor, t.discount_minor, t.pay_minor) == (1_234_567, 92_593, 1_141_974)
+    assert t.discount_minor + t.pay_minor == t.owed_minor
+
+
+@pytest.mark.parametrize("percent, pay_by, days_overdue, field, words", [
+    ("12", TODAY + timedelta(days=7), 40, "discount_percent", "above the policy's limit of 10"),
+    ("5", TODAY + timedelta(days=15), 40, "pay_by", "more than the policy's 14 days"),
+    ("5", TODAY - timedelta(days=1), 40, "pay_by", "has passed"),
+    ("5", TODAY + timedelta(days=7), 29, "case_id", "from 30 days"),
+    ("0", TODAY + timedelta(days=7), 40, "discount_percent", "must be positive"),
+])
+def test_settlement_terms_outside_the_policy_are_refused_naming_the_field(percent, pay_by, days_overdue, field, words):
+    with pytest.raises(ArrangementError) as e:
+        settlement_terms(100_000, Decimal(percent), pay_by, TODAY, days_overdue, **_LIMITS)
+    assert e.value.field == field and words in e.value.reason, e.value
+
+
+def test_settlement_terms_refuse_a_discount_that_rounds_to_nothing_and_nothing_owed():
+    with pytest.raises(ArrangementError, match="rounds to nothing"):
+        settlement_terms(4, Decimal("10"), TODAY, TODAY, 40, **_LIMITS)
+    with pytest.raises(ArrangementError, match="nothing is overdue"):
+        settlement_terms(0, Decimal("10"), TODAY, TODAY, 40, **_LIMITS)
+
+
+def test_settlement_outcome_accepted_on_the_last_moment_expired_after():
+    deadline = end_of_day(TODAY, "Europe/Istanbul")
+    assert settlement_outcome(90_000, 89_999, deadline, deadline - US) == "open"
+    assert settlement_outcome(90_000, 90_000, deadline, deadline - US) == "accepted"
+    assert settlement_outcome(90_000, 95_000, deadline, deadline) == "accepted"  # paid in time, decided late
+    assert settlement_outcome(90_000, 89_999, deadline, deadline) == "expired"
+
+
+@pytest.mark.parametrize("discount, still_open, credit", [
+    (10_000, 10_000, 10_000),  # paid exactly the settlement amount: the discount is credited
+    (10_000, 4_000, 4_000),  # paid more than asked: only what is left
+    (10_000, 0, 0),  # paid in full: no credit
+    (10_000, 12_000, 10_000),  # a new charge since: never more than the discount
+])
+def test_settlement_credit_is_what_is_still_open_at_most_the_discount(discount, still_open, credit):
+    assert settlement_credit(discount, still_open) == credit

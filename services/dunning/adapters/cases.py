@@ -15,7 +15,8 @@ from shared.outbox import envelope_select, iso_time
 # When an open item may be dunned again: never while on hold, under an active payment plan or the
 # customer is marked "do not chase"; not before an open dispute covering it stops pausing (an
 # accepted one: until its credit note arrives), nor before the deadline of an open promise
-# covering it. NULL: not paused. (Each lookup is by customer; the FILTER keeps the planner from
+# covering it, nor before the end of the pay-by day of an open settlement offer (an accepted one:
+# until its credit note arrives). NULL: not paused. (Each lookup is by customer; the FILTER keeps the planner from
 # answering max(deadline) by walking the deadline index of every tenant's promises.)
 PAUSED_UNTIL = """GREATEST(
     CASE WHEN i.hold_reason IS NOT NULL OR dc.do_not_chase_reason IS NOT NULL
@@ -26,7 +27,10 @@ PAUSED_UNTIL = """GREATEST(
        AND (d.status = 'open' OR (d.outcome = 'accepted' AND d.credit_applied_at IS NULL))
        AND (d.invoice_id IS NULL OR d.invoice_id = i.invoice_id)),
     (SELECT max(p.deadline) FILTER (WHERE p.deadline IS NOT NULL) FROM promises p WHERE p.tenant_id = i.tenant_id AND p.customer_id = i.customer_id
-       AND p.status = 'open' AND i.invoice_id = ANY(p.invoice_ids)))"""
+       AND p.status = 'open' AND i.invoice_id = ANY(p.invoice_ids)),
+    (SELECT max(CASE WHEN o.status = 'open' THEN o.deadline ELSE o.pause_until END) FROM settlement_offers o
+      WHERE o.tenant_id = i.tenant_id AND o.customer_id = i.customer_id AND i.invoice_id = ANY(o.invoice_ids)
+        AND (o.status = 'open' OR (o.status = 'accepted' AND o.credit_applied_at IS NULL))))"""
 
 # Per open item: its earliest scheduled step, pushed past the item's pause (an item without a
 # scheduled step gives NULL, whatever its pause). The step's index answers min(due_at) directly.
@@ -296,7 +300,7 @@ def _notice_event_sql(payload, data: dict[str, str]) -> str:
 _NOTIFICATION_REQUESTED = _notice_event_sql(NotificationRequested, {
     "customer_id": "x.customer_id", "notification_key": "x.notification_key", "case_id": "x.case_id::text",
     "step": "x.step", "channel": "x.channel", "template": "coalesce(x.template, x.step)", "items": "x.items",
-    "requested_at": "$2::text", "links": "'{}'::json", "balances": "'[]'::json"})
+    "requested_at": "$2::text", "links": "'{}'::json", "balances": "'[]'::json", "offer": "NULL::json"})
 _STEP_EXECUTED = _notice_event_sql(DunningStepExecuted, {
     "customer_id": "x.customer_id", "case_id": "x.case_id::text", "invoice_id": "x.lead_invoice::text",
     "step": "x.step", "channel": "x.channel", "executed_at": "$2::text",

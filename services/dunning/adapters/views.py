@@ -52,7 +52,7 @@ async def disputes(pool: asyncpg.Pool, tenant_id: str, status: str | None) -> li
 
 async def arrangements(pool: asyncpg.Pool, table: str, tenant_id: str, status: str | None,
                        customer_id: str | None) -> list[asyncpg.Record]:
-    assert table in ("promises", "payment_plans")
+    assert table in ("promises", "payment_plans", "settlement_offers")
     return await pool.fetch(
         f"SELECT * FROM {table} WHERE tenant_id = $1 AND ($2::text IS NULL OR status = $2)"
         " AND ($3::text IS NULL OR customer_id = $3) ORDER BY created_at LIMIT 1000", tenant_id, status, customer_id)

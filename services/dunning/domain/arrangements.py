@@ -128,6 +128,47 @@ def settlement_amount(owed_minor: int, discount_percent: Decimal, max_percent: D
     return owed_minor - int(min(discount, limit))
 
 
+@dataclass(frozen=True)
+class SettlementTerms:
+    owed_minor: int
+    discount_minor: int
+    pay_minor: int
+
+
+def settlement_terms(owed_minor: int, discount_percent: Decimal, pay_by: date, today: date, days_overdue: int, *,
+                     max_percent: Decimal, max_days: int, min_days_overdue: int) -> SettlementTerms:
+    """What a settlement offer of `discount_percent` on the `owed_minor` overdue comes to, within
+    the policy's limits: the pay-by day from today to `max_days` ahead, and only once the oldest
+    overdue invoice is `min_days_overdue` late."""
+    if owed_minor <= 0:
+        raise ArrangementError("case_id", "nothing is overdue: there is nothing to settle")
+    if days_overdue < min_days_overdue:
+        raise ArrangementError("case_id", f"the oldest invoice is {days_overdue} days overdue; the policy allows"
+                                          f" settlement offers from {min_days_overdue} days")
+    if pay_by < today:
+        raise ArrangementError("pay_by", f"{pay_by} has passed")
+    if pay_by > today + timedelta(days=max_days):
+        raise ArrangementError("pay_by", f"{pay_by} is more than the policy's {max_days} days away")
+    pay = settlement_amount(owed_minor, discount_percent, max_percent)
+    if pay >= owed_minor:
+        raise ArrangementError("discount_percent", f"{discount_percent} % of {owed_minor} rounds to nothing")
+    return SettlementTerms(owed_minor, owed_minor - pay, pay)
+
+
+def settlement_outcome(pay_minor: int, paid_minor: int, deadline: datetime, now: datetime) -> str:
+    """open | accepted | expired: accepted once the payments made by the end of the pay-by day
+    reach the settlement amount, expired when that day ends first."""
+    if paid_minor >= pay_minor:
+        return "accepted"
+    return "expired" if now >= deadline else "open"
+
+
+def settlement_credit(discount_minor: int, still_open_minor: int) -> int:
+    """The credit note that settles an accepted offer: what the covered invoices still owe, never
+    more than the discount (a customer who paid more owes nothing and gets no more credit)."""
+    return max(0, min(discount_minor, still_open_minor))
+
+
 # -- disputes -----------------------------------------------------------------------------------------
 
 

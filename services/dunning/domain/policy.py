@@ -113,6 +113,21 @@ class Charges(BaseModel):
         return code
 
 
+class Settlement(BaseModel):
+    """Settlement offers a collector may make: a discount for paying the whole overdue amount by a
+    date. Without this section the policy allows none."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    max_discount_percent: Decimal = Field(gt=0, le=50, description="the largest discount, in percent of what is overdue")
+    max_days: int = Field(default=14, ge=1, le=90, description="the pay-by date at most this many days after the offer")
+    min_days_overdue: int = Field(default=0, ge=0, le=3650,
+                                  description="offered only once the oldest overdue invoice is this many days late")
+
+    @field_serializer("max_discount_percent")
+    def _as_written(self, value: Decimal) -> str:
+        return str(value)
+
+
 class PolicySpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -124,6 +139,7 @@ class PolicySpec(BaseModel):
     fee_per: Literal["notice", "invoice"] = Field(
         default="notice", description="a step's fee once per notice, or once per invoice the notice lists")
     charges: Charges | None = None
+    settlement: Settlement | None = None
     steps: list[StepSpec] = Field(min_length=1)
 
     @model_validator(mode="after")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from datetime import date, datetime
+from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
@@ -434,6 +435,66 @@ async def list_promises(principal: Reader, request: Request,
 async def cancel_promise(promise_id: uuid.UUID, principal: Collector, request: Request) -> PromiseOut:
     """Withdraw an open promise (taken by mistake): dunning resumes at once."""
     return PromiseOut.of(await _arrangements(request).cancel_promise(principal.tenant_id, promise_id))
+
+
+class OfferIn(BaseModel):
+    discount_percent: Decimal = Field(gt=0, le=50, max_digits=5, decimal_places=2,
+                                      description="off everything overdue in the case, within the policy's limit")
+    pay_by: date = Field(description="the last day to pay, in the customer's timezone, within the policy's limit")
+    note: SafeText | None = Field(default=None, max_length=1000)
+
+
+class OfferOut(BaseModel):
+    offer_id: str
+    customer_id: str
+    case_id: str
+    currency: str
+    invoice_ids: list[str]
+    owed_minor: int = Field(description="everything overdue the offer covers")
+    discount_percent: Decimal
+    discount_minor: int
+    pay_minor: int = Field(description="what settles it: owed less the discount")
+    pay_by: date
+    deadline: datetime = Field(description="accepted if paid before this, else expired")
+    offered_by: str
+    note: str | None
+    status: str
+    paid_minor: int
+    credit_minor: int | None = Field(description="the credit note invoicing issues once accepted")
+    created_at: datetime
+    resolved_at: datetime | None
+
+    @classmethod
+    def of(cls, r) -> "OfferOut":
+        return cls(**{**{k: r[k] for k in cls.model_fields if k not in ("offer_id", "case_id", "invoice_ids")},
+                      "offer_id": str(r["offer_id"]), "case_id": str(r["case_id"]),
+                      "invoice_ids": [str(i) for i in r["invoice_ids"]]})
+
+
+@router.post("/cases/{case_id}/settlement-offers", response_model=OfferOut, status_code=201, tags=["settlements"])
+async def offer_settlement(case_id: uuid.UUID, body: OfferIn, principal: Collector, request: Request) -> OfferOut:
+    """Offer a discount for paying everything overdue in the case by a date, within the limits of
+    the policy (`settlement` in the policy document). The customer is told by email; the overdue
+    invoices are not dunned until the day ends. Paid in time: accepted, and invoicing credits
+    the discount; otherwise it expires and dunning resumes."""
+    row = await _arrangements(request).offer_settlement(
+        principal.tenant_id, case_id, discount_percent=body.discount_percent, pay_by=body.pay_by,
+        offered_by=principal.key_id, note=body.note)
+    return OfferOut.of(row)
+
+
+@router.get("/settlement-offers", response_model=list[OfferOut], tags=["settlements"])
+async def list_offers(principal: Reader, request: Request,
+                      status: Annotated[str | None, Query(pattern="^(open|accepted|expired|withdrawn)$")] = None,
+                      customer_id: Annotated[str | None, Query(max_length=200)] = None) -> list[OfferOut]:
+    rows = await views.arrangements(request.app.state.pool, "settlement_offers", principal.tenant_id, status, customer_id)
+    return [OfferOut.of(r) for r in rows]
+
+
+@router.delete("/settlement-offers/{offer_id}", response_model=OfferOut, tags=["settlements"])
+async def withdraw_offer(offer_id: uuid.UUID, principal: Collector, request: Request) -> OfferOut:
+    """Withdraw an open offer: dunning resumes at once."""
+    return OfferOut.of(await _arrangements(request).withdraw_offer(principal.tenant_id, offer_id, principal.key_id))
 
 
 class InstalmentIn(BaseModel):

@@ -1,27 +1,29 @@
-"""Promises to pay, payment plans and disputes: what a collector agrees with a customer, and the
+"""Promises to pay, payment plans, settlement offers and disputes: what a collector agrees with a customer, and the
 timer that decides whether it held. Each pauses the invoices it covers (adapters/cases.py,
 PAUSED_UNTIL); when it ends, the cases' timers move and dunning goes on with the latest step due."""
 from __future__ import annotations
 
 import uuid
 from datetime import date, datetime, timedelta
+from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 import asyncpg
 
 from services.dunning.adapters import cases as repo
+from services.dunning.adapters.policy_store import PolicyBook, PolicyRef
 from services.dunning.domain.arrangements import (
     ArrangementError, Instalment, check_instalments, check_promise, end_of_day, plan_state, promise_outcome,
-    resolve_dispute, split_instalments,
+    resolve_dispute, settlement_credit, settlement_outcome, settlement_terms, split_instalments,
 )
 from services.dunning.domain.policy import step_due_at
 from shared.clock import Clock
 from shared.contract import (
     CreditNoteRequested, DisputeAgeing, DisputeOpened, DisputeResolved, Envelope, NotificationRequested,
     PaymentPlanAgreed, PaymentPlanBroken, PaymentPlanCompleted, PromiseToPayBroken, PromiseToPayKept,
-    PromiseToPayRecorded, Topics, new_envelope,
+    PromiseToPayRecorded, SettlementAccepted, SettlementOffered, SettlementOfferEnded, Topics, new_envelope,
 )
-from shared.contract.events import NoticeItem, PlanInstalment
+from shared.contract.events import NoticeItem, OfferTerms, PlanInstalment
 from shared.http import DomainError
 from shared.outbox import add_events
 
@@ -30,6 +32,11 @@ REMIND_DAYS_BEFORE = 3  # an instalment reminder goes out three days before it i
 
 _PAID_SINCE = """(SELECT coalesce(sum(p.amount_minor), 0) FROM item_payments p
                    WHERE p.tenant_id = a.tenant_id AND p.invoice_id = ANY(a.invoice_ids) AND p.recorded_at >= a.created_at)"""
+# A settlement offer counts what was paid by the end of its pay-by day (a payment made on the day
+# but recorded later still counts when it arrives, as long as the offer is open).
+_PAID_IN_TIME = """(SELECT coalesce(sum(p.amount_minor), 0) FROM item_payments p
+                     WHERE p.tenant_id = a.tenant_id AND p.invoice_id = ANY(a.invoice_ids)
+                       AND p.recorded_at >= a.created_at AND p.paid_at < a.deadline)"""
 
 
 def _domain(e: ArrangementError) -> DomainError:
@@ -38,16 +45,19 @@ def _domain(e: ArrangementError) -> DomainError:
 
 class Arrangements:
     def __init__(self, pool: asyncpg.Pool, clock: Clock, topics: Topics, dispute_pause: timedelta,
-                 dispute_alert: timedelta) -> None:
+                 dispute_alert: timedelta, book: PolicyBook | None = None) -> None:
         self.pool, self.clock, self.topics = pool, clock, topics
+        self.book = book or PolicyBook()
         self.dispute_pause, self.dispute_alert = dispute_pause, dispute_alert
 
     def _event(self, payload, tenant_id: str, subject: str, now: datetime, caused_by: Envelope | None = None) -> Envelope:
         return new_envelope(payload, source=SOURCE, tenant_id=tenant_id, subject=subject, time=now, caused_by=caused_by)
 
     async def _case_items(self, conn: asyncpg.Connection, tenant_id: str, case_id: uuid.UUID,
-                          invoice_ids: list[uuid.UUID] | None) -> tuple[asyncpg.Record, list[asyncpg.Record], str]:
-        """The open case (locked) and its open items covered (all when none are named)."""
+                          invoice_ids: list[uuid.UUID] | None, overdue_only: bool = False,
+                          ) -> tuple[asyncpg.Record, list[asyncpg.Record], str]:
+        """The open case (locked) and its open items covered (all when none are named; only those
+        past their due date in the customer's today with `overdue_only`), oldest first."""
         case = await conn.fetchrow(
             "SELECT c.*, coalesce(dc.timezone, 'UTC') AS timezone FROM cases c LEFT JOIN dunning_customers dc"
             " USING (tenant_id, customer_id) WHERE c.tenant_id = $1 AND c.case_id = $2 FOR UPDATE OF c",
@@ -64,17 +74,23 @@ class Arrangements:
             if missing := [str(i) for i in invoice_ids if i not in known]:
                 raise DomainError("invoice_ids", f"not open in this case: {', '.join(missing)}")
             items = [i for i in items if i["invoice_id"] in set(invoice_ids)]
+        if overdue_only:
+            today = self.clock.now().astimezone(ZoneInfo(case["timezone"])).date()
+            items = [i for i in items if i["due_date"] < today]
         covered = await conn.fetch(
             "SELECT 'promise' AS kind, promise_id AS id, invoice_ids FROM promises WHERE tenant_id = $1"
             " AND customer_id = $2 AND status = 'open' UNION ALL SELECT 'payment plan', plan_id, invoice_ids"
-            " FROM payment_plans WHERE tenant_id = $1 AND customer_id = $2 AND status = 'active'",
+            " FROM payment_plans WHERE tenant_id = $1 AND customer_id = $2 AND status = 'active'"
+            " UNION ALL SELECT 'settlement offer', offer_id, invoice_ids FROM settlement_offers WHERE tenant_id = $1"
+            " AND customer_id = $2 AND status = 'open'",
             tenant_id, case["customer_id"])
         for c in covered:
             if overlap := {i["invoice_id"] for i in items} & set(c["invoice_ids"]):
                 raise DomainError("invoice_ids", f"{sorted(map(str, overlap))[0]} is already under {c['kind']} {c['id']}",
                                   409)
         if not items:
-            raise DomainError("invoice_ids", "nothing open to cover")
+            raise DomainError("invoice_ids", "nothing overdue to settle" if overdue_only else "nothing open to cover",
+                              409 if overdue_only else 422)
         return case, items, case["timezone"]
 
     # -- promises ---------------------------------------------------------------------------------
@@ -230,11 +246,127 @@ class Arrangements:
             await add_events(conn, self.topics.dunning, events)
             return updated
 
+    # -- settlement offers ---------------------------------------------------------------------------
+
+    async def offer_settlement(self, tenant_id: str, case_id: uuid.UUID, *, discount_percent: Decimal, pay_by: date,
+                               offered_by: str, note: str | None) -> asyncpg.Record:
+        """A discount for paying everything overdue in the case by `pay_by`, within the limits of
+        the policy of its oldest overdue invoice. Those invoices are not dunned until the pay-by
+        day ends, and the customer is told by email (SettlementOffered, NotificationRequested)."""
+        now = self.clock.now()
+        async with self.pool.acquire() as conn, conn.transaction():
+            case, items, timezone = await self._case_items(conn, tenant_id, case_id, None, overdue_only=True)
+            today = now.astimezone(ZoneInfo(timezone)).date()
+            lead = items[0]
+            ref = PolicyRef(lead["policy_tenant"], lead["policy_name"], lead["policy_version"])
+            limits = (await self.book.spec(conn, ref)).settlement
+            if limits is None:
+                raise DomainError("case_id", f"the policy {ref.name}@{ref.version} of its oldest overdue invoice allows"
+                                             " no settlement offers", 409)
+            try:
+                terms = settlement_terms(sum(i["open_minor"] for i in items), discount_percent, pay_by, today,
+                                         (today - lead["due_date"]).days, max_percent=limits.max_discount_percent,
+                                         max_days=limits.max_days, min_days_overdue=limits.min_days_overdue)
+            except ArrangementError as e:
+                raise DomainError(e.field, e.reason, 409 if e.field == "case_id" else 422) from None
+            offer_id = uuid.uuid4()
+            row = await conn.fetchrow(
+                "INSERT INTO settlement_offers (tenant_id, offer_id, customer_id, case_id, currency, invoice_ids,"
+                " owed_minor, discount_percent, discount_minor, pay_minor, pay_by, deadline, offered_by, note, created_at)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) RETURNING *",
+                tenant_id, offer_id, case["customer_id"], case_id, case["currency"], [i["invoice_id"] for i in items],
+                terms.owed_minor, discount_percent, terms.discount_minor, terms.pay_minor, pay_by,
+                end_of_day(pay_by, timezone), offered_by, note, now)
+            await repo.refresh(conn, [(tenant_id, case_id)], now)
+            invoice_ids = [str(i["invoice_id"]) for i in items]
+            await add_events(conn, self.topics.dunning, [
+                self._event(SettlementOffered(
+                    customer_id=case["customer_id"], offer_id=str(offer_id), case_id=str(case_id),
+                    currency=case["currency"], invoice_ids=invoice_ids, owed_minor=terms.owed_minor,
+                    discount_minor=terms.discount_minor, pay_minor=terms.pay_minor, pay_by=pay_by,
+                    offered_by=offered_by, offered_at=now), tenant_id, str(case_id), now),
+                self._event(NotificationRequested(
+                    customer_id=case["customer_id"], notification_key=f"settlement:{offer_id}:email",
+                    case_id=str(case_id), step="settlement_offer", channel="email", template="settlement_offer",
+                    requested_at=now,
+                    items=[NoticeItem(invoice_id=str(i["invoice_id"]), number=i["number"], currency=i["currency"],
+                                      open_amount_minor=i["open_minor"], due_date=i["due_date"]) for i in items],
+                    offer=OfferTerms(currency=case["currency"], pay_minor=terms.pay_minor,
+                                     discount_minor=terms.discount_minor, pay_by=pay_by)),
+                    tenant_id, str(case_id), now),
+            ])
+            return row
+
+    async def withdraw_offer(self, tenant_id: str, offer_id: uuid.UUID, by: str) -> asyncpg.Record:
+        """An open offer is withdrawn (made by mistake, or the terms changed): dunning resumes."""
+        now = self.clock.now()
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                "UPDATE settlement_offers SET status = 'withdrawn', resolved_at = $3, resolved_by = $4"
+                " WHERE tenant_id = $1 AND offer_id = $2 AND status = 'open' RETURNING *", tenant_id, offer_id, now, by)
+            if row is None:
+                status = await conn.fetchval("SELECT status FROM settlement_offers WHERE tenant_id = $1 AND offer_id = $2",
+                                             tenant_id, offer_id)
+                if status is None:
+                    raise DomainError("offer_id", f"no settlement offer {offer_id} in this tenant", 404)
+                raise DomainError("offer_id", f"the offer is already {status}", 409)
+            await repo.refresh_customer(conn, tenant_id, row["customer_id"], now)
+            await add_events(conn, self.topics.dunning, [self._event(SettlementOfferEnded(
+                customer_id=row["customer_id"], offer_id=str(offer_id), case_id=str(row["case_id"]), outcome="withdrawn",
+                paid_minor=0, ended_at=now), tenant_id, str(row["case_id"]), now)])
+            return row
+
+    async def _settle(self, conn: asyncpg.Connection, offers: list[asyncpg.Record], now: datetime) -> int:
+        """Open offers (locked) with what was paid in time: accepted once that reaches the
+        settlement amount (invoicing credits what is still open, at most the discount), expired
+        when the pay-by day has ended first."""
+        events: list[Envelope] = []
+        touched: set[tuple[str, str]] = set()
+        for o in offers:
+            outcome = settlement_outcome(o["pay_minor"], o["paid"], o["deadline"], now)
+            if outcome == "open":
+                continue
+            touched.add((o["tenant_id"], o["customer_id"]))
+            if outcome == "expired":
+                await conn.execute(
+                    "UPDATE settlement_offers SET status = 'expired', paid_minor = $3, resolved_at = $4"
+                    " WHERE tenant_id = $1 AND offer_id = $2", o["tenant_id"], o["offer_id"], o["paid"], now)
+                events.append(self._event(SettlementOfferEnded(
+                    customer_id=o["customer_id"], offer_id=str(o["offer_id"]), case_id=str(o["case_id"]),
+                    outcome="expired", paid_minor=o["paid"], ended_at=now), o["tenant_id"], str(o["case_id"]), now))
+                continue
+            still = await conn.fetch(
+                "SELECT number, open_minor FROM case_items WHERE tenant_id = $1 AND invoice_id = ANY($2::uuid[])"
+                " AND status = 'open' AND open_minor > 0 ORDER BY due_date, number", o["tenant_id"], o["invoice_ids"])
+            credit = settlement_credit(o["discount_minor"], sum(r["open_minor"] for r in still))
+            # until the credit note arrives the invoices stay paused: the discount is not dunned
+            await conn.execute(
+                "UPDATE settlement_offers SET status = 'accepted', paid_minor = $3, credit_minor = $4::bigint,"
+                " resolved_at = $5, pause_until = CASE WHEN $4::bigint > 0 THEN $6::timestamptz END,"
+                " credit_applied_at = CASE WHEN $4::bigint = 0 THEN $5::timestamptz END"
+                " WHERE tenant_id = $1 AND offer_id = $2",
+                o["tenant_id"], o["offer_id"], o["paid"], credit, now, now + self.dispute_pause)
+            events.append(self._event(SettlementAccepted(
+                customer_id=o["customer_id"], offer_id=str(o["offer_id"]), case_id=str(o["case_id"]),
+                currency=o["currency"], paid_minor=o["paid"], discount_minor=o["discount_minor"], credit_minor=credit,
+                invoice_numbers=[r["number"] for r in still], accepted_at=now), o["tenant_id"], str(o["case_id"]), now))
+        for tenant_id, customer_id in sorted(touched):
+            await repo.refresh_customer(conn, tenant_id, customer_id, now)
+        await add_events(conn, self.topics.dunning, events)
+        return len(events)
+
     # -- payments and the arrangements timer ---------------------------------------------------------
 
     async def on_credit_notes(self, conn: asyncpg.Connection, requests: list[tuple[str, str]], now: datetime) -> None:
-        """Credit notes invoicing issued for accepted disputes ((tenant, request id) = "dispute:<id>"):
-        what the dispute still held back is dunned again, for whatever the credit left open."""
+        """Credit notes invoicing issued for accepted disputes and settlements ((tenant, request id)
+        = "dispute:<id>" or "settlement:<id>"): what they still held back is dunned again, for
+        whatever the credit left open."""
+        offers = [(t, uuid.UUID(r.removeprefix("settlement:"))) for t, r in requests if r.startswith("settlement:")]
+        if offers:
+            await conn.execute(
+                "UPDATE settlement_offers o SET credit_applied_at = $3 FROM unnest($1::text[], $2::uuid[])"
+                " AS k(tenant_id, offer_id) WHERE o.tenant_id = k.tenant_id AND o.offer_id = k.offer_id"
+                " AND o.credit_applied_at IS NULL", [o[0] for o in offers], [o[1] for o in offers], now)
         disputes = [(t, uuid.UUID(r.removeprefix("dispute:"))) for t, r in requests if r.startswith("dispute:")]
         if disputes:
             await conn.execute(
@@ -258,10 +390,15 @@ class Arrangements:
             " customer_id) USING (tenant_id, customer_id) WHERE a.status = 'active' ORDER BY a.tenant_id, a.plan_id"
             " FOR UPDATE OF a", tenants, ids)
         await self._decide(conn, promises, plans, now, at_deadline=False)
+        offers = await conn.fetch(
+            f"SELECT a.*, {_PAID_IN_TIME} AS paid FROM settlement_offers a JOIN unnest($1::text[], $2::text[])"
+            " AS k(tenant_id, customer_id) USING (tenant_id, customer_id) WHERE a.status = 'open'"
+            " ORDER BY a.tenant_id, a.offer_id FOR UPDATE OF a", tenants, ids)
+        await self._settle(conn, offers, now)
 
     async def tick(self, limit: int = 200) -> int:
-        """Promises and instalments whose deadline passed, instalment reminders, disputes open too
-        long: each claimed with SKIP LOCKED, decided once."""
+        """Promises, instalments and settlement offers whose deadline passed, instalment reminders,
+        disputes open too long: each claimed with SKIP LOCKED, decided once."""
         now = self.clock.now()
         async with self.pool.acquire() as conn, conn.transaction():
             promises = await conn.fetch(
@@ -271,6 +408,9 @@ class Arrangements:
                 f"SELECT a.*, {_PAID_SINCE} AS paid FROM payment_plans a WHERE a.status = 'active'"
                 " AND a.next_check_at <= $1 ORDER BY a.next_check_at LIMIT $2 FOR UPDATE SKIP LOCKED", now, limit)
             done = await self._decide(conn, promises, plans, now, at_deadline=True)
+            done += await self._settle(conn, await conn.fetch(
+                f"SELECT a.*, {_PAID_IN_TIME} AS paid FROM settlement_offers a WHERE a.status = 'open'"
+                " AND a.deadline <= $1 ORDER BY a.deadline LIMIT $2 FOR UPDATE SKIP LOCKED", now, limit), now)
             done += await self._remind_instalments(conn, now, limit)
             done += await self._alert_disputes(conn, now, limit)
             return done
@@ -280,7 +420,8 @@ class Arrangements:
             "SELECT least((SELECT min(deadline) FROM promises WHERE status = 'open'),"
             " (SELECT min(next_check_at) FROM payment_plans WHERE status = 'active'),"
             " (SELECT min(remind_at) FROM plan_instalments WHERE reminded_at IS NULL),"
-            " (SELECT min(opened_at) + $1::interval FROM disputes WHERE status = 'open' AND alerted_at IS NULL))",
+            " (SELECT min(opened_at) + $1::interval FROM disputes WHERE status = 'open' AND alerted_at IS NULL),"
+            " (SELECT min(deadline) FROM settlement_offers WHERE status = 'open'))",
             self.dispute_alert)
 
     async def _decide(self, conn: asyncpg.Connection, promises, plans, now: datetime, at_deadline: bool) -> int:

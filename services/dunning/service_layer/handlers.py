@@ -43,7 +43,8 @@ class Dunning:
         self.pool, self.clock, self.topics = pool, clock, topics
         self.dispute_pause = timedelta(days=dispute_pause_days)
         self.book = book or PolicyBook()
-        self.arrangements = Arrangements(pool, clock, topics, self.dispute_pause, timedelta(days=dispute_alert_days))
+        self.arrangements = Arrangements(pool, clock, topics, self.dispute_pause, timedelta(days=dispute_alert_days),
+                                         self.book)
 
     def handlers(self) -> dict[str, Handler]:
         """Set-based handlers for what arrives in volume; one at a time for the rare kinds."""
@@ -220,7 +221,8 @@ class Dunning:
         now = self.clock.now()
         await self.arrangements.on_credit_notes(conn, [
             (e.envelope.tenant_id, e.payload.external_id) for e in events
-            if e.envelope.type == "CreditNoteIssued" and e.payload.external_id.startswith("dispute:")], now)
+            if e.envelope.type == "CreditNoteIssued" and e.payload.external_id.startswith(("dispute:", "settlement:"))],
+            now)
         await self._record_payments(conn, [
             (e.envelope.tenant_id, uuid.UUID(a.invoice_id), self._payment_ref(e.payload), a.amount_minor,
              self._paid_at(e), now) for e in events for a in e.payload.allocations])

@@ -14,7 +14,7 @@ from services.invoicing.service_layer.ingest import stable_id
 from services.invoicing.service_layer.sources import require_right
 from shared.clock import Clock
 from shared.contract import (
-    CreditNoteIssued, CreditNoteRequested, Envelope, InterestAccrued, InvoiceOverdue, LateFeeAssessed, PaymentReceived, Topics, new_envelope,
+    CreditNoteIssued, CreditNoteRequested, Envelope, SettlementAccepted, InterestAccrued, InvoiceOverdue, LateFeeAssessed, PaymentReceived, Topics, new_envelope,
 )
 from shared.contract.events import Allocation
 from shared.http import DomainError
@@ -152,14 +152,26 @@ class Invoicing:
     async def on_credit_note_requested(self, conn: asyncpg.Connection, env: Envelope, p: CreditNoteRequested) -> None:
         """A collector accepted a dispute: the credit note is issued here (source `dunning`, once
         per request) and applied to the disputed invoice, else oldest first (CreditNoteIssued)."""
+        await self._dunning_credit_note(conn, env.tenant_id, p.request_id, p.customer_id, p.currency, p.amount_minor,
+                                        [p.invoice_number] if p.invoice_number else [], p.reason)
+
+    async def on_settlement_accepted(self, conn: asyncpg.Connection, env: Envelope, p: SettlementAccepted) -> None:
+        """A customer paid a settlement offer in time: the discount (what the covered invoices still
+        owe, at most the discount) is credited to them, once per offer."""
+        if p.credit_minor > 0:
+            await self._dunning_credit_note(conn, env.tenant_id, f"settlement:{p.offer_id}", p.customer_id, p.currency,
+                                            p.credit_minor, p.invoice_numbers, f"settlement discount (offer {p.offer_id})")
+
+    async def _dunning_credit_note(self, conn: asyncpg.Connection, tenant_id: str, request_id: str, customer_id: str,
+                                   currency: str, amount_minor: int, invoice_numbers: list[str], reason: str) -> None:
+        """Issue and apply a credit note dunning asked for; `request_id` makes it once."""
         now = self.clock.now()
-        note_id = stable_id(env.tenant_id, "dunning", "credit_note", p.request_id)
-        await repo.lock_receipt_key(conn, env.tenant_id, "dunning", "credit_note", p.request_id)
-        if await conn.fetchval("SELECT 1 FROM payments WHERE tenant_id = $1 AND payment_id = $2", env.tenant_id, note_id):
+        note_id = stable_id(tenant_id, "dunning", "credit_note", request_id)
+        await repo.lock_receipt_key(conn, tenant_id, "dunning", "credit_note", request_id)
+        if await conn.fetchval("SELECT 1 FROM payments WHERE tenant_id = $1 AND payment_id = $2", tenant_id, note_id):
             return
-        events, _ = await self._receive(conn, env.tenant_id, "dunning", "credit_note", note_id, p.request_id,
-                                        p.customer_id, p.currency, p.amount_minor, now,
-                                        [p.invoice_number] if p.invoice_number else [], p.reason, now)
+        events, _ = await self._receive(conn, tenant_id, "dunning", "credit_note", note_id, request_id, customer_id,
+                                        currency, amount_minor, now, invoice_numbers, reason, now)
         await add_events(conn, self.topics.invoicing, events)
 
     async def _book_charge(self, conn: asyncpg.Connection, env: Envelope, customer_id: str, kind: str, charge_key: str, currency: str,

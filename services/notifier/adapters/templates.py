@@ -41,7 +41,7 @@ def messages(language: str) -> dict:
 
 
 def _context(template: str, language: str, name: str, items: list[dict], unsubscribe_url: str,
-             links: dict[str, str] | None = None, balances: list[dict] | None = None) -> dict:
+             links: dict[str, str] | None = None, balances: list[dict] | None = None, offer: dict | None = None) -> dict:
     language = language if language in LANGUAGES else "en"
     m = messages(language)
     if template not in m:
@@ -65,12 +65,17 @@ def _context(template: str, language: str, name: str, items: list[dict], unsubsc
         "links": {k: v for k, v in (links or {}).items() if k in m},
         "balances": [{"currency": b["currency"], "amount": format_money(b["balance_minor"], b["currency"], language)}
                      for b in balances or []],
+        "offer": {"pay": format_money(offer["pay_minor"], offer["currency"], language),
+                  "discount": format_money(offer["discount_minor"], offer["currency"], language),
+                  "pay_by": format_date(date.fromisoformat(str(offer["pay_by"])), format="medium", locale=language)}
+                 if offer else None,
     }
 
 
 def render_email(template: str, language: str, name: str, items: list[dict], unsubscribe_url: str,
-                 links: dict[str, str] | None = None, balances: list[dict] | None = None) -> RenderedEmail:
-    ctx = _context(template, language, name, items, unsubscribe_url, links, balances)
+                 links: dict[str, str] | None = None, balances: list[dict] | None = None,
+                 offer: dict | None = None) -> RenderedEmail:
+    ctx = _context(template, language, name, items, unsubscribe_url, links, balances, offer)
     env = _env()
     return RenderedEmail(
         subject=ctx["subject"],
@@ -79,6 +84,6 @@ def render_email(template: str, language: str, name: str, items: list[dict], uns
     )
 
 
-def render_sms(template: str, language: str, name: str, items: list[dict]) -> str:
-    ctx = _context(template, language, name, items, "")
+def render_sms(template: str, language: str, name: str, items: list[dict], offer: dict | None = None) -> str:
+    ctx = _context(template, language, name, items, "", offer=offer)
     return " ".join(_env().get_template("sms.txt.j2").render(ctx).split())

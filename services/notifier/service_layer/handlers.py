@@ -72,16 +72,17 @@ class Notifier:
         ps: list[NotificationRequested] = [e.payload for e in events]
         await conn.execute(
             """INSERT INTO notifications (tenant_id, notification_key, customer_id, case_id, step, channel, template,
-                 items, send_after, requested_at, links, balances)
-               SELECT t, k, c, cs, st, ch, tp, i::jsonb, r, r, l::jsonb, b::jsonb
+                 items, send_after, requested_at, links, balances, offer)
+               SELECT t, k, c, cs, st, ch, tp, i::jsonb, r, r, l::jsonb, b::jsonb, o::jsonb
                FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-                           $8::text[], $9::timestamptz[], $10::text[], $11::text[])
-                 WITH ORDINALITY AS u(t, k, c, cs, st, ch, tp, i, r, l, b, n)
+                           $8::text[], $9::timestamptz[], $10::text[], $11::text[], $12::text[])
+                 WITH ORDINALITY AS u(t, k, c, cs, st, ch, tp, i, r, l, b, o, n)
                ORDER BY n ON CONFLICT DO NOTHING""",
             [e.envelope.tenant_id for e in events], [p.notification_key for p in ps], [p.customer_id for p in ps],
             [p.case_id for p in ps], [p.step for p in ps], [p.channel for p in ps], [p.template for p in ps],
             [json.dumps([i.model_dump(mode="json") for i in p.items]) for p in ps], [p.requested_at for p in ps],
             [json.dumps(p.links) for p in ps], [json.dumps([b.model_dump(mode="json") for b in p.balances]) for p in ps],
+            [p.offer.model_dump_json() if p.offer else None for p in ps],
         )
 
     def unsubscribe_url(self, token: str) -> str:
@@ -200,11 +201,12 @@ class Notifier:
         try:
             if channel == "email":
                 url = self.unsubscribe_url(r["unsubscribe_token"])
-                rendered = render_email(r["template"], language, r["name"], r["items"], url, r["links"], r["balances"])
+                rendered = render_email(r["template"], language, r["name"], r["items"], url, r["links"], r["balances"],
+                                        r["offer"])
                 provider_id = await self.email.send(to=r["email"], email=rendered, language=language, key=key,
                                                     unsubscribe_url=url)
             else:
-                text = render_sms(r["template"], language, r["name"], r["items"])
+                text = render_sms(r["template"], language, r["name"], r["items"], r["offer"])
                 provider_id = await self.sms.send(to=r["phone"], text=text, key=key)
         except DeliveryError as exc:
             return self._failure(r, now, str(exc))
