@@ -34,26 +34,25 @@ PAUSED_UNTIL = """GREATEST(
 
 # Per open item: its earliest scheduled step, pushed past the item's pause (an item without a
 # scheduled step gives NULL, whatever its pause). The step's index answers min(due_at) directly.
-# Items are looked up per key in a LATERAL subquery behind OFFSET 0 (which the planner cannot
-# flatten): without statistics (a young database, a burst of invoices) it otherwise hashed every
-# open item of the database for a batch of a few hundred.
+# Items are looked up per key, in LATERAL subqueries the planner cannot flatten (an aggregate per
+# case; behind OFFSET 0 per invoice): without statistics (a young database, a burst of invoices)
+# it otherwise hashed every open item of the database for a batch of a few hundred, or computed
+# the per-case minimum again for every case it was joined to.
 _ITEM_DUE = f"""CASE WHEN nx.due_at IS NOT NULL THEN GREATEST(nx.due_at, {PAUSED_UNTIL}) END"""
 _ITEM_JOINS = """LEFT JOIN dunning_customers dc ON dc.tenant_id = i.tenant_id AND dc.customer_id = i.customer_id
   CROSS JOIN LATERAL (SELECT min(s.due_at) AS due_at FROM item_steps s WHERE s.tenant_id = i.tenant_id
                         AND s.invoice_id = i.invoice_id AND s.round = i.round AND s.status = 'scheduled') nx"""
 
 _REFRESH = f"""
-WITH k AS (SELECT tenant_id, case_id, sum(n) AS n FROM unnest($1::text[], $2::uuid[], $4::int[]) AS k(tenant_id, case_id, n)
-           GROUP BY tenant_id, case_id),
-item AS (
-    SELECT i.tenant_id, i.case_id, {_ITEM_DUE} AS due
-    FROM k CROSS JOIN LATERAL (SELECT * FROM case_items i WHERE i.tenant_id = k.tenant_id AND i.case_id = k.case_id
-                               AND i.status = 'open' OFFSET 0) i
-    {_ITEM_JOINS}),
-state AS (
-    SELECT k.tenant_id, k.case_id, k.n, agg.next_due_at, agg.case_id IS NOT NULL AS has_open
-    FROM k LEFT JOIN (SELECT tenant_id, case_id, min(due) AS next_due_at FROM item GROUP BY tenant_id, case_id) agg
-      ON agg.tenant_id = k.tenant_id AND agg.case_id = k.case_id)
+WITH k AS MATERIALIZED (
+    SELECT tenant_id, case_id, sum(n) AS n FROM unnest($1::text[], $2::uuid[], $4::int[]) AS k(tenant_id, case_id, n)
+    GROUP BY tenant_id, case_id),
+state AS MATERIALIZED (
+    SELECT k.tenant_id, k.case_id, k.n, a.next_due_at, a.open_items > 0 AS has_open
+    FROM k CROSS JOIN LATERAL (
+        SELECT min({_ITEM_DUE}) AS next_due_at, count(*) AS open_items
+        FROM case_items i {_ITEM_JOINS}
+        WHERE i.tenant_id = k.tenant_id AND i.case_id = k.case_id AND i.status = 'open') a)
 UPDATE cases c SET next_due_at = state.next_due_at, notices = c.notices + state.n,
   status = CASE WHEN c.status = 'open' AND NOT state.has_open THEN 'closed' ELSE c.status END,
   closed_reason = CASE WHEN c.status = 'open' AND NOT state.has_open
@@ -67,7 +66,7 @@ FROM state WHERE c.tenant_id = state.tenant_id AND c.case_id = state.case_id"""
 # are open, being new: no status condition, which would tempt the planner into a partial index
 # of open items by tenant.
 _ADVANCE = f"""
-WITH item AS (
+WITH item AS MATERIALIZED (
     SELECT i.tenant_id, i.case_id, {_ITEM_DUE} AS due
     FROM unnest($1::text[], $2::uuid[]) AS k(tenant_id, invoice_id)
     CROSS JOIN LATERAL (SELECT * FROM case_items i WHERE i.tenant_id = k.tenant_id AND i.invoice_id = k.invoice_id
