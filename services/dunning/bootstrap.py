@@ -33,7 +33,7 @@ def build(settings: DunningSettings, clock: Clock | None = None) -> FastAPI:
                     await dunning.replan(conn, tenants=["*"])
 
         host.on_start(load_policies)
-        host.consume("events", [host.topics.invoicing, host.topics.risk], dunning.handlers())
+        host.consume("events", [host.topics.invoicing, host.topics.risk, host.topics.notifier], dunning.handlers())
         host.every("steps", lambda: dunning.claim_due_steps(settings.step_batch_size), wake_on="dunning_steps",
                    next_due=dunning.next_step_due)
         host.every("arrangements", dunning.arrangements.tick, next_due=dunning.arrangements.next_due)

@@ -5,6 +5,7 @@ from shared.contract.events import (
     BalanceConfirmed,
     BalanceContested,
     CaseEscalatedToLegal,
+    CollectorTaskCreated,
     CreditApplied,
     CreditNoteIssued,
     CreditNoteRequested,
@@ -45,6 +46,6 @@ __all__ = [
     "InvoiceIssued", "InvoiceAdjusted", "InvoiceCancelled", "PaymentReceived", "PaymentReversed", "CreditApplied", "CreditNoteIssued",
     "LateFeeAssessed", "InterestAccrued", "BalanceConfirmationRequested", "BalanceConfirmed", "BalanceContested", "DisputeOpened", "DisputeResolved", "InvoicePaid", "InvoiceOverdue",
     "NotificationRequested", "NotificationSent", "NotificationFailed", "RiskAssessed",
-    "DunningStepExecuted", "CaseEscalatedToLegal", "CreditNoteRequested", "DisputeAgeing", "PaymentPlanAgreed", "PaymentPlanBroken",
+    "DunningStepExecuted", "CaseEscalatedToLegal", "CollectorTaskCreated", "CreditNoteRequested", "DisputeAgeing", "PaymentPlanAgreed", "PaymentPlanBroken",
     "PaymentPlanCompleted", "PromiseToPayBroken", "PromiseToPayKept", "PromiseToPayRecorded", "SettlementOffered", "SettlementAccepted", "SettlementOfferEnded", "REGISTRY", "UnknownEventType", "parse_payload", "Topics",
 ]

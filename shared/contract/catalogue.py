@@ -36,7 +36,7 @@ PRODUCERS: dict[str, tuple[str, ...]] = {
     "dunning": ("NotificationRequested", "DunningStepExecuted", "LateFeeAssessed", "InterestAccrued", "DisputeOpened", "DisputeResolved",
                 "DisputeAgeing", "CreditNoteRequested", "PromiseToPayRecorded", "PromiseToPayKept", "PromiseToPayBroken",
                 "PaymentPlanAgreed", "PaymentPlanBroken", "PaymentPlanCompleted", "CaseEscalatedToLegal",
-                "SettlementOffered", "SettlementAccepted", "SettlementOfferEnded"),
+                "SettlementOffered", "SettlementAccepted", "SettlementOfferEnded", "CollectorTaskCreated"),
     "notifier": ("NotificationSent", "NotificationFailed"),
     "risk": ("RiskAssessed",),
 }

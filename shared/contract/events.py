@@ -455,6 +455,24 @@ class SettlementOfferEnded(EventPayload):
     ended_at: AwareDatetime
 
 
+@REGISTRY.register("CollectorTaskCreated", 1)
+class CollectorTaskCreated(EventPayload):
+    """Work for a person: a call or letter step fell due, or a notice could not be delivered."""
+
+    task_id: str
+    case_id: str
+    kind: Literal["call", "letter", "contact_failed"]
+    step: str
+    reason: str | None = Field(default=None, description="contact_failed: why the notifier could not deliver")
+    notification_key: str = Field(description="the step's notice (contact_failed: the one that failed)")
+    currency: CurrencyCode
+    overdue_minor: int = Field(ge=0)
+    days_overdue: int
+    priority: int = Field(ge=0, description="what is owed (major units) x days overdue")
+    invoice_ids: list[str]
+    due_at: AwareDatetime
+
+
 @REGISTRY.register("DunningStepExecuted", 1)
 class DunningStepExecuted(EventPayload):
     case_id: str

@@ -320,6 +320,7 @@ SAMPLE_BODIES = {  # a valid body for each operation with an id that takes one: 
     ("POST", "/v1/cases/{case_id}/promises"): {"amount_minor": 100, "promised_date": "2030-01-01", "channel": "phone"},
     ("POST", "/v1/cases/{case_id}/payment-plans"): {"count": 2, "first_due": "2030-01-01"},
     ("POST", "/v1/cases/{case_id}/settlement-offers"): {"discount_percent": "1", "pay_by": "2030-01-01"},
+    ("POST", "/v1/tasks/{task_id}/done"): {"outcome": "reached"},
     ("PUT", "/v1/policies/{name}"): {"source": "name: erp\nsegment: medium\nlanguages: [en]\nsteps:\n"
                                                "  - {name: due, offset_days: 0, channel: email, template: reminder_due}\n"},
 }
@@ -369,7 +370,8 @@ async def test_no_key_of_another_tenant_or_source_reaches_an_id_it_does_not_own(
         ids = {"invoice_id": invoice_id, "customer_id": "M1", "case_id": cases[0]["case_id"],
                "dispute_id": disputes[0]["dispute_id"], "name": "erp",
                "secret_id": erp["ingest_secret"]["secret_id"], "row_id": "1", "version": "1",
-               "promise_id": str(uuid.uuid4()), "plan_id": str(uuid.uuid4()), "offer_id": str(uuid.uuid4())}
+               "promise_id": str(uuid.uuid4()), "plan_id": str(uuid.uuid4()), "offer_id": str(uuid.uuid4()),
+               "task_id": str(uuid.uuid4())}
 
         async def seen_by_owner() -> list:
             reads = [f"{inv}/v1/invoices/{invoice_id}", f"{inv}/v1/customers/M1/statement", f"{inv}/v1/billing-sources",

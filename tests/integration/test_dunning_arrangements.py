@@ -9,7 +9,7 @@ from datetime import date, datetime, timezone
 
 import pytest
 
-from shared.contract import CreditNoteIssued, PaymentReceived, RiskAssessed
+from shared.contract import CreditNoteIssued, PaymentReceived, RiskAssessed, new_envelope
 from shared.contract.events import Allocation
 from tahsilat.streams import read_events
 from tests.integration.test_dunning import (  # noqa: F401 - the fixture
@@ -482,3 +482,77 @@ async def test_a_policy_without_settlement_allows_no_offer(dunning, kafka_bootst
     r = await http.post(f"/v1/cases/{case['case_id']}/settlement-offers", json={"discount_percent": "1",
                                                                                 "pay_by": "2026-04-21"})
     assert r.status_code == 409 and "allows no settlement offers" in r.text, r.text
+
+
+# -- collector tasks ----------------------------------------------------------------------------------
+
+WITH_CALLS = """\
+name: calls
+segment: medium
+languages: [en]
+steps:
+  - {name: due, offset_days: 0, channel: email, template: reminder_due}
+  - {name: call_10, offset_days: 10, channel: collector_call}
+  - {name: letter_20, offset_days: 20, channel: letter, template: final_notice}
+"""
+
+
+async def tasks_of(http, **params):
+    r = await http.get("/v1/tasks", params=params)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+async def test_call_and_letter_steps_make_one_task_each_for_a_person_and_no_message(dunning, kafka_bootstrap):
+    app, http, clock, topics, producer = dunning
+    async with client(str(http.base_url), await api_key(app, "t1", "admin")) as admin:
+        assert (await admin.post("/v1/policies", json={"source": WITH_CALLS, "activate": True})).status_code == 201
+    await _setup(dunning)
+    clock.set(at(date(2026, 3, 11)))
+    await wait_for(lambda: _n(requested(kafka_bootstrap, topics), 1), message="the due notice")
+    clock.set(at(date(2026, 3, 21)))  # call_10 (03-20 09:00)
+    [call] = await wait_for(lambda: tasks_of(http), message="the call task")
+    assert (call["kind"], call["step"], call["overdue_minor"], call["days_overdue"]) == ("call", "call_10", 100_000, 11)
+    assert call["priority"] == 1_000 * 11 and sorted(call["invoice_ids"]) == [INV_A, INV_B]
+    for _ in range(3):  # the timer again and again: nothing more
+        assert await app.state.dunning.claim_due_steps() == 0
+    clock.set(at(date(2026, 3, 31)))  # letter_20
+    await wait_for(lambda: _n(tasks_of(http), 2), message="the letter task")
+    created = await wait_for(lambda: _n(events_of(kafka_bootstrap, topics, "CollectorTaskCreated"), 2), message="told")
+    assert [e.data["kind"] for e in created] == ["call", "letter"]
+    executed = await wait_for(lambda: _n(events_of(kafka_bootstrap, topics, "DunningStepExecuted"), 3), message="steps")
+    assert [e.data["step"] for e in executed] == ["due", "call_10", "letter_20"]
+    # the notifier is asked for the email only: a call or letter is not a message it could send
+    assert [e.data["channel"] for e in await requested(kafka_bootstrap, topics)] == ["email"]
+    r = await http.post(f"/v1/tasks/{call['task_id']}/done", json={"outcome": "promise_taken", "note": "pays Friday"})
+    assert r.status_code == 200 and (r.json()["status"], r.json()["outcome"]) == ("done", "promise_taken"), r.text
+    assert (await http.post(f"/v1/tasks/{call['task_id']}/done", json={"outcome": "reached"})).status_code == 409
+    assert (await http.post(f"/v1/tasks/{call['task_id']}/done", json={"outcome": "bribed"})).status_code == 422
+    assert (await http.post(f"/v1/tasks/{INV_A}/done", json={"outcome": "reached"})).status_code == 404
+    assert [t["kind"] for t in await tasks_of(http)] == ["letter"]
+    assert [t["kind"] for t in await tasks_of(http, status="done")] == ["call"]
+
+
+async def test_a_notice_the_notifier_could_not_deliver_asks_a_collector_once(dunning, kafka_bootstrap):
+    from shared.contract import NotificationFailed
+
+    app, http, clock, topics, producer = dunning
+    await _setup(dunning)
+    clock.set(at(date(2026, 3, 18)))  # overdue_7: email and SMS
+    sent = await wait_for(lambda: _n(requested(kafka_bootstrap, topics), 2), message="the notices")
+    sms = next(e.data for e in sent if e.data["channel"] == "sms")
+
+    def failed(key: str, reason: str):
+        return new_envelope(NotificationFailed(customer_id="C1", notification_key=key, channel="sms", reason=reason,
+                                               failed_at=clock.now()), source="notifier", tenant_id="t1", subject="C1",
+                            time=clock.now())
+    # the same failure reported twice (two events), and one for a key dunning never made
+    await send(producer, topics.notifier, failed(sms["notification_key"], "opted out of sms"),
+               failed(sms["notification_key"], "opted out of sms"), failed("not-a-dunning-key", "bounced"))
+    [task] = await wait_for(lambda: tasks_of(http, kind="contact_failed"), message="the task")
+    assert (task["reason"], task["step"], task["overdue_minor"]) == ("opted out of sms", "overdue_7_sms", 100_000)
+    await wait_for(lambda: app.state.pool.fetchval(
+        "SELECT count(*) = 3 FROM inbox WHERE event_type = 'NotificationFailed'"), message="all three consumed")
+    assert len(await tasks_of(http, kind="contact_failed")) == 1
+    told = await wait_for(lambda: events_of(kafka_bootstrap, topics, "CollectorTaskCreated"), message="told")
+    assert [(e.data["kind"], e.data["notification_key"]) for e in told] == [("contact_failed", sms["notification_key"])]

@@ -288,18 +288,23 @@ async def next_due(pool: asyncpg.Pool, now: datetime) -> datetime | None:
         "SELECT min(next_due_at) FROM cases WHERE status = 'open' AND next_due_at > $1 AND next_due_at < 'infinity'", now)
 
 
-def _notice_event_sql(payload, data: dict[str, str]) -> str:
+# The channels the notifier sends; a call or letter step is work for a person (adapters/tasks.py).
+NOTIFIER_CHANNELS = ("email", "sms")
+
+
+def _notice_event_sql(payload, data: dict[str, str], where: str = "true") -> str:
     return (f"INSERT INTO outbox (topic, event_id, tenant_id, event_type, key, envelope)"
             f" SELECT $3, {envelope_select(payload, source='dunning', subject='x.case_id::text', data=data)}"
             " FROM (SELECT *, gen_random_uuid() AS eid FROM notices WHERE tenant_id = $1 AND notice_id = ANY($4::uuid[])"
-            " ORDER BY case_id, sequence) AS x")
+            f" AND {where} ORDER BY case_id, sequence) AS x")
 
 
 # $1 tenant, $2 time (ISO text), $3 topic, $4 notice ids.
 _NOTIFICATION_REQUESTED = _notice_event_sql(NotificationRequested, {
     "customer_id": "x.customer_id", "notification_key": "x.notification_key", "case_id": "x.case_id::text",
     "step": "x.step", "channel": "x.channel", "template": "coalesce(x.template, x.step)", "items": "x.items",
-    "requested_at": "$2::text", "links": "'{}'::json", "balances": "'[]'::json", "offer": "NULL::json"})
+    "requested_at": "$2::text", "links": "'{}'::json", "balances": "'[]'::json", "offer": "NULL::json"},
+    where="channel IN (" + ", ".join(f"'{c}'" for c in NOTIFIER_CHANNELS) + ")")
 _STEP_EXECUTED = _notice_event_sql(DunningStepExecuted, {
     "customer_id": "x.customer_id", "case_id": "x.case_id::text", "invoice_id": "x.lead_invoice::text",
     "step": "x.step", "channel": "x.channel", "executed_at": "$2::text",
@@ -309,8 +314,8 @@ _STEP_EXECUTED = _notice_event_sql(DunningStepExecuted, {
 
 async def notice_events(conn: asyncpg.Connection, tenant_id: str, notice_ids: list[uuid.UUID], topic: str,
                         now: datetime) -> None:
-    """Each notice's NotificationRequested (all of them first, in case and notice order), then its
-    DunningStepExecuted, into the outbox: no per-notice Python (the claim's hot path)."""
+    """Each notice's NotificationRequested (all of them first, in case and notice order; messages
+    only), then its DunningStepExecuted, into the outbox: no per-notice Python (the claim's hot path)."""
     if notice_ids:
         for statement in (_NOTIFICATION_REQUESTED, _STEP_EXECUTED):
             await conn.execute(statement, tenant_id, iso_time(now), topic, notice_ids)

@@ -12,6 +12,7 @@ import asyncpg
 from services.dunning.adapters import case_file
 from services.dunning.adapters import cases as repo
 from services.dunning.adapters import policy_store
+from services.dunning.adapters import tasks as task_repo
 from services.dunning.adapters.policy_store import PolicyBook, PolicyRef, Resolver
 from services.dunning.service_layer.arrangements import Arrangements
 from services.dunning.domain.charges import compensation_minor, interest, load_jurisdictions
@@ -19,7 +20,7 @@ from services.dunning.domain.consolidation import DueStep, Item, Notice, consoli
 from services.dunning.domain.policy import PolicySpec, notification_key, plan_item, step_due_at
 from shared.clock import Clock
 from shared.contract import (
-    BalanceConfirmationRequested, BalanceContested, CaseEscalatedToLegal, DisputeOpened, DunningStepExecuted, Envelope,
+    BalanceConfirmationRequested, BalanceContested, CaseEscalatedToLegal, CollectorTaskCreated, DisputeOpened, DunningStepExecuted, Envelope,
     InterestAccrued, InvoiceAdjusted, LateFeeAssessed, NotificationRequested, PaymentReversed, Topics, new_envelope,
 )
 from shared.contract.events import InterestPeriod
@@ -62,6 +63,7 @@ class Dunning:
             "PaymentReversed": each(self.on_payment_reversed),
             "BalanceConfirmationRequested": each(self.on_balance_confirmation_requested),
             "BalanceContested": each(self.on_balance_contested),
+            "NotificationFailed": self.on_notifications_failed,
         }
 
     # -- customers and policies -----------------------------------------------------------------
@@ -431,16 +433,37 @@ class Dunning:
                 marks.append((tenant_id, uuid.UUID(invoice_id), round_, name, "skipped", reason, None))
         await repo.mark_steps(conn, marks, now)
         await repo.insert_notices(conn, notices)
-        # NotificationRequested and DunningStepExecuted of each notice, built by PostgreSQL from its row
+        # NotificationRequested and DunningStepExecuted of each notice, built by PostgreSQL from its
+        # row; a call or letter step is a task for a person instead of a message
+        tasks = []
         for tenant_id in sorted({n[0] for n in notices}):
             await repo.notice_events(conn, tenant_id, [n[1] for n in notices if n[0] == tenant_id], self.topics.dunning,
                                      now)
-        events = [self._charge_event(ch, now) for ch in charges if ch[1] in new]
+            tasks += await task_repo.from_steps(conn, tenant_id, [n[1] for n in notices if n[0] == tenant_id
+                                                                  and n[6] not in repo.NOTIFIER_CHANNELS], now)
+        events = [self._charge_event(ch, now) for ch in charges if ch[1] in new] + [self._task_event(t) for t in tasks]
         for case, notice in escalated:
             events.append(await self._escalate(conn, case, notice, now))
         await add_events(conn, self.topics.dunning, events)
         await repo.refresh(conn, [(c["tenant_id"], c["case_id"]) for c in claimed], now, counts)
         return len(notices) + len(events)
+
+    @staticmethod
+    def _task_event(t: asyncpg.Record) -> Envelope:
+        return new_envelope(CollectorTaskCreated(
+            customer_id=t["customer_id"], task_id=str(t["task_id"]), case_id=str(t["case_id"]), kind=t["kind"],
+            step=t["step"], reason=t["reason"],
+            notification_key=t["source_key"].removeprefix("failed:"), currency=t["currency"],
+            overdue_minor=t["overdue_minor"], days_overdue=t["days_overdue"], priority=t["priority"],
+            invoice_ids=[str(i) for i in t["invoice_ids"]], due_at=t["due_at"]),
+            source=SOURCE, tenant_id=t["tenant_id"], subject=str(t["case_id"]), time=t["created_at"])
+
+    async def on_notifications_failed(self, conn: asyncpg.Connection, events: list[Event]) -> None:
+        """The notifier could not deliver a dunning notice (opted out, no address, bounced): a
+        collector is asked to reach the customer another way, once per notice."""
+        rows = await task_repo.from_failures(conn, [(e.envelope.tenant_id, e.payload.notification_key, e.payload.reason)
+                                                    for e in events], self.clock.now())
+        await add_events(conn, self.topics.dunning, [self._task_event(t) for t in rows])
 
     async def _escalate(self, conn: asyncpg.Connection, case, notice: Notice, now: datetime) -> Envelope:
         """The legal step: automatic dunning of the case ends (its invoices stay owed, payments
@@ -610,6 +633,22 @@ class Commands:
                 " ON CONFLICT (tenant_id, customer_id) DO UPDATE SET customer_group = $3, updated_at = now()"
                 " RETURNING *", tenant_id, customer_id, group)
             await self.dunning.replan(conn, customers=[(tenant_id, customer_id)])
+            return row
+
+    async def tasks(self, tenant_id: str, status: str | None, kind: str | None, customer_id: str | None,
+                    limit: int) -> list[asyncpg.Record]:
+        return await task_repo.listing(self.pool, tenant_id, status, kind, customer_id, limit)
+
+    async def close_task(self, tenant_id: str, task_id: uuid.UUID, outcome: str, note: str | None,
+                         by: str) -> asyncpg.Record:
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await task_repo.close(conn, tenant_id, task_id, outcome, note, by, self.clock.now())
+            if row is None:
+                done = await conn.fetchval("SELECT status FROM collector_tasks WHERE tenant_id = $1 AND task_id = $2",
+                                           tenant_id, task_id)
+                if done is None:
+                    raise DomainError("task_id", f"no task {task_id} in this tenant", 404)
+                raise DomainError("task_id", "the task is already done", 409)
             return row
 
     async def set_hold(self, tenant_id: str, invoice_id: uuid.UUID, reason: str | None, by: str) -> asyncpg.Record:
