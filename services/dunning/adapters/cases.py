@@ -244,14 +244,17 @@ async def due_steps(conn: asyncpg.Connection, items: list[asyncpg.Record], now: 
 
 
 async def mark_steps(conn: asyncpg.Connection, rows: list[tuple], now: datetime) -> None:
-    """rows: (tenant, invoice, round, step, status, reason, notice_id)."""
+    """rows: (tenant, invoice, round, step, status, reason, notice_id). Each row is found by its
+    key (LATERAL behind OFFSET 0, then by its ctid in the same statement): joined directly, the
+    planner hashed every scheduled step of the database for a batch of a few hundred."""
     if rows:
         await conn.execute(
-            "UPDATE item_steps s SET status = k.status, reason = k.reason, notice_id = k.notice_id, executed_at = $8"
-            " FROM unnest($1::text[], $2::uuid[], $3::int[], $4::text[], $5::text[], $6::text[], $7::uuid[])"
-            " AS k(tenant_id, invoice_id, round, step, status, reason, notice_id)"
-            " WHERE s.tenant_id = k.tenant_id AND s.invoice_id = k.invoice_id AND s.round = k.round"
-            " AND s.step = k.step AND s.status = 'scheduled'",
+            "UPDATE item_steps s SET status = m.status, reason = m.reason, notice_id = m.notice_id, executed_at = $8"
+            " FROM (SELECT k.*, x.ctid AS row_id FROM unnest($1::text[], $2::uuid[], $3::int[], $4::text[], $5::text[],"
+            " $6::text[], $7::uuid[]) AS k(tenant_id, invoice_id, round, step, status, reason, notice_id)"
+            " CROSS JOIN LATERAL (SELECT t.ctid FROM item_steps t WHERE t.tenant_id = k.tenant_id"
+            " AND t.invoice_id = k.invoice_id AND t.round = k.round AND t.step = k.step AND t.status = 'scheduled'"
+            " OFFSET 0) x) m WHERE s.ctid = m.row_id",
             *_cols(rows), now)
 
 

@@ -396,10 +396,13 @@ class Dunning:
             charges += self._charges(tenant_id, case, rows, decision.notices, spec_of, today, now)
             decided.append((case, decision, today))
         new = await repo.insert_charges(conn, charges)
-        added: dict[Key, list[int]] = defaultdict(lambda: [0, 0])  # (tenant, invoice) -> [fees, interest]
+        added: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])  # (tenant, invoice) -> [fees, interest]
         for ch in charges:
             if ch[1] in new:
-                added[(ch[0], ch[4])][1 if ch[2] == "interest" else 0] += ch[7]
+                added[(ch[0], str(ch[4]))][1 if ch[2] == "interest" else 0] += ch[7]
+        # the items' ids as asyncpg gave them (no uuid.UUID(str) per line: this runs per step)
+        invoice_uuid = {str(i["invoice_id"]): i["invoice_id"] for i in live}
+        no_charges = (0, 0)
 
         marks, notices, counts, escalated = [], [], {}, []
         for case, decision, today in decided:
@@ -415,22 +418,23 @@ class Dunning:
                 notice_of_channel[notice.step.channel] = notice_id
                 key = notification_key(case_id, notice.step.name, notice.step.channel, sequence)
                 # NoticeItem's fields as JSON, built directly: this runs for every notice
-                lines = [{"invoice_id": i.invoice_id, "number": i.number, "currency": currency,
-                          "open_amount_minor": i.open_minor, "due_date": i.due_date.isoformat(),
-                          "days_overdue": days_overdue(i, today),
-                          "fees_minor": i.fees_minor + added[(tenant_id, uuid.UUID(i.invoice_id))][0],
-                          "interest_minor": i.interest_minor + added[(tenant_id, uuid.UUID(i.invoice_id))][1]}
-                         for i in notice.items]
+                lines = []
+                for i in notice.items:
+                    fees, interest = added.get((tenant_id, i.invoice_id), no_charges)
+                    lines.append({"invoice_id": i.invoice_id, "number": i.number, "currency": currency,
+                                  "open_amount_minor": i.open_minor, "due_date": i.due_date.isoformat(),
+                                  "days_overdue": days_overdue(i, today), "fees_minor": i.fees_minor + fees,
+                                  "interest_minor": i.interest_minor + interest})
                 total = sum(x["open_amount_minor"] + x["fees_minor"] + x["interest_minor"] for x in lines)
                 notices.append((tenant_id, notice_id, case["case_id"], case["customer_id"], sequence, notice.step.name,
                                 notice.step.channel, notice.step.template, key, currency, lines, total, now,
-                                uuid.UUID(notice.lead_invoice)))
+                                invoice_uuid[notice.lead_invoice]))
             counts[(tenant_id, case["case_id"])] = sequence - case["notices"]
             for (invoice_id, round_, name), channel in decision.executed.items():
-                marks.append((tenant_id, uuid.UUID(invoice_id), round_, name, "executed", None,
+                marks.append((tenant_id, invoice_uuid[invoice_id], round_, name, "executed", None,
                               notice_of_channel.get(channel)))
             for (invoice_id, round_, name), reason in decision.skipped.items():
-                marks.append((tenant_id, uuid.UUID(invoice_id), round_, name, "skipped", reason, None))
+                marks.append((tenant_id, invoice_uuid[invoice_id], round_, name, "skipped", reason, None))
         await repo.mark_steps(conn, marks, now)
         await repo.insert_notices(conn, notices)
         # NotificationRequested and DunningStepExecuted of each notice, built by PostgreSQL from its
