@@ -48,7 +48,8 @@ WITH k AS MATERIALIZED (
     SELECT tenant_id, case_id, sum(n) AS n FROM unnest($1::text[], $2::uuid[], $4::int[]) AS k(tenant_id, case_id, n)
     GROUP BY tenant_id, case_id),
 state AS MATERIALIZED (
-    SELECT k.tenant_id, k.case_id, k.n, a.next_due_at, a.open_items > 0 AS has_open
+    SELECT k.tenant_id, k.case_id, k.n, a.next_due_at, a.open_items > 0 AS has_open,
+           (SELECT c.ctid FROM cases c WHERE c.tenant_id = k.tenant_id AND c.case_id = k.case_id) AS row_id
     FROM k CROSS JOIN LATERAL (
         SELECT min({_ITEM_DUE}) AS next_due_at, count(*) AS open_items
         FROM case_items i {_ITEM_JOINS}
@@ -59,7 +60,7 @@ UPDATE cases c SET next_due_at = state.next_due_at, notices = c.notices + state.
     THEN (SELECT i.closed_reason FROM case_items i WHERE i.tenant_id = c.tenant_id AND i.case_id = c.case_id
           ORDER BY i.closed_at DESC NULLS LAST LIMIT 1) ELSE c.closed_reason END,
   closed_at = CASE WHEN c.status = 'open' AND NOT state.has_open THEN $3 ELSE c.closed_at END
-FROM state WHERE c.tenant_id = state.tenant_id AND c.case_id = state.case_id"""
+FROM state WHERE c.ctid = state.row_id  -- found by key above: joined on the key, every case was hashed"""
 
 # Items that just joined open cases can only bring a case's timer forward: the other items are
 # not read again (a customer with a thousand open invoices costs the same as one with two). They
