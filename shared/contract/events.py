@@ -238,6 +238,7 @@ class InterestPeriod(BaseModel):
     end: date = Field(description="exclusive")
     days: int = Field(ge=1)
     annual_rate: str = Field(description="percent, as in the rate table, e.g. '10.15'")
+    principal_minor: int | None = Field(default=None, description="what was owed on each day of the period")
 
 
 @REGISTRY.register("InterestAccrued", 1)

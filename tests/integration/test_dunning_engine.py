@@ -352,3 +352,36 @@ async def test_policy_files_load_at_start_and_a_bad_one_stops_the_start_naming_f
     with pytest.raises(PolicyError, match=r"broken.yaml line 9, steps.1.channel"):
         async with broken.router.lifespan_context(broken):  # the start itself, without a web server
             pass
+
+
+async def test_interest_follows_what_was_owed_each_day_when_part_is_paid_inside_the_span(dunning, kafka_bootstrap):
+    """As above, with 4,000.00 paid on 2026-03-31, between the +14 and the +30 steps. At +30 the
+    16 days split: 7 days (24th to 30th March) on 10,000.00, 9 days (31st March to 8th April) on
+    6,000.00: (1,000,000 x 7 + 600,000 x 9) x 0.1015 / 365 = 3,448.22 -> 3,448 minor (not 2,669,
+    all 16 days on what is open at the step, nor 4,449 on the whole amount)."""
+    from shared.contract import PaymentReceived
+    from shared.contract.events import Allocation
+
+    app, http, clock, topics, producer = dunning
+    async with await _admin(app, http) as admin:
+        assert (await admin.post("/v1/policies", json={"source": B2B_EU, "activate": True})).status_code == 201
+    await send(producer, topics.invoicing, env(CustomerUpserted(customer_id="C1", name="Globex"), "C1", clock),
+               env(issued(INV_A, amount=1_000_000), INV_A, clock))
+    await wait_for(lambda: _items(http, "C1", 1), message="the case")
+    for day, n in ((date(2026, 3, 10), 1), (date(2026, 3, 24), 2)):
+        clock.set(datetime.combine(day, datetime.min.time(), timezone.utc) + timedelta(hours=9, minutes=5))
+        await wait_for(lambda n=n: _n(requested(kafka_bootstrap, topics), n), message=f"notice {n}")
+    paid_at = datetime(2026, 3, 31, 15, tzinfo=timezone.utc)
+    await send(producer, topics.invoicing, env(PaymentReceived(
+        customer_id="C1", payment_id="P1", billing_source="erp", external_id="P1", currency="EUR",
+        amount_minor=400_000, received_at=paid_at,
+        allocations=[Allocation(invoice_id=INV_A, amount_minor=400_000, invoice_open_minor=600_000)]), "P1", clock))
+    await wait_for(lambda: app.state.pool.fetchval("SELECT count(*) = 1 FROM item_payments"), message="the payment")
+    clock.set(datetime(2026, 4, 9, 9, 5, tzinfo=timezone.utc))
+    got = await wait_for(lambda: _n(requested(kafka_bootstrap, topics), 3), message="the +30 notice")
+    assert got[-1].data["items"][0]["interest_minor"] == 3_615 + 3_448
+    events = await wait_for(lambda: _charge_events(kafka_bootstrap, topics, 5), message="the charge events")
+    last = [e.data for e in events if e.type == "InterestAccrued"][-1]
+    assert last["amount_minor"] == 3_448
+    assert [(p["start"], p["end"], p["days"], p["principal_minor"]) for p in last["periods"]] == [
+        ("2026-03-24", "2026-03-31", 7, 1_000_000), ("2026-03-31", "2026-04-09", 9, 600_000)]

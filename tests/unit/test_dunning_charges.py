@@ -20,6 +20,7 @@ from services.dunning.domain.charges import (
     RatePeriod,
     compensation_minor,
     interest,
+    interest_on_balance,
     load_jurisdictions,
 )
 
@@ -248,3 +249,45 @@ class TestBadData:
     def test_unverified_rows_load_flagged(self, tmp_path):
         path = write_table(tmp_path, '{from: 2024-01-01, rate: "12.50", source: "s", verified: false}')
         assert load_jurisdictions(path)["eu-test"].rates[0].verified is False
+
+
+# --- interest on a balance that part payments lower -------------------------------------------------
+
+
+def test_interest_on_balance_splits_at_a_part_payment_and_rounds_once():
+    """1,000,000 open now; 400,000 paid on 2026-03-31 (so 1,400,000 owed before it): 24 March to
+    8 April at 10.15 %: (1,400,000 x 7 + 1,000,000 x 9) x 0.1015 / 365 = 5,227.95 -> 5,228."""
+    eu = load_jurisdictions()["eu-2011-7"]
+    got = interest_on_balance(eu, 1_000_000, [(date(2026, 3, 31), 400_000)], date(2026, 3, 24), date(2026, 4, 9))
+    assert got.amount_minor == 5_228
+    assert [(p.start, p.end, p.days, p.principal_minor) for p in got.pieces] == [
+        (date(2026, 3, 24), date(2026, 3, 31), 7, 1_400_000), (date(2026, 3, 31), date(2026, 4, 9), 9, 1_000_000)]
+
+
+def test_interest_on_balance_ignores_payments_outside_the_span_and_counts_reversals():
+    eu = load_jurisdictions()["eu-2011-7"]
+    start, end = date(2026, 3, 24), date(2026, 4, 9)
+    plain = interest(eu, 1_000_000, start, end)
+    # paid before the span began, or on the day it ends: the span is on what is open now
+    assert interest_on_balance(eu, 1_000_000, [(date(2026, 3, 20), 5), (start, 7), (end, 0)], start, end) == plain
+    # 300,000 paid on the 1st and reversed on the 5th: owed 1,000,000 before the 1st and from the
+    # 5th, 700,000 in between
+    got = interest_on_balance(eu, 1_000_000, [(date(2026, 4, 1), 300_000), (date(2026, 4, 5), -300_000)], start, end)
+    assert [(p.days, p.principal_minor) for p in got.pieces] == [(8, 1_000_000), (4, 700_000), (4, 1_000_000)]
+    assert got.amount_minor == round((1_000_000 * 12 + 700_000 * 4) * 0.1015 / 365)
+
+
+def test_interest_on_balance_equals_the_sum_of_its_days_exactly():
+    """Splitting never changes the result: each day on what was owed that day, summed exactly."""
+    from fractions import Fraction
+    eu = load_jurisdictions()["eu-2011-7"]
+    payments = [(date(2025, 12, 20), 1_234), (date(2026, 1, 3), 99_999), (date(2026, 2, 1), -50_000)]
+    start, end = date(2025, 12, 1), date(2026, 2, 15)
+    got = interest_on_balance(eu, 777_777, payments, start, end)
+    exact, day = Fraction(0), start
+    while day < end:
+        owed = 777_777 + sum(a for d, a in payments if d > day)
+        rate = next(r.annual_rate for r in reversed(eu.rates) if r.start <= day)
+        exact += owed * Fraction(rate) / (100 * 365)
+        day += timedelta(days=1)
+    assert got.amount_minor == int(exact + Fraction(1, 2))

@@ -215,14 +215,15 @@ async def due_cases(conn: asyncpg.Connection, now: datetime, limit: int, tenant_
 
 async def claimed_items(conn: asyncpg.Connection, cases: list[asyncpg.Record], now: datetime) -> list[asyncpg.Record]:
     """The open items of claimed cases with what the claim needs: pause, timezone, whether in
-    dunning this round, and charges to date."""
+    dunning this round, charges to date, and what was paid since each fell due (interest)."""
     return await conn.fetch(
         f"""SELECT i.tenant_id, i.invoice_id, i.case_id, i.number, i.currency, i.open_minor, i.due_date, i.round,
                    i.policy_tenant, i.policy_name, i.policy_version, coalesce(dc.timezone, 'UTC') AS timezone,
                    coalesce({PAUSED_UNTIL} > $3, false) AS paused,
                    EXISTS (SELECT 1 FROM item_steps s WHERE s.tenant_id = i.tenant_id AND s.invoice_id = i.invoice_id
                            AND s.round = i.round AND s.status = 'executed') AS in_dunning,
-                   coalesce(ch.fees, 0) AS fees_minor, coalesce(ch.interest, 0) AS interest_minor, ch.interest_until
+                   coalesce(ch.fees, 0) AS fees_minor, coalesce(ch.interest, 0) AS interest_minor, ch.interest_until,
+                   pay.days AS pay_days, pay.amounts AS pay_amounts
             FROM case_items i
             JOIN unnest($1::text[], $2::uuid[]) AS k(tenant_id, case_id) USING (tenant_id, case_id)
             LEFT JOIN dunning_customers dc USING (tenant_id, customer_id)
@@ -231,6 +232,11 @@ async def claimed_items(conn: asyncpg.Connection, cases: list[asyncpg.Record], n
                        (sum(amount_minor) FILTER (WHERE kind = 'interest'))::bigint AS interest,
                        max(period_end) FILTER (WHERE kind = 'interest') AS interest_until
                 FROM charges c WHERE c.tenant_id = i.tenant_id AND c.invoice_id = i.invoice_id) ch ON true
+            LEFT JOIN LATERAL (  -- payments (and reversals) since it fell due, by day where the customer is
+                SELECT array_agg((p.paid_at AT TIME ZONE coalesce(dc.timezone, 'UTC'))::date) AS days,
+                       array_agg(p.amount_minor) AS amounts
+                FROM item_payments p WHERE p.tenant_id = i.tenant_id AND p.invoice_id = i.invoice_id
+                  AND p.paid_at >= i.due_date) pay ON true
             WHERE i.status = 'open'""",
         [c["tenant_id"] for c in cases], [c["case_id"] for c in cases], now)
 

@@ -9,7 +9,7 @@ from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import yaml
 
@@ -44,6 +44,7 @@ class InterestPiece:
     days: int
     annual_rate: Decimal
     amount: Decimal  # minor units, unrounded (shown to 28 digits; the total is rounded exactly)
+    principal_minor: int = 0  # what was owed on each day of the piece
 
 
 @dataclass(frozen=True)
@@ -71,8 +72,31 @@ def interest(jurisdiction: Jurisdiction, principal_minor: int, start: date, end:
     (exclusive), actual days / 365, split wherever the rate changes; rounded once, half up."""
     if principal_minor < 0:
         raise ValueError(f"principal_minor must not be negative, got {principal_minor}")
-    if principal_minor == 0 or end <= start:
+    return interest_on_balance(jurisdiction, principal_minor, (), start, end)
+
+
+def interest_on_balance(jurisdiction: Jurisdiction, open_minor: int, payments: Iterable[tuple[date, int]],
+                        start: date, end: date) -> Interest:
+    """Interest from start to end (exclusive) on what was owed each day: what is open now plus
+    what was paid after that day (a reversal is a negative payment). A payment on day p lowers the
+    principal from p on, so a part payment in the middle splits the span, as a rate change does;
+    every piece is exact and the total is rounded once, half up."""
+    if end <= start:
         return Interest(0, ())
+    payments = [(day, amount) for day, amount in payments if day > start]
+    bounds = [start, *sorted({day for day, _ in payments if day < end}), end]
+    total, pieces = Fraction(0), []
+    for a, b in zip(bounds, bounds[1:]):
+        principal = max(0, open_minor + sum(amount for day, amount in payments if day >= b))
+        exact, parts = _exact(jurisdiction, principal, a, b)
+        total += exact
+        pieces += parts
+    return Interest(_round_half_up(total), tuple(pieces))
+
+
+def _exact(jurisdiction: Jurisdiction, principal_minor: int, start: date, end: date) -> tuple[Fraction, list[InterestPiece]]:
+    if principal_minor == 0:
+        return Fraction(0), []
     rates = jurisdiction.rates
     i = bisect_right([r.start for r in rates], start) - 1
     if i < 0:
@@ -89,9 +113,9 @@ def interest(jurisdiction: Jurisdiction, principal_minor: int, start: date, end:
         exact = principal_minor * Fraction(rates[i].annual_rate) * days / (100 * _DAYS_PER_YEAR)
         total += exact
         pieces.append(InterestPiece(cursor, stop, days, rates[i].annual_rate,
-                                    Decimal(exact.numerator) / Decimal(exact.denominator)))
+                                    Decimal(exact.numerator) / Decimal(exact.denominator), principal_minor))
         cursor, i = stop, i + 1
-    return Interest(_round_half_up(total), tuple(pieces))
+    return total, pieces
 
 
 def _round_half_up(x: Fraction) -> int:

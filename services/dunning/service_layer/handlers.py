@@ -15,7 +15,7 @@ from services.dunning.adapters import policy_store
 from services.dunning.adapters import tasks as task_repo
 from services.dunning.adapters.policy_store import PolicyBook, PolicyRef, Resolver
 from services.dunning.service_layer.arrangements import Arrangements
-from services.dunning.domain.charges import compensation_minor, interest, load_jurisdictions
+from services.dunning.domain.charges import compensation_minor, interest_on_balance, load_jurisdictions
 from services.dunning.domain.consolidation import DueStep, Item, Notice, consolidate, days_overdue
 from services.dunning.domain.policy import PolicySpec, notification_key, plan_item, step_due_at
 from shared.clock import Clock
@@ -534,14 +534,18 @@ class Dunning:
                     charge(f"compensation:{item.invoice_id}", "compensation", item.invoice_id,
                            compensation_minor(j, currency), detail={"jurisdiction": j.code})
                 if spec.charges.interest:
-                    start = by_id[item.invoice_id]["interest_until"] or item.due_date + timedelta(days=1)
-                    accrued = interest(j, item.open_minor, start, today) if today > start else None
+                    row = by_id[item.invoice_id]
+                    start = row["interest_until"] or item.due_date + timedelta(days=1)
+                    # on what was owed each day: a part payment inside the span splits it
+                    accrued = interest_on_balance(j, item.open_minor, zip(row["pay_days"] or (), row["pay_amounts"] or ()),
+                                                  start, today) if today > start else None
                     if accrued and accrued.amount_minor > 0:
                         charge(f"interest:{item.invoice_id}:{today.isoformat()}", "interest", item.invoice_id,
                                accrued.amount_minor, start, today,
                                {"jurisdiction": j.code, "principal_minor": item.open_minor,
                                 "periods": [{"start": p.start.isoformat(), "end": p.end.isoformat(), "days": p.days,
-                                             "annual_rate": str(p.annual_rate)} for p in accrued.pieces]})
+                                             "annual_rate": str(p.annual_rate), "principal_minor": p.principal_minor}
+                                            for p in accrued.pieces]})
         return out
 
     def _charge_event(self, ch: tuple, now: datetime) -> Envelope:
