@@ -318,11 +318,11 @@ async def test_a_claim_that_fails_midway_changes_nothing_and_the_next_one_sends_
     real = repo.insert_notices
     state = {"failing": True, "calls": 0}
 
-    async def failing(conn, rows):
+    async def failing(*args):
         state["calls"] += 1
         if state["failing"]:
             raise ConnectionResetError("the database went away mid-claim")
-        await real(conn, rows)
+        await real(*args)
 
     monkeypatch.setattr(repo, "insert_notices", failing)
     clock.set(at(date(2026, 3, 7), 9).replace(minute=30))

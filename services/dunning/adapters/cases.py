@@ -265,19 +265,6 @@ async def mark_steps(conn: asyncpg.Connection, rows: list[tuple], now: datetime)
             *_cols(rows), now)
 
 
-async def insert_notices(conn: asyncpg.Connection, rows: list[tuple]) -> None:
-    """rows: (tenant, notice, case, customer, sequence, step, channel, template, key, currency,
-    items (a list), total, created_at, lead invoice)."""
-    if rows:
-        await conn.execute(
-            "INSERT INTO notices (tenant_id, notice_id, case_id, customer_id, sequence, step, channel, template,"
-            " notification_key, currency, items, total_minor, created_at, lead_invoice) SELECT t, n, c, cu, sq, st,"
-            " ch, tp, k, cur, i::jsonb, tot, at, li FROM unnest($1::text[], $2::uuid[], $3::uuid[], $4::text[],"
-            " $5::int[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::bigint[],"
-            " $13::timestamptz[], $14::uuid[]) AS u(t, n, c, cu, sq, st, ch, tp, k, cur, i, tot, at, li)",
-            *_cols([(*r[:10], json.dumps(r[10]), *r[11:]) for r in rows]))
-
-
 async def insert_charges(conn: asyncpg.Connection, rows: list[tuple]) -> set[str]:
     """rows: (tenant, charge_id, kind, case, invoice, customer, currency, amount, start, end,
     detail (a dict), assessed_at). Returns the charge ids that are new: a charge is made once."""
@@ -303,13 +290,12 @@ NOTIFIER_CHANNELS = ("email", "sms")
 
 
 def _notice_event_sql(payload, data: dict[str, str], where: str = "true") -> str:
-    return (f"INSERT INTO outbox (topic, event_id, tenant_id, event_type, key, envelope)"
-            f" SELECT $3, {envelope_select(payload, source='dunning', subject='x.case_id::text', data=data)}"
-            " FROM (SELECT *, gen_random_uuid() AS eid FROM notices WHERE tenant_id = $1 AND notice_id = ANY($4::uuid[])"
-            f" AND {where} ORDER BY case_id, sequence) AS x")
+    """A SELECT of the outbox rows of `payload` built from the notices just inserted (`ins`)."""
+    return (f"SELECT $3, {envelope_select(payload, source='dunning', subject='x.case_id::text', data=data)}"
+            f" FROM (SELECT *, gen_random_uuid() AS eid FROM ins WHERE {where} ORDER BY case_id, sequence) AS x")
 
 
-# $1 tenant, $2 time (ISO text), $3 topic, $4 notice ids.
+# $1 tenant, $2 time (ISO text), $3 topic, $4... the notices' columns.
 _NOTIFICATION_REQUESTED = _notice_event_sql(NotificationRequested, {
     "customer_id": "x.customer_id", "notification_key": "x.notification_key", "case_id": "x.case_id::text",
     "step": "x.step", "channel": "x.channel", "template": "coalesce(x.template, x.step)", "items": "x.items",
@@ -320,12 +306,28 @@ _STEP_EXECUTED = _notice_event_sql(DunningStepExecuted, {
     "step": "x.step", "channel": "x.channel", "executed_at": "$2::text",
     "invoice_ids": "(SELECT json_agg(e->>'invoice_id') FROM jsonb_array_elements(x.items) AS e)",
     "notification_key": "x.notification_key"})
+_INSERT_NOTICES = f"""
+WITH ins AS (
+    INSERT INTO notices (tenant_id, notice_id, case_id, customer_id, sequence, step, channel, template,
+                         notification_key, currency, items, total_minor, created_at, lead_invoice)
+    SELECT $1, n, c, cu, sq, st, ch, tp, k, cur, i::jsonb, tot, at, li
+    FROM unnest($4::uuid[], $5::uuid[], $6::text[], $7::int[], $8::text[], $9::text[], $10::text[], $11::text[],
+                $12::text[], $13::text[], $14::bigint[], $15::timestamptz[], $16::uuid[])
+      AS u(n, c, cu, sq, st, ch, tp, k, cur, i, tot, at, li)
+    RETURNING *)
+INSERT INTO outbox (topic, event_id, tenant_id, event_type, key, envelope)
+{_NOTIFICATION_REQUESTED}
+UNION ALL
+{_STEP_EXECUTED}"""
 
 
-async def notice_events(conn: asyncpg.Connection, tenant_id: str, notice_ids: list[uuid.UUID], topic: str,
-                        now: datetime) -> None:
-    """Each notice's NotificationRequested (all of them first, in case and notice order; messages
-    only), then its DunningStepExecuted, into the outbox: no per-notice Python (the claim's hot path)."""
-    if notice_ids:
-        for statement in (_NOTIFICATION_REQUESTED, _STEP_EXECUTED):
-            await conn.execute(statement, tenant_id, iso_time(now), topic, notice_ids)
+async def insert_notices(conn: asyncpg.Connection, tenant_id: str, rows: list[tuple], topic: str,
+                         now: datetime) -> None:
+    """rows: one tenant's (notice, case, customer, sequence, step, channel, template, key,
+    currency, items (a list), total, created_at, lead invoice). In one statement: the notices,
+    then each one's NotificationRequested (messages only; all of them first, in case and notice
+    order), then its DunningStepExecuted, into the outbox; the envelopes are built by PostgreSQL
+    from the rows (no per-notice Python: the claim's hot path)."""
+    if rows:
+        await conn.execute(_INSERT_NOTICES, tenant_id, iso_time(now), topic,
+                           *_cols([(*r[:9], json.dumps(r[9]), *r[10:]) for r in rows]))

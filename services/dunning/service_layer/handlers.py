@@ -436,15 +436,14 @@ class Dunning:
             for (invoice_id, round_, name), reason in decision.skipped.items():
                 marks.append((tenant_id, invoice_uuid[invoice_id], round_, name, "skipped", reason, None))
         await repo.mark_steps(conn, marks, now)
-        await repo.insert_notices(conn, notices)
-        # NotificationRequested and DunningStepExecuted of each notice, built by PostgreSQL from its
-        # row; a call or letter step is a task for a person instead of a message
+        # the notices with their NotificationRequested and DunningStepExecuted; a call or letter
+        # step is a task for a person instead of a message
         tasks = []
         for tenant_id in sorted({n[0] for n in notices}):
-            await repo.notice_events(conn, tenant_id, [n[1] for n in notices if n[0] == tenant_id], self.topics.dunning,
-                                     now)
-            tasks += await task_repo.from_steps(conn, tenant_id, [n[1] for n in notices if n[0] == tenant_id
-                                                                  and n[6] not in repo.NOTIFIER_CHANNELS], now)
+            mine = [n[1:] for n in notices if n[0] == tenant_id]
+            await repo.insert_notices(conn, tenant_id, mine, self.topics.dunning, now)
+            tasks += await task_repo.from_steps(conn, tenant_id, [n[0] for n in mine
+                                                                  if n[5] not in repo.NOTIFIER_CHANNELS], now)
         events = [self._charge_event(ch, now) for ch in charges if ch[1] in new] + [self._task_event(t) for t in tasks]
         for case, notice in escalated:
             events.append(await self._escalate(conn, case, notice, now))
