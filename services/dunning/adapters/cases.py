@@ -86,11 +86,18 @@ async def refresh(conn: asyncpg.Connection, keys: Iterable[tuple[str, uuid.UUID]
                   notices: dict[tuple[str, uuid.UUID], int] | None = None) -> None:
     """After items, steps, holds or disputes changed: the case's timer moves to its next due
     step that is not paused, and a case without open items closes. `notices`: how many notices
-    each case just sent (their count numbers the idempotency keys)."""
+    each case just sent (their count numbers the idempotency keys). The caller holds the cases
+    locked, as every writer of cases and items does (case before items)."""
     keys = sorted(set(keys))
     if keys:
         counts = notices or {}
-        await conn.execute(_REFRESH, [k[0] for k in keys], [k[1] for k in keys], now, [counts.get(k, 0) for k in keys])
+        status = await conn.execute(_REFRESH, [k[0] for k in keys], [k[1] for k in keys], now,
+                                    [counts.get(k, 0) for k in keys])
+        if int(status.split()[-1]) != len(keys):
+            # the rows are updated by the ctid read in the same statement: a case changed by
+            # another transaction meanwhile would be skipped, and its timer left wrong
+            raise RuntimeError(f"{len(keys) - int(status.split()[-1])} case timers not moved: the caller must hold"
+                               " the cases locked (lock_cases_of, open_cases, due_cases)")
 
 
 async def advance(conn: asyncpg.Connection, items: Iterable[tuple[str, uuid.UUID]]) -> None:
