@@ -34,8 +34,9 @@ def build(settings: DunningSettings, clock: Clock | None = None) -> FastAPI:
 
         host.on_start(load_policies)
         host.consume("events", [host.topics.invoicing, host.topics.risk, host.topics.notifier], dunning.handlers())
-        host.every("steps", lambda: dunning.claim_due_steps(settings.step_batch_size), wake_on="dunning_steps",
-                   next_due=dunning.next_step_due)
+        for n in range(settings.step_concurrency):
+            host.every("steps" if n == 0 else f"steps-{n + 1}", lambda: dunning.claim_due_steps(settings.step_batch_size),
+                       wake_on="dunning_steps", next_due=dunning.next_step_due)
         host.every("arrangements", dunning.arrangements.tick, next_due=dunning.arrangements.next_due)
 
     app = host.create_api("Tahsilat dunning", "Dunning cases, notices, charges and policies.", wire)

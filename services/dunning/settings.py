@@ -11,6 +11,9 @@ class DunningSettings(ServiceSettings):
     service_name: str = "dunning"
     http_port: int = 8002
     step_batch_size: int = Field(default=200, ge=1, description="cases fired per transaction of the step timer")
+    step_concurrency: int = Field(default=2, ge=1, le=8,
+                                  description="claim loops of the step timer per process: while one waits for"
+                                              " PostgreSQL the other decides (they share the cases, SKIP LOCKED)")
     dispute_pause_days: int = Field(default=30, ge=1, le=365,
                                     description="longest a dispute pauses dunning when nobody resolves it")
     dispute_alert_days: int = Field(default=14, ge=1, le=365,
