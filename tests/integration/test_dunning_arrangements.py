@@ -4,6 +4,7 @@ resumes where it was; each decision is made once, however often the timer runs."
 from __future__ import annotations
 
 import io
+import uuid
 from collections import Counter
 from datetime import date, datetime, timezone
 
@@ -466,6 +467,15 @@ async def test_an_offer_unpaid_by_its_day_expires_dunning_resumes_and_one_can_be
     assert [e.data["outcome"] for e in ended] == ["expired", "withdrawn"]
     assert [o["status"] for o in (await http.get("/v1/settlement-offers", params={"customer_id": "C1"})).json()] == [
         "expired", "withdrawn"]
+    # a case file made now (a legal hand-over) shows both, in the offers and in the contact log
+    from services.dunning.adapters import case_file
+    async with app.state.pool.acquire() as conn:
+        document = await case_file.build(conn, "t1", uuid.UUID(case["case_id"]), clock.now())
+    assert [(o["status"], o["pay_minor"]) for o in document["settlement_offers"]] == [("expired", 95_500),
+                                                                                    ("withdrawn", 85_500)]
+    assert [e["what"] for e in document["contact_log"] if e["type"] == "settlement offer"] == [
+        "4.50 % off, 95500 by 2026-03-26: expired", "5.00 % off, 85500 by 2026-04-03: withdrawn"]
+    assert "Settlement offer" in case_file.render_html(document)
 
 
 async def test_a_policy_without_settlement_allows_no_offer(dunning, kafka_bootstrap):

@@ -36,7 +36,7 @@ def _rows(rows, *columns: str) -> list[dict]:
 
 async def build(conn: asyncpg.Connection, tenant_id: str, case_id: uuid.UUID, now: datetime) -> dict:
     """The case file as of `now`: statement of account (invoices, payments, charges, totals),
-    every notice with its date and channel, promises, payment plans, disputes, and all of it
+    every notice with its date and channel, promises, payment plans, settlement offers, disputes, and all of it
     again as one timeline (the contact log)."""
     case = await conn.fetchrow(
         "SELECT c.*, coalesce(d.language, 'en') AS language, coalesce(d.timezone, 'UTC') AS timezone FROM cases c"
@@ -57,6 +57,8 @@ async def build(conn: asyncpg.Connection, tenant_id: str, case_id: uuid.UUID, no
         "SELECT * FROM promises WHERE tenant_id = $1 AND case_id = $2 ORDER BY created_at", tenant_id, case_id)
     plans = await conn.fetch(
         "SELECT * FROM payment_plans WHERE tenant_id = $1 AND case_id = $2 ORDER BY created_at", tenant_id, case_id)
+    offers = await conn.fetch(
+        "SELECT * FROM settlement_offers WHERE tenant_id = $1 AND case_id = $2 ORDER BY created_at", tenant_id, case_id)
     disputes = await conn.fetch(
         "SELECT * FROM disputes WHERE tenant_id = $1 AND customer_id = $2 AND (invoice_id IS NULL OR"
         " invoice_id = ANY($3::uuid[])) ORDER BY opened_at", tenant_id, case["customer_id"], ids)
@@ -73,6 +75,8 @@ async def build(conn: asyncpg.Connection, tenant_id: str, case_id: uuid.UUID, no
                f" {p['status']}", "amount_minor": p["amount_minor"]} for p in promises]
            + [{"at": _plain(p["created_at"]), "type": "payment plan", "what": p["status"],
                "amount_minor": p["total_minor"]} for p in plans]
+           + [{"at": _plain(o["created_at"]), "type": "settlement offer", "what": f"{o['discount_percent']} % off,"
+               f" {o['pay_minor']} by {o['pay_by']}: {o['status']}", "amount_minor": o["owed_minor"]} for o in offers]
            + [{"at": _plain(d["opened_at"]), "type": "dispute", "what": f"{d['reason_code']}: {d['status']}"
                + (f" ({d['outcome']})" if d["outcome"] else ""), "amount_minor": d["disputed_minor"]} for d in disputes]
            + [{"at": _plain(c["assessed_at"]), "type": c["kind"], "what": c["charge_id"],
@@ -94,6 +98,8 @@ async def build(conn: asyncpg.Connection, tenant_id: str, case_id: uuid.UUID, no
         "promises": _rows(promises, "promise_id", "amount_minor", "promised_date", "channel", "taken_by", "status",
                           "paid_minor", "created_at"),
         "payment_plans": _rows(plans, "plan_id", "total_minor", "status", "paid_minor", "missed_sequence", "created_at"),
+        "settlement_offers": _rows(offers, "offer_id", "owed_minor", "discount_percent", "discount_minor", "pay_minor",
+                                   "pay_by", "offered_by", "status", "paid_minor", "credit_minor", "created_at"),
         "disputes": _rows(disputes, "dispute_id", "invoice_id", "reason_code", "reason", "status", "outcome",
                           "credit_minor", "opened_at", "resolved_at"),
         "contact_log": sorted(log, key=lambda e: e["at"]),
