@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import email
+import email.policy
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -146,7 +148,8 @@ async def notifier_running(database: str, kafka_bootstrap: str, topic_prefix: st
 
 
 # -- tests ------------------------------------------------------------------------------------
-async def test_email_in_customers_language_sent_once_despite_redelivery(database, kafka_bootstrap, topic_prefix, sinks):
+async def test_email_in_customers_language_sent_once_despite_redelivery(database, kafka_bootstrap, topic_prefix, sinks,
+                                                                       tmp_path):
     async with notifier_running(database, kafka_bootstrap, topic_prefix, sinks) as n:
         await n.upsert_customer("c1", email="ayse@example.com.tr", phone="+905321234567")
         key = "case-c1:reminder_overdue:email"
@@ -163,6 +166,11 @@ async def test_email_in_customers_language_sent_once_despite_redelivery(database
         # .strip(): the long header is folded on the wire and the sink keeps the unfolded leading space
         assert mail["headers"]["List-Unsubscribe"].strip() == f"<http://127.0.0.1:8004/v1/unsubscribe/{token}>"
         assert "INV-2026-001" in mail["text"] and TR["greeting"] in mail["text"]
+        # RFC 5322: one Date (the send time, by the service's clock); Content-Language once
+        raw = email.message_from_bytes((tmp_path / "sinks" / "mailbox" / f"{mail['id']}.eml").read_bytes(),
+                                       policy=email.policy.default)
+        assert len(raw.get_all("Date")) == 1 and raw["Date"].datetime == n.clock.now().replace(microsecond=0)
+        assert raw.get_all("Content-Language") == ["tr"] and len(raw.get_all("Message-ID")) == 1
 
         sent = await wait_for(lambda: n.events("NotificationSent", key), message="NotificationSent on the notifier topic")
         assert len(sent) == 1

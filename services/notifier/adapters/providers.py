@@ -3,7 +3,9 @@ a provider can drop a duplicate if a send is retried after a crash."""
 from __future__ import annotations
 
 import hashlib
+from datetime import datetime, timezone
 from email.message import EmailMessage
+from email.utils import format_datetime
 
 import aiosmtplib
 import httpx
@@ -19,9 +21,11 @@ class EmailSender:
     def __init__(self, host: str, port: int, mail_from: str) -> None:
         self.host, self.port, self.mail_from = host, port, mail_from
 
-    async def send(self, *, to: str, email: RenderedEmail, language: str, key: str, unsubscribe_url: str) -> str:
+    async def send(self, *, to: str, email: RenderedEmail, language: str, key: str, unsubscribe_url: str,
+                   at: datetime | None = None) -> str:
         msg = EmailMessage()
         message_id = f"<{hashlib.sha256(key.encode()).hexdigest()[:32]}@tahsilat>"
+        msg["Date"] = format_datetime((at or datetime.now(timezone.utc)).astimezone(timezone.utc))  # RFC 5322 requires it
         msg["From"] = self.mail_from
         msg["To"] = to
         msg["Subject"] = email.subject
@@ -31,7 +35,6 @@ class EmailSender:
         msg["X-Tahsilat-Notification-Key"] = key
         msg.set_content(email.text)
         msg.add_alternative(email.html, subtype="html")
-        msg["Content-Language"] = language  # after set_content, which drops Content-* headers
         msg["Content-Language"] = language  # after set_content: it drops every Content-* header set before it
         try:
             await aiosmtplib.send(msg, hostname=self.host, port=self.port, timeout=15)

@@ -204,7 +204,7 @@ class Notifier:
                 rendered = render_email(r["template"], language, r["name"], r["items"], url, r["links"], r["balances"],
                                         r["offer"])
                 provider_id = await self.email.send(to=r["email"], email=rendered, language=language, key=key,
-                                                    unsubscribe_url=url)
+                                                    unsubscribe_url=url, at=now)
             else:
                 text = render_sms(r["template"], language, r["name"], r["items"], r["offer"])
                 provider_id = await self.sms.send(to=r["phone"], text=text, key=key)
