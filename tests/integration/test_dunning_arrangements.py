@@ -327,8 +327,10 @@ async def test_a_claim_that_fails_midway_changes_nothing_and_the_next_one_sends_
 
     monkeypatch.setattr(repo, "insert_notices", failing)
     clock.set(at(date(2026, 3, 7), 9).replace(minute=30))
-    with pytest.raises(ConnectionResetError):  # whoever runs it (this test or the service's timer) fails
-        await app.state.dunning.claim_due_steps()
+    try:  # whoever claims the case (this call or one of the service's claim loops) fails
+        assert await app.state.dunning.claim_due_steps() == 0  # a service loop held the case: skipped
+    except ConnectionResetError:
+        pass
     await wait_for(lambda: _true(state["calls"] >= 3), message="the timer failing again and again")
     assert await app.state.pool.fetchval("SELECT count(*) FROM item_steps WHERE status <> 'scheduled'") == 0
     assert await app.state.pool.fetchval("SELECT count(*) FROM outbox") == 0
