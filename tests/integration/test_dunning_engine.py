@@ -150,6 +150,16 @@ async def test_holds_and_do_not_chase_pause_dunning_and_lifting_them_resumes_wit
     assert {s["step"]: s["status"] for s in item_a["steps"]}["due"] == "skipped"
 
 
+async def _eu_invoice_of_10000(dunning) -> None:
+    """The B2B_EU policy active, and INV_A (10,000.00 EUR, due 2026-03-10) in a case."""
+    app, http, clock, topics, producer = dunning
+    async with await _admin(app, http) as admin:
+        assert (await admin.post("/v1/policies", json={"source": B2B_EU, "activate": True})).status_code == 201
+    await send(producer, topics.invoicing, env(CustomerUpserted(customer_id="C1", name="Globex"), "C1", clock),
+               env(issued(INV_A, amount=1_000_000), INV_A, clock))
+    await wait_for(lambda: _items(http, "C1", 1), message="the case")
+
+
 async def test_fees_compensation_and_interest_are_charged_once_per_invoice_and_step(dunning, kafka_bootstrap):
     """10,000.00 EUR due 2026-03-10 under 2011/7/EU (ECB 2.15 + 8 = 10.15 % from 2026-01-01):
     +14 (2026-03-24): fee 5.00, compensation 40.00, interest 13 days (11th to 23rd March):
@@ -157,11 +167,7 @@ async def test_fees_compensation_and_interest_are_charged_once_per_invoice_and_s
     +30 (2026-04-09): fee 10.00, interest 16 days (24th March to 8th April):
       1,000,000 x 0.1015 x 16 / 365 = 4,449.32 -> 4,449 minor; no second compensation."""
     app, http, clock, topics, producer = dunning
-    async with await _admin(app, http) as admin:
-        assert (await admin.post("/v1/policies", json={"source": B2B_EU, "activate": True})).status_code == 201
-    await send(producer, topics.invoicing, env(CustomerUpserted(customer_id="C1", name="Globex"), "C1", clock),
-               env(issued(INV_A, amount=1_000_000), INV_A, clock))
-    await wait_for(lambda: _items(http, "C1", 1), message="the case")
+    await _eu_invoice_of_10000(dunning)
     for day, n in ((date(2026, 3, 10), 1), (date(2026, 3, 24), 2), (date(2026, 4, 9), 3)):
         clock.set(datetime.combine(day, datetime.min.time(), timezone.utc) + timedelta(hours=9, minutes=5))
         got = await wait_for(lambda n=n: _n(requested(kafka_bootstrap, topics), n), message=f"notice {n}")
@@ -363,11 +369,7 @@ async def test_interest_follows_what_was_owed_each_day_when_part_is_paid_inside_
     from shared.contract.events import Allocation
 
     app, http, clock, topics, producer = dunning
-    async with await _admin(app, http) as admin:
-        assert (await admin.post("/v1/policies", json={"source": B2B_EU, "activate": True})).status_code == 201
-    await send(producer, topics.invoicing, env(CustomerUpserted(customer_id="C1", name="Globex"), "C1", clock),
-               env(issued(INV_A, amount=1_000_000), INV_A, clock))
-    await wait_for(lambda: _items(http, "C1", 1), message="the case")
+    await _eu_invoice_of_10000(dunning)
     for day, n in ((date(2026, 3, 10), 1), (date(2026, 3, 24), 2)):
         clock.set(datetime.combine(day, datetime.min.time(), timezone.utc) + timedelta(hours=9, minutes=5))
         await wait_for(lambda n=n: _n(requested(kafka_bootstrap, topics), n), message=f"notice {n}")
