@@ -37,7 +37,8 @@ PRODUCERS: dict[str, tuple[str, ...]] = {
                 "DisputeAgeing", "CreditNoteRequested", "PromiseToPayRecorded", "PromiseToPayKept", "PromiseToPayBroken",
                 "PaymentPlanAgreed", "PaymentPlanBroken", "PaymentPlanCompleted", "CaseEscalatedToLegal",
                 "SettlementOffered", "SettlementAccepted", "SettlementOfferEnded", "CollectorTaskCreated"),
-    "notifier": ("NotificationSent", "NotificationFailed"),
+    "notifier": ("NotificationSent", "NotificationDelivered", "NotificationFailed", "ContactOptedOut",
+                 "ContactOptedIn"),
     "risk": ("RiskAssessed",),
 }
 

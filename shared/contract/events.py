@@ -13,7 +13,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from shared.contract.money import CurrencyCode
 from shared.contract.registry import REGISTRY
 
-Channel = Literal["email", "sms", "collector_call", "letter", "legal"]
+Channel = Literal["email", "sms", "webhook", "collector_call", "letter", "legal"]
 Language = Literal["en", "tr", "cs", "fa"]
 RiskSegment = Literal["low", "medium", "high"]
 DisputeReason = Literal["price", "quantity", "quality", "not_received", "duplicate", "already_paid", "other"]
@@ -211,12 +211,56 @@ class NotificationSent(EventPayload):
     provider_message_id: str | None = None
 
 
+FailureCode = Literal["opted_out", "declined", "suppressed", "no_address", "bounced", "complaint", "rejected",
+                      "gave_up"]
+BounceClass = Literal["hard", "soft", "complaint"]
+
+
 @REGISTRY.register("NotificationFailed", 1)
 class NotificationFailed(EventPayload):
+    """A notice will not reach the customer on this channel: dunning falls back (another
+    channel or a collector task)."""
+
     notification_key: str
     channel: Channel
     reason: str
     failed_at: AwareDatetime
+    code: FailureCode | None = Field(default=None, description=(
+        "opted_out: the person unsubscribed or sent STOP; declined: the contact's channel preferences exclude it;"
+        " suppressed: the address bounced or complained before; no_address: none on file; bounced / complaint:"
+        " the provider reported it after sending; rejected: the provider refused it; gave_up: transient failures"
+        " until the last attempt"))
+    bounce_class: BounceClass | None = Field(default=None, description="for a provider's report: hard, soft or complaint")
+
+
+@REGISTRY.register("NotificationDelivered", 1)
+class NotificationDelivered(EventPayload):
+    """The provider reported the message delivered (an SMS receipt, an email delivery event)."""
+
+    notification_key: str
+    channel: Channel
+    delivered_at: AwareDatetime
+    provider_message_id: str | None = None
+
+
+ContactChannel = Literal["email", "sms", "webhook"]
+
+
+@REGISTRY.register("ContactOptedOut", 1)
+class ContactOptedOut(EventPayload):
+    """The person asked for no more messages on a channel (unsubscribe link, STOP, complaint, or
+    a collector on their behalf). Nothing more is sent there until ContactOptedIn."""
+
+    channel: ContactChannel
+    source: Literal["unsubscribe_link", "sms_keyword", "complaint", "api"]
+    opted_out_at: AwareDatetime
+
+
+@REGISTRY.register("ContactOptedIn", 1)
+class ContactOptedIn(EventPayload):
+    channel: ContactChannel
+    source: Literal["sms_keyword", "api"]
+    opted_in_at: AwareDatetime
 
 
 @REGISTRY.register("LateFeeAssessed", 1)

@@ -8,11 +8,11 @@ only to format, and then with the ISO number of decimals.
 from __future__ import annotations
 
 from decimal import Decimal
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import Annotated
 
 from babel import Locale
-from babel.numbers import NumberPattern
+from babel.numbers import NumberPattern, get_minus_sign_symbol
 from iso4217 import Currency
 from pydantic import AfterValidator
 
@@ -79,3 +79,45 @@ def format_money(amount_minor: int, currency: str, locale: str = "en") -> str:
     """E.g. 123456 HUF -> "HUF 1,234.56", 1234 JPY -> "¥1,234", 1234567 KWD -> "KWD 1,234.567"."""
     parsed, pattern = _currency_pattern(locale, currency_exponent(currency))
     return pattern.apply(to_major(amount_minor, currency), parsed, currency=currency, currency_digits=False)
+
+
+# Digits of the numbering systems a locale may default to (CLDR numberingSystems.xml). Babel
+# formats with a numbering system's decimal and group symbols but always with ASCII digits.
+_DIGITS: dict[str, str] = {
+    "latn": "0123456789",
+    "arab": "٠١٢٣٤٥٦٧٨٩",
+    "arabext": "۰۱۲۳۴۵۶۷۸۹",
+    "beng": "০১২৩৪৫৬৭৮৯",
+    "deva": "०१२३४५६७८९",
+    "mymr": "၀၁၂၃၄၅၆၇၈၉",
+}
+
+
+@cache
+def numbering_system(locale: str) -> str:
+    """The locale's default numbering system where its digits are known here, else "latn":
+    "arabext" for fa, "latn" for en, tr and cs."""
+    system = Locale.parse(locale).default_numbering_system
+    return system if system in _DIGITS else "latn"
+
+
+def native_digits(text: str, locale: str) -> str:
+    """`text` with its ASCII digits written in the locale's own digits: "20 مارس 2026" ->
+    "۲۰ مارس ۲۰۲۶" for fa; unchanged for locales that use Latin digits."""
+    system = numbering_system(locale)
+    return text if system == "latn" else text.translate(str.maketrans("0123456789", _DIGITS[system]))
+
+
+def format_money_native(amount_minor: int, currency: str, locale: str = "en") -> str:
+    """format_money in the locale's own numbering system: its digits, decimal and group
+    separators and minus sign, e.g. 123450 EUR in fa -> LRM "€" NBSP "۱٬۲۳۴٫۵۰". The same text as
+    format_money where the locale writes Latin digits (en, tr, cs)."""
+    system = numbering_system(locale)
+    if system == "latn":
+        return format_money(amount_minor, currency, locale)
+    parsed, pattern = _currency_pattern(locale, currency_exponent(currency))
+    text = pattern.apply(to_major(amount_minor, currency), parsed, currency=currency, currency_digits=False,
+                         numbering_system=system)
+    if amount_minor < 0:  # the pattern's "-" stands for the numbering system's minus sign
+        text = text.replace("-", get_minus_sign_symbol(parsed, numbering_system=system), 1)
+    return native_digits(text, locale)

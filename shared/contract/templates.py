@@ -17,4 +17,4 @@ NOTICE_TEMPLATES: dict[str, frozenset[str]] = {
 
 # Channels whose step is a message rendered from a template; a collector call is a task and a
 # legal hand-over a case file.
-RENDERED_CHANNELS = frozenset({"email", "sms", "letter"})
+RENDERED_CHANNELS = frozenset({"email", "sms", "webhook", "letter"})

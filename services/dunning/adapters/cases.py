@@ -293,7 +293,7 @@ async def next_due(pool: asyncpg.Pool, now: datetime) -> datetime | None:
 
 
 # The channels the notifier sends; a call or letter step is work for a person (adapters/tasks.py).
-NOTIFIER_CHANNELS = ("email", "sms")
+NOTIFIER_CHANNELS = ("email", "sms", "webhook")
 
 
 def _notice_event_sql(payload, data: dict[str, str], where: str = "true") -> str:
