@@ -1,62 +1,303 @@
-"""Delivery providers: SMTP for email, an HTTP SMS gateway. Both get the notification key so
-a provider can drop a duplicate if a send is retried after a crash."""
+"""Delivery providers: SMTP for email, an SMS provider (the local JSON gateway or a Twilio-compatible
+API) and signed JSON webhooks to customers' own systems. Every send carries the notification key so a
+provider can drop a duplicate if a send is retried after a crash.
+
+A failed send raises DeliveryError. `permanent` says whether sending the same thing again can ever
+help (a 550 "no such user", an invalid number, a 410 Gone): retry only when it is False. `code` is a
+short machine-readable cause: "smtp_550", "twilio_21211", "http_410", "smtp_connect", ...
+"""
 from __future__ import annotations
 
 import hashlib
+import json
+import ssl
+import time
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from email.message import EmailMessage
 from email.utils import format_datetime
+from typing import TYPE_CHECKING, Any, Literal
 
 import aiosmtplib
 import httpx
+from pydantic import SecretStr
 
 from services.notifier.adapters.templates import RenderedEmail
+from services.notifier.domain.signatures import SIGNATURE_HEADER, sign
+
+if TYPE_CHECKING:
+    from services.notifier.settings import NotifierSettings
+
+SmtpTls = Literal["starttls", "tls", "none", "auto"]
+DEFAULT_TIMEOUT = 15.0
 
 
 class DeliveryError(RuntimeError):
-    pass
+    """A send that did not happen. str() is the human-readable reason (what gets recorded)."""
+
+    def __init__(self, message: str, *, permanent: bool = False, code: str = "error") -> None:
+        super().__init__(message)
+        self.permanent = permanent
+        self.code = code
+
+    def __repr__(self) -> str:
+        return f"DeliveryError({str(self)!r}, permanent={self.permanent}, code={self.code!r})"
+
+
+def _secret(value: str | SecretStr | None) -> str | None:
+    return value.get_secret_value() if isinstance(value, SecretStr) else value
+
+
+# -- email ------------------------------------------------------------------------------------------
+def _smtp_error(exc: BaseException, where: str) -> DeliveryError:
+    """Classify what aiosmtplib raised. Permanent: a 5xx reply to RCPT or DATA (this recipient or this
+    message will never be accepted). Everything else can be cured by waiting or by an operator (our
+    credentials, our sender address, the server's TLS set-up, the network): transient."""
+    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused) and exc.recipients:
+        exc = exc.recipients[0]  # one recipient per message
+    if isinstance(exc, (aiosmtplib.SMTPRecipientRefused, aiosmtplib.SMTPDataError)):
+        stage = "RCPT" if isinstance(exc, aiosmtplib.SMTPRecipientRefused) else "DATA"
+        return DeliveryError(f"SMTP {where}: {stage} refused: {exc.code} {exc.message}",
+                             permanent=500 <= exc.code < 600, code=f"smtp_{exc.code}")
+    if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
+        return DeliveryError(f"SMTP {where}: authentication refused: {exc.code} {exc.message}",
+                             code=f"smtp_{exc.code}")
+    if isinstance(exc, aiosmtplib.SMTPSenderRefused):
+        return DeliveryError(f"SMTP {where}: sender {exc.sender} refused: {exc.code} {exc.message}",
+                             code=f"smtp_{exc.code}")
+    if isinstance(exc, aiosmtplib.SMTPResponseException):
+        return DeliveryError(f"SMTP {where}: {exc.code} {exc.message}", code=f"smtp_{exc.code}")
+    if isinstance(exc, ssl.SSLError) or isinstance(exc.__cause__, ssl.SSLError):
+        return DeliveryError(f"SMTP {where}: TLS failed: {exc}", code="smtp_tls")
+    if isinstance(exc, aiosmtplib.SMTPTimeoutError | TimeoutError):
+        return DeliveryError(f"SMTP {where}: timed out: {exc}", code="smtp_timeout")
+    if isinstance(exc, aiosmtplib.SMTPConnectError | aiosmtplib.SMTPServerDisconnected | OSError):
+        return DeliveryError(f"SMTP {where}: connection failed: {exc}", code="smtp_connect")
+    if isinstance(exc, aiosmtplib.SMTPNotSupported) or "STARTTLS" in str(exc):
+        return DeliveryError(f"SMTP {where}: {exc}", code="smtp_tls")
+    return DeliveryError(f"SMTP {where}: {exc}", code="smtp_error")
 
 
 class EmailSender:
-    def __init__(self, host: str, port: int, mail_from: str) -> None:
-        self.host, self.port, self.mail_from = host, port, mail_from
+    """Sends one message per connection.
 
-    async def send(self, *, to: str, email: RenderedEmail, language: str, key: str, unsubscribe_url: str,
-                   at: datetime | None = None) -> str:
+    tls: "starttls" (upgrade, and fail if the server cannot), "tls" (implicit TLS from the first byte,
+    usually port 465), "none" (plain text), or "auto" (upgrade when the server offers STARTTLS).
+    Credentials are only ever sent over TLS, except with an explicit tls="none".
+    """
+
+    def __init__(self, host: str, port: int, mail_from: str, *, tls: SmtpTls = "auto",
+                 username: str | None = None, password: str | SecretStr | None = None,
+                 validate_certs: bool = True, ca_file: str | None = None,
+                 timeout: float = DEFAULT_TIMEOUT) -> None:
+        if tls not in ("starttls", "tls", "none", "auto"):
+            raise ValueError(f"tls must be starttls, tls, none or auto, not {tls!r}")
+        if (username is None) != (password is None):
+            raise ValueError("an SMTP username and password go together")
+        self.host, self.port, self.mail_from = host, port, mail_from
+        self.tls, self.username, self._password = tls, username, password
+        self.validate_certs, self.ca_file, self.timeout = validate_certs, ca_file, timeout
+
+    @property
+    def where(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def message(self, *, to: str, email: RenderedEmail, language: str, key: str, unsubscribe_url: str,
+                at: datetime | None = None) -> EmailMessage:
         msg = EmailMessage()
-        message_id = f"<{hashlib.sha256(key.encode()).hexdigest()[:32]}@tahsilat>"
-        msg["Date"] = format_datetime((at or datetime.now(timezone.utc)).astimezone(timezone.utc))  # RFC 5322 requires it
+        msg["Date"] = format_datetime((at or datetime.now(timezone.utc)).astimezone(timezone.utc))  # RFC 5322
         msg["From"] = self.mail_from
         msg["To"] = to
         msg["Subject"] = email.subject
-        msg["Message-ID"] = message_id
+        msg["Message-ID"] = message_id(key)
         msg["List-Unsubscribe"] = f"<{unsubscribe_url}>"
         msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
         msg["X-Tahsilat-Notification-Key"] = key
         msg.set_content(email.text)
         msg.add_alternative(email.html, subtype="html")
         msg["Content-Language"] = language  # after set_content: it drops every Content-* header set before it
+        return msg
+
+    async def send(self, *, to: str, email: RenderedEmail, language: str, key: str, unsubscribe_url: str,
+                   at: datetime | None = None) -> str:
+        msg = self.message(to=to, email=email, language=language, key=key, unsubscribe_url=unsubscribe_url, at=at)
+        await self.send_message(msg)
+        return str(msg["Message-ID"])
+
+    async def send_message(self, msg: EmailMessage) -> None:
+        client = aiosmtplib.SMTP(
+            hostname=self.host, port=self.port, timeout=self.timeout, use_tls=self.tls == "tls",
+            start_tls={"starttls": True, "auto": None, "tls": False, "none": False}[self.tls],
+            validate_certs=self.validate_certs, cert_bundle=self.ca_file,
+        )
         try:
-            await aiosmtplib.send(msg, hostname=self.host, port=self.port, timeout=15)
-        except (aiosmtplib.SMTPException, OSError) as exc:
-            raise DeliveryError(f"SMTP {self.host}:{self.port}: {exc}") from exc
-        return message_id
+            await client.connect()  # TLS (implicit or STARTTLS) is settled here, before any credential
+            try:
+                if self.username is not None:
+                    if self.tls != "none" and client.get_transport_info("sslcontext") is None:
+                        raise DeliveryError(f"SMTP {self.where}: the server offers no STARTTLS; not sending"
+                                            " the password in clear text (set SMTP_TLS=none to allow it)",
+                                            code="smtp_tls_required")
+                    if client.is_ehlo_or_helo_needed:
+                        await client.ehlo()
+                    if not client.supports_extension("auth"):
+                        raise DeliveryError(f"SMTP {self.where}: the server offers no AUTH (over this connection)",
+                                            code="smtp_auth_unsupported")
+                    await client.login(self.username, _secret(self._password) or "")
+                await client.send_message(msg)
+            finally:
+                try:
+                    await client.quit()
+                except (aiosmtplib.SMTPException, OSError):
+                    pass
+                finally:
+                    client.close()
+        except (aiosmtplib.SMTPException, OSError) as exc:  # ssl.SSLError and TimeoutError are OSErrors
+            raise _smtp_error(exc, self.where) from exc
 
 
+def message_id(key: str) -> str:
+    """The Message-ID of a notification's email: the same on every attempt, so a resend is recognisable."""
+    return f"<{hashlib.sha256(key.encode()).hexdigest()[:32]}@tahsilat>"
+
+
+def build_email_sender(settings: NotifierSettings) -> EmailSender:
+    return EmailSender(settings.smtp_host, settings.smtp_port, settings.mail_from, tls=settings.smtp_tls,
+                       username=settings.smtp_username, password=settings.smtp_password,
+                       validate_certs=settings.smtp_validate_certs, ca_file=settings.smtp_ca_file)
+
+
+# -- HTTP helpers -----------------------------------------------------------------------------------
+def _http_permanent(status: int) -> bool:
+    """A 4xx says this request will never succeed, except 408 (timeout) and 429 (slow down)."""
+    return 400 <= status < 500 and status not in (408, 429)
+
+
+def _accepted_id(response: httpx.Response, field: str, default: str) -> str:
+    """The provider's id from a 2xx reply. Accepted is accepted: a reply body we cannot read must not
+    make us send the message again."""
+    try:
+        body = response.json()
+    except ValueError:
+        return default
+    value = body.get(field) if isinstance(body, dict) else None
+    return str(value) if value not in (None, "") else default
+
+
+# -- SMS --------------------------------------------------------------------------------------------
 class SmsSender:
-    def __init__(self, url: str, client: httpx.AsyncClient) -> None:
-        self.url, self.client = url, client
+    """The local JSON gateway ("sink"): POST {to, text, message_id} to `url`. Also the base type of
+    every SMS provider: send(to=, text=, key=, status_callback=) -> the provider's message id."""
 
-    async def send(self, *, to: str, text: str, key: str) -> str:
+    def __init__(self, url: str, client: httpx.AsyncClient, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.url, self.client, self.timeout = url, client, timeout
+
+    async def send(self, *, to: str, text: str, key: str, status_callback: str | None = None) -> str:
+        """`status_callback` is ignored: the JSON gateway reports no delivery status."""
         try:
-            response = await self.client.post(self.url, json={"to": to, "text": text, "message_id": key}, timeout=15)
+            response = await self.client.post(self.url, json={"to": to, "text": text, "message_id": key},
+                                              timeout=self.timeout)
         except httpx.HTTPError as exc:
-            raise DeliveryError(f"SMS gateway {self.url}: {exc}") from exc
+            raise DeliveryError(f"SMS gateway {self.url}: {exc!r}", code="sms_transport") from exc
         if response.status_code >= 300:
-            raise DeliveryError(f"SMS gateway answered {response.status_code}: {response.text[:200]}")
-        # Accepted is accepted: a reply body we cannot read must not make us send the message again.
+            raise DeliveryError(f"SMS gateway answered {response.status_code}: {response.text[:200]}",
+                                permanent=_http_permanent(response.status_code),
+                                code=f"http_{response.status_code}")
+        return _accepted_id(response, "id", key)
+
+
+class TwilioSmsSender(SmsSender):
+    """A Twilio-compatible Messages API: POST {api_base}/2010-04-01/Accounts/{sid}/Messages.json,
+    form-encoded, HTTP basic auth, the notification key as Idempotency-Key. Returns the message sid."""
+
+    def __init__(self, client: httpx.AsyncClient, *, account_sid: str, auth_token: str | SecretStr,
+                 from_number: str | None = None, messaging_service_sid: str | None = None,
+                 api_base: str = "https://api.twilio.com", timeout: float = DEFAULT_TIMEOUT) -> None:
+        if not account_sid or not _secret(auth_token):
+            raise ValueError("Twilio needs an account sid and an auth token")
+        if not (from_number or messaging_service_sid):
+            raise ValueError("Twilio needs a From number or a messaging service sid")
+        super().__init__(f"{api_base.rstrip('/')}/2010-04-01/Accounts/{account_sid}/Messages.json", client,
+                         timeout=timeout)
+        self.account_sid, self._auth_token = account_sid, auth_token
+        self.from_number, self.messaging_service_sid = from_number, messaging_service_sid
+
+    async def send(self, *, to: str, text: str, key: str, status_callback: str | None = None) -> str:
+        form = {"To": to, "Body": text}
+        if self.messaging_service_sid:
+            form["MessagingServiceSid"] = self.messaging_service_sid
+        else:
+            form["From"] = self.from_number or ""
+        if status_callback:
+            form["StatusCallback"] = status_callback
+        try:
+            response = await self.client.post(
+                self.url, data=form, auth=(self.account_sid, _secret(self._auth_token) or ""),
+                headers={"Idempotency-Key": key, "Accept": "application/json"}, timeout=self.timeout)
+        except httpx.HTTPError as exc:
+            raise DeliveryError(f"Twilio {self.url}: {exc!r}", code="sms_transport") from exc
+        status = response.status_code
+        if 200 <= status < 300:
+            return _accepted_id(response, "sid", key)
+        code, message = f"http_{status}", response.text[:200]
         try:
             body = response.json()
         except ValueError:
-            return key
-        return str(body.get("id", key)) if isinstance(body, dict) else key
+            body = None
+        if isinstance(body, dict):
+            if isinstance(body.get("code"), int):
+                code = f"twilio_{body['code']}"
+            message = str(body.get("message") or message)[:200]
+        # 401/403 are about our credentials, not the recipient: an operator fixes them, the message can wait.
+        permanent = _http_permanent(status) and status not in (401, 403)
+        raise DeliveryError(f"Twilio answered {status} ({code}): {message}", permanent=permanent, code=code)
+
+
+def build_sms_sender(settings: NotifierSettings, http_client: httpx.AsyncClient) -> SmsSender:
+    """The SMS provider the settings ask for (SMS_PROVIDER)."""
+    if settings.sms_provider == "twilio":
+        assert settings.sms_account_sid and settings.sms_auth_token  # the settings validated this
+        return TwilioSmsSender(http_client, account_sid=settings.sms_account_sid,
+                               auth_token=settings.sms_auth_token, from_number=settings.sms_from,
+                               messaging_service_sid=settings.sms_messaging_service_sid,
+                               api_base=settings.sms_api_base)
+    return SmsSender(settings.sms_url, http_client)
+
+
+# -- webhooks ---------------------------------------------------------------------------------------
+class WebhookSender:
+    """POSTs a notice as JSON to a customer's own endpoint, signed (see domain.signatures):
+
+        Tahsilat-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>." + body)>
+        Idempotency-Key: <notification key>
+
+    2xx: accepted. 410 Gone and any other 4xx but 408/429: permanent. Anything else: transient.
+    """
+
+    def __init__(self, client: httpx.AsyncClient, *, timeout: float = DEFAULT_TIMEOUT,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.client, self.timeout, self.clock = client, timeout, clock
+
+    @staticmethod
+    def body(payload: Mapping[str, Any]) -> bytes:
+        return json.dumps(payload, ensure_ascii=False, separators=(",", ":"), default=str).encode("utf-8")
+
+    async def send(self, url: str, secret: str | Sequence[str], payload: Mapping[str, Any], key: str, *,
+                   timestamp: int | None = None) -> str:
+        """`secret` may be several while it is rotated (one v1= entry each). Returns the receiver's
+        `id` if its reply has one, else the key."""
+        if not url.startswith(("https://", "http://")):
+            raise DeliveryError(f"webhook URL {url[:100]!r} is not http(s)", permanent=True, code="webhook_url")
+        body = self.body(payload)
+        t = int(self.clock()) if timestamp is None else timestamp
+        headers = {"Content-Type": "application/json", "Idempotency-Key": key,
+                   SIGNATURE_HEADER: sign(secret, body, t), "User-Agent": "Tahsilat-Webhooks/1"}
+        try:
+            response = await self.client.post(url, content=body, headers=headers, timeout=self.timeout)
+        except httpx.HTTPError as exc:
+            raise DeliveryError(f"webhook {url}: {exc!r}", code="webhook_transport") from exc
+        status = response.status_code
+        if 200 <= status < 300:
+            return _accepted_id(response, "id", key)
+        raise DeliveryError(f"webhook {url} answered {status}: {response.text[:200]}",
+                            permanent=_http_permanent(status), code=f"http_{status}")
