@@ -8,7 +8,7 @@ import pytest
 from babel.numbers import get_currency_precision
 from pydantic import TypeAdapter, ValidationError
 
-from services.notifier.adapters.templates import render_email, render_sms
+from services.notifier.adapters.templates import Notice, render_email, render_sms
 from shared.contract.money import (
     CurrencyCode,
     currency_exponent,
@@ -138,18 +138,20 @@ ONE_HUF = [{"number": "INV-HU-1", "open_amount_minor": 123456, "currency": "HUF"
 
 
 @pytest.mark.parametrize(("language", "amount"), [
-    ("en", "HUF1,234.56"), ("tr", "HUF1.234,56"), ("cs", "1\xa0234,56\xa0HUF"), ("fa", "HUF\xa01,234.56"),
+    ("en", "HUF1,234.56"), ("tr", "HUF1.234,56"), ("cs", "1\xa0234,56\xa0HUF"), ("fa", "HUF\xa0۱٬۲۳۴٫۵۶"),
 ])
 def test_the_notifier_renders_huf_with_two_decimals(language, amount):
-    email = render_email("reminder_overdue", language, "A", ONE_HUF, "https://pay.example.test/u")
+    notice = Notice(template="reminder_overdue", name="A", items=ONE_HUF, unsubscribe_url="https://pay.example.test/u")
+    email = render_email(notice, language)
     assert amount in email.text and amount in email.html
-    assert " ".join(amount.split()) in render_sms("reminder_overdue", language, "A", ONE_HUF)  # SMS: plain spaces
+    assert " ".join(amount.split()) in " ".join(render_sms(notice, language).text.split())  # SMS: plain spaces
     assert "123,456" not in email.text and "123.456" not in email.text  # not 100x the amount
 
 
 def test_the_notifier_renders_iqd_with_three_decimals_and_huf_balances():
     items = [{"number": "INV-IQ-1", "open_amount_minor": 1234567, "currency": "IQD", "due_date": "2026-03-20"}]
-    email = render_email("reminder_overdue", "en", "A", items, "https://pay.example.test/u",
-                         balances=[{"currency": "HUF", "balance_minor": 50}])
+    email = render_email(Notice(template="reminder_overdue", name="A", items=items,
+                                unsubscribe_url="https://pay.example.test/u",
+                                balances=[{"currency": "HUF", "balance_minor": 50}]), "en")
     assert "IQD1,234.567" in email.text
     assert "HUF0.50" in email.text
