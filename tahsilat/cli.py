@@ -662,6 +662,76 @@ def dunning_plan(
         console.print("nothing goes out that day")
 
 
+notify_app = typer.Typer(help="Notifier: see a notice as the customer would, before it goes out.", no_args_is_help=True)
+app.add_typer(notify_app, name="notify")
+
+
+@notify_app.command("preview")
+def notify_preview(
+    template: Annotated[str, typer.Option(help="reminder_pre_due, reminder_due, reminder_overdue, final_notice,"
+                                               " balance_confirmation or settlement_offer")],
+    language: Annotated[str, typer.Option(help="en, tr, cs or fa")] = "en",
+    tenant: Annotated[str | None, typer.Option(help="use this tenant's wording and languages (reads the notifier"
+                                                    " database)")] = None,
+    case_id: Annotated[str | None, typer.Option("--case-id", help="a real case's latest notice instead of a sample"
+                                                                  " (needs --tenant)")] = None,
+    html: Annotated[Path | None, typer.Option(help="also write the HTML part to this file")] = None,
+    db_prefix: DbPrefixOption = "tahsilat",
+) -> None:
+    """Render a notice: the email's subject and text, and the SMS with its encoding and segments."""
+    from services.notifier.adapters.store import ContactRules
+    from services.notifier.domain.rules import ContactCap, SendingWindow
+    from services.notifier.service_layer.previews import preview_notice
+    from shared.contract.templates import LANGUAGES, NOTICE_TEMPLATES
+    from shared.http import DomainError
+
+    if template not in NOTICE_TEMPLATES:
+        console.print(f"[red]template:[/red] must be one of {', '.join(sorted(NOTICE_TEMPLATES))}, not {escape(template)!r}")
+        raise typer.Exit(2)
+    if language not in LANGUAGES:
+        console.print(f"[red]language:[/red] must be one of {', '.join(LANGUAGES)}, not {escape(language)!r}")
+        raise typer.Exit(2)
+    if case_id and not tenant:
+        console.print("[red]case-id:[/red] needs --tenant (the case's notices are the tenant's)")
+        raise typer.Exit(2)
+    shipped = ContactRules(SendingWindow(), ContactCap(), "en", LANGUAGES, 3)
+
+    async def render(pool):
+        try:
+            return await preview_notice(pool, shipped, tenant or "", template, language, case_id=case_id,
+                                        overrides=None if tenant else {})
+        except DomainError as exc:
+            return exc
+
+    if tenant:
+        result = _service_query("notifier", db_prefix, render, service_pool=True)
+    else:
+        result = asyncio.run(_preview_without_database(render))
+    if isinstance(result, DomainError):
+        console.print(f"[red]{result.field}:[/red] {escape(result.reason)}")
+        raise typer.Exit(2)
+    fallback = f" (fell back from {result['fallback_from']})" if result["fallback_from"] else ""
+    console.print(f"[bold]{template}[/bold] in {result['language']}{fallback}")
+    console.print(f"[bold]Subject:[/bold] {escape(result['subject'])}\n")
+    console.print(result["text"], markup=False, highlight=False)
+    sms = result["sms"]
+    console.print(f"\n[bold]SMS[/bold] ({sms['encoding']}, {sms['segments']} of at most {sms['limit']} segments):")
+    console.print(sms["text"], markup=False, highlight=False)
+    if html:
+        html.write_text(result["html"], encoding="utf-8")
+        console.print(f"\nHTML written to {escape(str(html))}")
+
+
+async def _preview_without_database(render):
+    """A preview of the shipped wording needs no database: the store is asked for nothing."""
+
+    class NoDatabase:
+        async def fetch(self, *_args):
+            return []
+
+    return await render(NoDatabase())
+
+
 outbox_app = typer.Typer(
     help="Events a service could not publish. Each holds back the later events of its key (its customer)"
          " until it goes out or a person discards it.", no_args_is_help=True)

@@ -23,6 +23,7 @@ from shared.contract import Topics
 from shared.db import database_name, drop_database, ensure_database, migrate, redact_url, with_database
 from shared.kafka import BrokerUnavailable, ensure_topics
 from tahsilat.embedded import Broker, StartupError, free_port, require_free, resolve_postgres, stop_process
+from tahsilat.sinks import TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN
 
 SERVICES = ("invoicing", "dunning", "risk", "notifier")
 DEFAULT_PORTS = {"invoicing": 8001, "dunning": 8002, "risk": 8003, "notifier": 8004, "sinks": 8025, "smtp": 2525,
@@ -186,6 +187,13 @@ class Platform:
             "SMTP_HOST": "127.0.0.1",
             "SMTP_PORT": str(self.ports["smtp"]),
             "SMS_URL": f"{self.sinks_url}/sms",
+            # SMS in the Twilio request shape, to the sink, which answers with signed status callbacks
+            "SMS_PROVIDER": "twilio",
+            "SMS_API_BASE": self.sinks_url,
+            "SMS_ACCOUNT_SID": TWILIO_ACCOUNT_SID,
+            "SMS_AUTH_TOKEN": TWILIO_AUTH_TOKEN,
+            "SMS_FROM": "+15005550006",
+            "WEBHOOK_ALLOW_PRIVATE_NETWORKS": "true",  # customers' "systems" here are local test servers
             "PUBLIC_BASE_URL": self.url(service),  # links in messages point at the service that answers them
             "STREAM_DATA_DIR": str(self.base_dir / "risk-stream"),
         }

@@ -6,7 +6,7 @@ from pathlib import Path
 import httpx
 from fastapi import FastAPI
 
-from services.notifier.adapters.providers import EmailSender, SmsSender
+from services.notifier.adapters.providers import WebhookSender, build_email_sender, build_sms_sender
 from services.notifier.entrypoints.api import router
 from services.notifier.service_layer.handlers import Notifier
 from services.notifier.settings import NotifierSettings
@@ -24,13 +24,13 @@ def build(settings: NotifierSettings, clock: Clock | None = None) -> FastAPI:
         host.on_stop(http.aclose)
         notifier = Notifier(
             host.pool, host.clock, host.topics, settings,
-            EmailSender(settings.smtp_host, settings.smtp_port, settings.mail_from),
-            SmsSender(settings.sms_url, http),
+            build_email_sender(settings), build_sms_sender(settings, http),
+            WebhookSender(http, allow_private_networks=settings.webhook_allow_private_networks),
         )
         app.state.notifier = notifier
         host.consume("requests", [host.topics.invoicing, host.topics.dunning], notifier.handlers())
         host.every("dispatch", notifier.dispatch_due, wake_on="notifier_due", next_due=notifier.next_send_due)
 
-    app = host.create_api("Tahsilat notifier", "Email and SMS delivery, templates, opt-outs.", wire)
+    app = host.create_api("Tahsilat notifier", "Email, SMS and webhook delivery, templates, contact rules, opt-outs, delivery tracking.", wire)
     app.include_router(router)
     return app

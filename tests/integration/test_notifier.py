@@ -27,7 +27,8 @@ from shared.kafka import start_producer
 from tahsilat.embedded import free_port
 from tahsilat.sinks import run_sinks
 from tahsilat.streams import read_events
-from tests.support import FAST_KAFKA, api_key, client, running, wait_for
+from shared.host import serve_in_process
+from tests.support import FAST_KAFKA, api_key, client, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -132,19 +133,25 @@ class Notifier:
 @contextlib.asynccontextmanager
 async def notifier_running(database: str, kafka_bootstrap: str, topic_prefix: str, sinks: Sinks,
                            start: datetime = START, **settings_over: Any) -> AsyncIterator[Notifier]:
+    port = free_port()  # known before start: the links and callbacks the service hands out carry it
     settings = NotifierSettings(**{
         "database_url": database, "kafka_bootstrap_servers": kafka_bootstrap, "topic_prefix": topic_prefix,
         "kafka_partitions": 2, "poll_interval_seconds": 0.1, "smtp_port": sinks.smtp_port,
-        "sms_url": f"http://127.0.0.1:{sinks.http_port}/sms", **FAST_KAFKA, **settings_over,
+        "sms_url": f"http://127.0.0.1:{sinks.http_port}/sms", "public_base_url": f"http://127.0.0.1:{port}",
+        "webhook_allow_private_networks": True, **FAST_KAFKA, **settings_over,
     })
     clock = ManualClock(start)
     app = build(settings, clock)
-    async with running(app) as url:
+    async with serve_in_process(app, port=port) as url:
         producer = await start_producer(kafka_bootstrap)
         try:
             yield Notifier(app, url, clock, Topics(topic_prefix), producer, kafka_bootstrap)
         finally:
             await producer.stop()
+
+
+async def _of_customer(events, customer_id: str) -> list[Envelope]:
+    return [e for e in await events if e.data["customer_id"] == customer_id]
 
 
 # -- tests ------------------------------------------------------------------------------------
@@ -162,9 +169,10 @@ async def test_email_in_customers_language_sent_once_despite_redelivery(database
         assert mail["subject"] == TR["reminder_overdue"]["subject"]
         assert mail["headers"]["Content-Language"] == "tr"
         assert mail["language"] == "tr"
-        token = (await n.contact("c1"))["unsubscribe_token"]
         # .strip(): the long header is folded on the wire and the sink keeps the unfolded leading space
-        assert mail["headers"]["List-Unsubscribe"].strip() == f"<http://127.0.0.1:8004/v1/unsubscribe/{token}>"
+        link = mail["headers"]["List-Unsubscribe"].strip()
+        assert link.startswith(f"<{n.url}/v1/unsubscribe/") and link.endswith(">")
+        assert mail["headers"]["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
         assert "INV-2026-001" in mail["text"] and TR["greeting"] in mail["text"]
         # RFC 5322: one Date (the send time, by the service's clock); Content-Language once
         raw = email.message_from_bytes((tmp_path / "sinks" / "mailbox" / f"{mail['id']}.eml").read_bytes(),
@@ -202,7 +210,7 @@ async def test_sms_goes_to_the_customers_phone_with_opt_out_text(database, kafka
         assert len(sms) == 1
         assert sms[0]["message_id"] == key
         assert sms[0]["text"].startswith(TR["reminder_overdue"]["sms"])
-        assert "INV-2026-042" in sms[0]["text"]
+        assert "₺1.250,00" in sms[0]["text"]  # consolidated: how many invoices and the total, not every number
         assert sms[0]["text"].endswith(TR["sms_stop"])
         sent = await wait_for(lambda: n.events("NotificationSent", key), message="NotificationSent for the SMS")
         assert sent[0].data["channel"] == "sms" and sent[0].data["language"] == "tr"
@@ -246,10 +254,16 @@ async def test_quiet_hours_defer_until_morning_in_customers_timezone(database, k
 async def test_unsubscribe_suppresses_later_emails(database, kafka_bootstrap, topic_prefix, sinks):
     async with notifier_running(database, kafka_bootstrap, topic_prefix, sinks) as n:
         await n.upsert_customer("c4", email="ali@example.com.tr", phone="+905551112233")
-        token = (await n.contact("c4"))["unsubscribe_token"]
+        # the link of the first email: signed, naming the tenant and customer
+        await n.request("c4", "case-c4:reminder_pre_due:email", template="reminder_pre_due")
+        first = await wait_for(lambda: sinks.emails_with_key("case-c4:reminder_pre_due:email"), message="an email")
+        token = first[0]["headers"]["List-Unsubscribe"].strip().strip("<>").rsplit("/", 1)[1]
+        assert (await n.app.state.pool.fetchval("SELECT count(*) FROM contacts WHERE unsubscribe_token = $1", token)) == 0
+        forged = token[:-3] + ("AAA" if not token.endswith("AAA") else "BBB")
         async with client(n.url) as anonymous:  # the link in the email needs no API key
             assert (await anonymous.get("/v1/unsubscribe/no-such-token")).status_code == 404
             assert (await anonymous.post("/v1/unsubscribe/no-such-token")).status_code == 404
+            assert (await anonymous.post(f"/v1/unsubscribe/{forged}")).status_code == 404
             # A mail scanner fetching the link changes nothing: the page asks.
             for _ in range(3):
                 page = await anonymous.get(f"/v1/unsubscribe/{token}")
@@ -262,17 +276,19 @@ async def test_unsubscribe_suppresses_later_emails(database, kafka_bootstrap, to
             page = await anonymous.get(f"/v1/unsubscribe/{token}")
             assert "no more collection emails" in page.text and "<form" not in page.text
         assert (await n.contact("c4"))["email_opt_out"] is True
+        opted = await wait_for(lambda: _of_customer(n.events("ContactOptedOut"), "c4"), message="ContactOptedOut")
+        assert [(e.data["channel"], e.data["source"]) for e in opted] == [("email", "unsubscribe_link")]
 
         key = "case-c4:reminder_overdue:email"
         await n.request("c4", key)
         failed = await wait_for(lambda: n.events("NotificationFailed", key), message="NotificationFailed")
         assert len(failed) == 1
         assert failed[0].data["reason"] == "customer unsubscribed from email"
-        assert failed[0].data["channel"] == "email"
+        assert failed[0].data["channel"] == "email" and failed[0].data["code"] == "opted_out"
         row = await n.notification(key)
         assert row["status"] == "suppressed" and row["last_error"] == "customer unsubscribed from email"
-        assert await sinks.emails() == []
-        assert await n.events("NotificationSent") == []
+        assert len(await sinks.emails()) == 1  # the first one only
+        assert len(await n.events("NotificationSent")) == 1
 
 
 async def test_api_keys_are_checked_and_scoped_to_their_tenant(database, kafka_bootstrap, topic_prefix, sinks):

@@ -384,7 +384,7 @@ async def odd_provider() -> AsyncIterator[str]:
 async def test_twilio_and_webhook_http_statuses(odd_provider: str, http, status: int, outcome: str):
     twilio = TwilioSmsSender(http, account_sid="AC1", auth_token="t", from_number="+15005550006",
                              api_base=f"{odd_provider}/status/{status}", timeout=5)
-    webhook = WebhookSender(http, timeout=5)
+    webhook = WebhookSender(http, timeout=5, allow_private_networks=True)
     for send in (twilio.send(to="+905321234567", text="x", key="k-odd"),
                  webhook.send(f"{odd_provider}/status/{status}/hook", "whsec_x", {"a": 1}, "k-odd")):
         if outcome == "accepted":
@@ -401,8 +401,8 @@ async def test_webhook_is_signed_and_its_signature_verifies(sinks: Sinks, http):
                "items": [{"number": "INV-1", "open_amount_minor": 125000, "currency": "TRY"}], "note": "Ödeme"}
     base = f"http://127.0.0.1:{sinks.http_port}"
     before = int(time.time())
-    reference = await WebhookSender(http, timeout=5).send(f"{base}/webhooks/erp/acme", "whsec_acme", payload,
-                                                          "k-wh-1")
+    sender = WebhookSender(http, timeout=5, allow_private_networks=True)  # the sink is on loopback
+    reference = await sender.send(f"{base}/webhooks/erp/acme", "whsec_acme", payload, "k-wh-1")
     assert reference == "wh-1"
     [got] = (await sinks.http.get("/webhooks", params={"path": "erp/acme"})).json()
     headers, body = got["headers"], got["body"].encode("utf-8")
@@ -416,7 +416,7 @@ async def test_webhook_is_signed_and_its_signature_verifies(sinks: Sinks, http):
         verify("whsec_acme", headers["tahsilat-signature"], body.replace(b"125000", b"1"), now=int(time.time()))
 
     # During a secret rotation both signatures go; a receiver that knows only the new one accepts.
-    await WebhookSender(http, timeout=5, clock=lambda: 1_773_136_800).send(
+    await WebhookSender(http, timeout=5, clock=lambda: 1_773_136_800, allow_private_networks=True).send(
         f"{base}/webhooks/erp/acme", ["whsec_acme", "whsec_acme_2"], payload, "k-wh-2")
     rotated = (await sinks.http.get("/webhooks", params={"since_id": 1})).json()[0]
     assert rotated["headers"]["tahsilat-signature"].count("v1=") == 2
@@ -427,7 +427,7 @@ async def test_webhook_is_signed_and_its_signature_verifies(sinks: Sinks, http):
 
 
 async def test_webhook_410_is_permanent_and_bad_urls_are_refused(sinks: Sinks, http):  # noqa: F811
-    sender = WebhookSender(http, timeout=5)
+    sender = WebhookSender(http, timeout=5, allow_private_networks=True)
     gone = await _refused(sender.send(f"http://127.0.0.1:{sinks.http_port}/webhooks/gone", "s", {"a": 1}, "k"))
     assert (gone.permanent, gone.code) == (True, "http_410")
     assert [w["status_code"] for w in (await sinks.http.get("/webhooks")).json()] == [410]
@@ -435,3 +435,12 @@ async def test_webhook_410_is_permanent_and_bad_urls_are_refused(sinks: Sinks, h
     assert (bad.permanent, bad.code) == (True, "webhook_url")
     unreachable = await _refused(sender.send(f"http://127.0.0.1:{free_port()}/hook", "s", {"a": 1}, "k"))
     assert (unreachable.permanent, unreachable.code) == (False, "webhook_transport")
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:9/hook", "http://localhost:9/hook", "http://10.0.0.7/hook",
+                                 "http://169.254.169.254/latest/meta-data", "http://[::1]:9/hook"])
+async def test_a_webhook_that_points_inside_is_refused_before_anything_is_sent(url):
+    async with httpx.AsyncClient() as client:
+        with pytest.raises(DeliveryError) as refused:
+            await WebhookSender(client).send(url, "s" * 20, {"type": "notice"}, "k1")
+    assert refused.value.permanent and refused.value.code == "webhook_private"

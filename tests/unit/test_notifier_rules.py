@@ -1,14 +1,28 @@
 """Quiet hours and contact rules of the notifier. Pure, no I/O."""
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+import json
+import re
+from datetime import date, datetime, time, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.notifier.domain.rules import blocked_reason, next_allowed_send
+from services.notifier.domain.delivery import ReportError, email_events, twilio_status
+from services.notifier.domain.links import LinkSubject, sign_unsubscribe, verify_unsubscribe
+from services.notifier.domain.rules import (
+    ContactCap,
+    ContactState,
+    SendingWindow,
+    blocked,
+    blocked_reason,
+    cap_release,
+    next_allowed_send,
+    sms_keyword,
+    when_may_send,
+)
 
 UTC = timezone.utc
 IST = ZoneInfo("Europe/Istanbul")
@@ -74,7 +88,7 @@ class TestNextAllowedSend:
 
     def test_custom_window(self):
         now = utc(2026, 3, 20, 16, 0)  # 19:00 Istanbul, after a 09-18 window
-        assert next_allowed_send(now, "Europe/Istanbul", 9, 18) == utc(2026, 3, 21, 6, 0)
+        assert next_allowed_send(now, "Europe/Istanbul", SendingWindow(time(9), time(18))) == utc(2026, 3, 21, 6, 0)
 
     def test_non_utc_input_inside_window_is_returned_unchanged(self):
         now = datetime(2026, 3, 20, 10, 0, tzinfo=IST)
@@ -127,3 +141,149 @@ class TestBlockedReason:
     def test_other_channels_not_sent_by_notifier(self, channel):
         reason = blocked_reason(channel, "a@example.com", "+905321234567", False, False)
         assert reason is not None and channel in reason
+
+
+class TestSendingWindow:
+    def test_weekend_and_holiday_are_skipped(self):
+        window = SendingWindow(time(9), time(18), frozenset({6, 7}), frozenset({date(2026, 3, 16)}))
+        friday_evening = datetime(2026, 3, 13, 19, 0, tzinfo=IST)
+        assert next_allowed_send(friday_evening.astimezone(UTC), "Europe/Istanbul", window) == \
+            datetime(2026, 3, 17, 9, 0, tzinfo=IST)
+
+    def test_a_window_that_never_opens_is_an_error_not_a_drop(self):
+        window = SendingWindow(excluded_weekdays=frozenset(range(1, 8)))
+        with pytest.raises(ValueError, match="allows no day"):
+            next_allowed_send(utc(2026, 3, 10, 10), "UTC", window)
+
+    def test_window_to_midnight(self):
+        window = SendingWindow(time(8), time(0))
+        assert next_allowed_send(utc(2026, 3, 10, 23, 30), "UTC", window) == utc(2026, 3, 10, 23, 30)
+
+    def test_a_start_inside_the_spring_forward_gap_is_the_first_instant_after_it(self):
+        # 2026-03-08 02:00-03:00 does not exist in New York; a 02:30 start opens at 03:00 EDT (07:00 UTC)
+        window = SendingWindow(time(2, 30), time(21))
+        assert next_allowed_send(utc(2026, 3, 8, 5, 0), "America/New_York", window) == utc(2026, 3, 8, 7, 0)
+
+    def test_europe_prague_autumn_change(self):
+        # 2026-10-25: clocks go back at 03:00 CEST; 08:00 that day is CET (UTC+1)
+        assert next_allowed_send(utc(2026, 10, 25, 2, 0), "Europe/Prague") == utc(2026, 10, 25, 7, 0)
+
+
+class TestContactCap:
+    SENDS = [utc(2026, 3, d, 10) for d in (1, 2, 3, 4, 5, 6, 7)]
+
+    def test_under_the_cap_goes_now(self):
+        assert cap_release(utc(2026, 3, 7, 12), self.SENDS[:6], ContactCap(7, 7)) == utc(2026, 3, 7, 12)
+
+    def test_at_the_cap_waits_for_the_oldest_to_leave_the_window(self):
+        assert cap_release(utc(2026, 3, 7, 12), self.SENDS, ContactCap(7, 7)) == utc(2026, 3, 8, 10)
+
+    def test_sends_older_than_the_window_do_not_count(self):
+        assert cap_release(utc(2026, 3, 8, 11), self.SENDS, ContactCap(7, 7)) == utc(2026, 3, 8, 11)
+
+    def test_zero_means_no_cap(self):
+        assert cap_release(utc(2026, 3, 7, 12), self.SENDS, ContactCap(0, 7)) == utc(2026, 3, 7, 12)
+
+    def test_cap_release_at_night_moves_on_to_the_morning(self):
+        sends = [utc(2026, 3, 1, 19, 30)]  # 22:30 Istanbul... sent by an earlier, later window
+        at, why = when_may_send(utc(2026, 3, 2, 9), "Europe/Istanbul", SendingWindow(), sends, ContactCap(1, 7))
+        assert at == utc(2026, 3, 9, 5, 0)  # the release (08.03 22:30 local) is outside hours: next 08:00
+        assert why == "contact cap: 1 messages in 7 days"
+
+    def test_inside_hours_and_under_the_cap_is_now(self):
+        assert when_may_send(utc(2026, 3, 2, 9), "Europe/Istanbul", SendingWindow(), [], ContactCap()) == \
+            (utc(2026, 3, 2, 9), None)
+
+
+@given(now=st.datetimes(datetime(2025, 1, 1), datetime(2027, 12, 31), timezones=st.just(UTC)),
+       offsets=st.lists(st.integers(0, 14 * 24 * 60), max_size=12),
+       cap=st.integers(1, 5), tz=st.sampled_from(["Europe/Istanbul", "America/New_York", "Asia/Tehran"]))
+def test_when_may_send_respects_window_and_cap(now, offsets, cap, tz):
+    sends = sorted(now - timedelta(minutes=m) for m in offsets)
+    rules = ContactCap(cap, 7)
+    at, _ = when_may_send(now, tz, SendingWindow(), sends, rules)
+    assert at >= now
+    assert 8 <= at.astimezone(ZoneInfo(tz)).hour < 21
+    assert sum(1 for s in sends if at - timedelta(days=7) < s <= at) < cap
+
+
+class TestBlocked:
+    def test_suppressed_and_declined_have_their_codes(self):
+        contact = ContactState(email="a@example.com", phone="+905321234567", declined_channels=frozenset({"sms"}),
+                               suppressed=frozenset({"email"}))
+        assert blocked("sms", contact).code == "declined"
+        assert blocked("email", contact).code == "suppressed"
+
+    def test_webhook_needs_an_endpoint(self):
+        assert blocked("webhook", ContactState()).code == "no_address"
+        assert blocked("webhook", ContactState(webhook_url="https://erp.example/hook")) is None
+
+
+class TestSmsKeywords:
+    @pytest.mark.parametrize("body", ["STOP", "stop", " Stop! ", "STOPALL", "unsubscribe", "CANCEL", "end", "QUIT",
+                                      "revoke", "OPTOUT", "opt out", "İPTAL", "iptal", "IPTAL", "dur", "ZRUŠIT",
+                                      "zrusit", "Konec", "لغو", "توقف", "انصراف", "لغو عضويت"])
+    def test_stop_words(self, body):
+        assert sms_keyword(body) == "stop"
+
+    @pytest.mark.parametrize("body", ["START", "start", "Unstop", "BAŞLA", "začít", "شروع"])
+    def test_start_words(self, body):
+        assert sms_keyword(body) == "start"
+
+    @pytest.mark.parametrize("body", ["", "please stop calling me at work", "when is it due?", "stopp", "123"])
+    def test_anything_else_is_no_keyword(self, body):
+        assert sms_keyword(body) is None
+
+
+class TestUnsubscribeLinks:
+    KEY = b"k" * 32
+
+    def test_round_trip(self):
+        subject = LinkSubject("t1", "c-42/ü", "email")
+        assert verify_unsubscribe(self.KEY, sign_unsubscribe(self.KEY, subject)) == subject
+
+    def test_forged_or_other_key_or_garbage_is_refused(self):
+        token = sign_unsubscribe(self.KEY, LinkSubject("t1", "c1", "email"))
+        mac = token.split(".")[1]
+        other = sign_unsubscribe(self.KEY, LinkSubject("t1", "c2", "email")).split(".")[0]
+        assert verify_unsubscribe(self.KEY, f"{other}.{mac}") is None  # someone else's customer
+        assert verify_unsubscribe(b"x" * 32, token) is None
+        for bad in ("", "abc", "abc.def", ".", token + "x"):
+            assert verify_unsubscribe(self.KEY, bad) is None
+
+
+class TestDeliveryReports:
+    def test_twilio_states(self):
+        assert twilio_status({"MessageSid": "SM1", "MessageStatus": "sent"}) is None
+        delivered = twilio_status({"MessageSid": "SM1", "MessageStatus": "delivered"})
+        assert (delivered.outcome, delivered.provider_message_id) == ("delivered", "SM1")
+        hard = twilio_status({"MessageSid": "SM1", "MessageStatus": "undelivered", "ErrorCode": "30005"})
+        soft = twilio_status({"MessageSid": "SM1", "MessageStatus": "undelivered", "ErrorCode": "30003"})
+        assert (hard.bounce_class, hard.permanent, soft.bounce_class, soft.permanent) == ("hard", True, "soft", False)
+        with pytest.raises(ReportError, match="MessageSid"):
+            twilio_status({"MessageStatus": "delivered"})
+
+    def test_sendgrid_events(self):
+        reports = email_events([
+            {"event": "bounce", "type": "blocked", "status": "4.7.1", "smtp-id": "<a@x>"},
+            {"event": "bounce", "type": "bounce", "status": "5.1.1", "smtp-id": "b@x"},
+            {"event": "spamreport", "smtp-id": "<c@x>"}, {"event": "click"},
+            {"event": "delivered", "notification_key": "k1", "timestamp": 1770000000}])
+        assert [(r.outcome, r.bounce_class, r.provider_message_id) for r in reports] == [
+            ("failed", "soft", "<a@x>"), ("failed", "hard", "<b@x>"), ("failed", "complaint", "<c@x>"),
+            ("delivered", None, None)]
+        assert reports[3].notification_key == "k1" and reports[3].at == datetime(2026, 2, 2, 2, 40, tzinfo=UTC)
+
+    def test_ses_through_sns(self):
+        note = {"notificationType": "Bounce", "bounce": {"bounceType": "Permanent", "bounceSubType": "General"},
+                "mail": {"commonHeaders": {"messageId": "abc@tahsilat"},
+                         "headers": [{"name": "X-Tahsilat-Notification-Key", "value": "k9"}]}}
+        [report] = email_events({"Type": "Notification", "Message": json.dumps(note)})
+        assert (report.bounce_class, report.provider_message_id, report.notification_key) == (
+            "hard", "<abc@tahsilat>", "k9")
+
+    @pytest.mark.parametrize(("body", "field"), [(["x"], "[0]"), ([{}], "[0].event"), ({"mail": 1}, "mail"),
+                                                 (3, "body"), ({"Type": "Notification", "Message": "{"}, "Message")])
+    def test_malformed_bodies_name_the_field(self, body, field):
+        with pytest.raises(ReportError, match=re.escape(field)):
+            email_events(body)

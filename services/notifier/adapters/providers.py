@@ -8,8 +8,11 @@ short machine-readable cause: "smtp_550", "twilio_21211", "http_410", "smtp_conn
 """
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import ipaddress
 import json
+import socket
 import ssl
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -275,8 +278,9 @@ class WebhookSender:
     """
 
     def __init__(self, client: httpx.AsyncClient, *, timeout: float = DEFAULT_TIMEOUT,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, allow_private_networks: bool = False) -> None:
         self.client, self.timeout, self.clock = client, timeout, clock
+        self.allow_private_networks = allow_private_networks
 
     @staticmethod
     def body(payload: Mapping[str, Any]) -> bytes:
@@ -288,6 +292,8 @@ class WebhookSender:
         `id` if its reply has one, else the key."""
         if not url.startswith(("https://", "http://")):
             raise DeliveryError(f"webhook URL {url[:100]!r} is not http(s)", permanent=True, code="webhook_url")
+        if not self.allow_private_networks:
+            await refuse_private_destination(url)
         body = self.body(payload)
         t = int(self.clock()) if timestamp is None else timestamp
         headers = {"Content-Type": "application/json", "Idempotency-Key": key,
@@ -301,3 +307,19 @@ class WebhookSender:
             return _accepted_id(response, "id", key)
         raise DeliveryError(f"webhook {url} answered {status}: {response.text[:200]}",
                             permanent=_http_permanent(status), code=f"http_{status}")
+
+
+async def refuse_private_destination(url: str) -> None:
+    """A customer's endpoint must be on the internet: one that resolves to a loopback, private,
+    link-local or otherwise reserved address (the cluster's own services, cloud metadata) is
+    refused, permanently, so a webhook URL cannot be used to reach inside."""
+    host = httpx.URL(url).host
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise DeliveryError(f"webhook host {host!r} does not resolve: {exc}", code="webhook_dns") from exc
+    for info in infos:
+        address = ipaddress.ip_address(info[4][0])
+        if not address.is_global:
+            raise DeliveryError(f"webhook host {host!r} resolves to {address}, which is not a public address",
+                                permanent=True, code="webhook_private")
