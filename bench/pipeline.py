@@ -845,7 +845,7 @@ async def latency(args: argparse.Namespace, work: Path, summary: dict) -> None:
         issued = {str(r["invoice_id"]): real(r["issued_at"]) for r in await pools["invoicing"].fetch(
             "SELECT invoice_id, issued_at FROM invoices")}
         dispatched = {r["notification_key"]: real(r["sent_at"]) for r in await pools["notifier"].fetch(
-            "SELECT notification_key, sent_at FROM notifications WHERE status = 'sent'")}
+            "SELECT notification_key, sent_at FROM notifications WHERE sent_at IS NOT NULL")}
         statuses = {r["status"]: r["n"] for r in await pools["notifier"].fetch(
             "SELECT status, count(*) AS n FROM notifications GROUP BY status")}
 

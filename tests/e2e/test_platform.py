@@ -134,7 +134,8 @@ async def test_reminders_payment_and_risk_end_to_end(platform):
         assert [m["subject"] for m in tr_mail] == ["Yaklaşan ödeme hatırlatması", "Bugün vadesi dolan ödeme",
                                                    "Vadesi geçmiş fatura hatırlatması"]
         sms = await wait_for(lambda: _sms_to(http, p.sinks_url, tr["phone"]), 60, 0.2, "the Turkish SMS")
-        assert "Vadesi geçmiş" in sms[0]["text"] and "STOP" in sms[0]["text"]
+        assert "Vadesi geçmiş" in sms[0]["text"] and "IPTAL" in sms[0]["text"]  # the Turkish STOP word
+        assert sms[0]["provider"] == "twilio"  # the Twilio request shape, as in production
         assert len(await emails_to(http, p.sinks_url, en["email"])) == 1  # nothing after the payment
 
         # The backbone events, read as an analytics consumer would.
@@ -236,8 +237,8 @@ async def test_balance_confirmation_contested_opens_a_dispute_that_pauses_dunnin
 
         mail = await wait_for(lambda: emails_to(http, p.sinks_url, customer["email"]), 60, 0.2, "the statement email")
         assert mail[0]["subject"] == "Prosíme o potvrzení zůstatku účtu" and mail[0]["language"] == "cs"
-        contest_url = next(line.split(": ", 1)[1] for line in mail[0]["text"].splitlines()
-                           if line.startswith("Rozporovat zůstatek"))
+        lines = mail[0]["text"].splitlines()
+        contest_url = next(lines[i + 1] for i, line in enumerate(lines) if line.startswith("Rozporovat zůstatek"))
         # The link opens the page (a click is a GET: it changes nothing); its form posts the answer.
         page = await http.get(contest_url)
         assert page.status_code == 200 and "Contest" in page.text

@@ -306,7 +306,7 @@ async def check(platform: Platform, scenario: str) -> Findings:
     conn = await _db(platform, "notifier")
     try:
         sent = {r["notification_key"]: (r["channel"], r["interrupted"]) for r in await conn.fetch(
-            "SELECT notification_key, channel, interrupted FROM notifications WHERE status = 'sent'")}
+            "SELECT notification_key, channel, interrupted FROM notifications WHERE status IN ('sent', 'delivered')")}
     finally:
         await conn.close()
     f.notifications_sent = len(sent)
