@@ -7,8 +7,8 @@ person can read it in a browser. One process, one asyncio loop:
 
 They answer the way real providers do, so the real request shapes are exercised:
 
-- SMTP accepts everything except recipients at `bounce.invalid` (550 5.1.1, permanent) and
-  `busy.invalid` (451 4.3.0, try later).
+- SMTP accepts everything except recipients at `bounce.example.com` (550 5.1.1, permanent) and
+  `busy.example.com` (451 4.3.0, try later).
 - SMS, two ways: `POST /sms` {to, text, message_id} (the simple JSON gateway), and Twilio's Messages
   API, `POST /2010-04-01/Accounts/{sid}/Messages.json` (form, basic auth with the sink's account sid
   and auth token, `Idempotency-Key` deduplicated). Numbers starting +1555000 are invalid (400, Twilio
@@ -54,8 +54,8 @@ TWILIO_ACCOUNT_SID = "ACsink"
 TWILIO_AUTH_TOKEN = "sink-auth-token"
 INVALID_NUMBER_PREFIX = "+1555000"  # Twilio answers 400, error 21211
 UNDELIVERED_NUMBER_PREFIX = "+1555999"  # accepted, then reported undelivered (error 30003)
-BOUNCE_DOMAIN = "bounce.invalid"  # RCPT answered 550 5.1.1
-BUSY_DOMAIN = "busy.invalid"  # RCPT answered 451 4.3.0
+BOUNCE_DOMAIN = "bounce.example.com"  # RCPT answered 550 5.1.1
+BUSY_DOMAIN = "busy.example.com"  # RCPT answered 451 4.3.0
 CALLBACK_ATTEMPTS = 6  # 0.1 s apart, doubling: about 3 s in all
 
 

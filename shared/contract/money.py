@@ -75,6 +75,7 @@ def _currency_pattern(locale: str, exponent: int) -> tuple[Locale, NumberPattern
                                  p.exp_prec, p.exp_plus, p.number_pattern)
 
 
+@lru_cache(maxsize=65_536)  # a notice formats each amount twice (text, HTML); statements repeat them
 def format_money(amount_minor: int, currency: str, locale: str = "en") -> str:
     """E.g. 123456 HUF -> "HUF 1,234.56", 1234 JPY -> "¥1,234", 1234567 KWD -> "KWD 1,234.567"."""
     parsed, pattern = _currency_pattern(locale, currency_exponent(currency))
@@ -108,6 +109,7 @@ def native_digits(text: str, locale: str) -> str:
     return text if system == "latn" else text.translate(str.maketrans("0123456789", _DIGITS[system]))
 
 
+@lru_cache(maxsize=65_536)
 def format_money_native(amount_minor: int, currency: str, locale: str = "en") -> str:
     """format_money in the locale's own numbering system: its digits, decimal and group
     separators and minus sign, e.g. 123450 EUR in fa -> LRM "€" NBSP "۱٬۲۳۴٫۵۰". The same text as

@@ -136,6 +136,14 @@ async def test_reminders_payment_and_risk_end_to_end(platform):
         sms = await wait_for(lambda: _sms_to(http, p.sinks_url, tr["phone"]), 60, 0.2, "the Turkish SMS")
         assert "Vadesi geçmiş" in sms[0]["text"] and "IPTAL" in sms[0]["text"]  # the Turkish STOP word
         assert sms[0]["provider"] == "twilio"  # the Twilio request shape, as in production
+
+        async def sms_delivered():  # the sink's signed status callback, checked and applied by the notifier
+            r = await http.get(f"{p.url('notifier')}/v1/notifications", headers=admin,
+                               params={"customer_id": "TR1", "channel": "sms", "status": "delivered"})
+            return r.json() or None
+
+        [delivered] = await wait_for(sms_delivered, 60, 0.2, "the Turkish SMS reported delivered")
+        assert delivered["delivered_at"] is not None
         assert len(await emails_to(http, p.sinks_url, en["email"])) == 1  # nothing after the payment
 
         # The backbone events, read as an analytics consumer would.
@@ -160,6 +168,34 @@ async def test_reminders_payment_and_risk_end_to_end(platform):
         for s in ("invoicing", "dunning", "risk", "notifier"):
             assert (await http.get(f"{p.url(s)}/health/ready")).status_code == 200
             assert "tahsilat_outbox_backlog" in (await http.get(f"{p.url(s)}/metrics")).text
+
+
+async def test_a_bounced_notice_suppresses_the_address_and_a_collector_is_asked_to_call(platform):
+    """The mail server refuses the address (550): the notifier fails the notice, puts the address
+    on the suppression list and says so; dunning opens a contact_failed task for a collector."""
+    p, clock = platform
+    source_key = await create_key(p.database_urls, tenant_id="bouncer", role="billing-source", source_name="erp")
+    admin = {"X-API-Key": await create_key(p.database_urls, tenant_id="bouncer", role="admin")}
+    now = clock.now()
+    bx = {**customer("BX1", "en", "Europe/London"), "email": "ap@bounce.example.com"}
+    async with httpx.AsyncClient(timeout=30) as http:
+        r = await http.post(f"{p.url('invoicing')}/v1/invoices", headers={"X-API-Key": source_key}, json={
+            "external_id": "BX-1", "customer": bx, "currency": "GBP", "amount_minor": 90_000,
+            "issue_date": (now - timedelta(days=40)).date().isoformat(),
+            "due_date": (now - timedelta(days=8)).date().isoformat()})
+        assert r.status_code == 201, r.text
+
+        async def task():
+            r = await http.get(f"{p.url('dunning')}/v1/tasks", headers=admin, params={"kind": "contact_failed"})
+            return r.json() or None
+
+        [contact_failed] = await wait_for(task, 90, 0.3, "the collector task for the bounced notice")
+        assert contact_failed["customer_id"] == "BX1" and "550" in contact_failed["reason"]
+        suppressed = (await http.get(f"{p.url('notifier')}/v1/suppressions", headers=admin)).json()
+        assert [(s["address"], s["reason"]) for s in suppressed] == [("ap@bounce.example.com", "hard_bounce")]
+        failed = [e for e in await read_events(p.bootstrap, p.topics.notifier)
+                  if e.type == "NotificationFailed" and e.tenant_id == "bouncer"]
+        assert {(e.data["code"], e.data["bounce_class"]) for e in failed} == {("rejected", "hard")}
 
 
 async def _sms_to(http, sinks, phone):

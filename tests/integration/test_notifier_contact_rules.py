@@ -150,8 +150,8 @@ async def _at_least(events, count: int):
 async def test_an_smtp_hard_bounce_suppresses_the_address_and_a_soft_one_is_retried(
         database, kafka_bootstrap, topic_prefix, sinks):
     async with notifier_running(database, kafka_bootstrap, topic_prefix, sinks) as n:
-        await n.upsert_customer("hb", email="nobody@bounce.invalid")
-        await n.upsert_customer("sb", email="later@busy.invalid")
+        await n.upsert_customer("hb", email="nobody@bounce.example.com")
+        await n.upsert_customer("sb", email="later@busy.example.com")
         await n.request("hb", "hb1")
         await n.request("sb", "sb1")
         row = await _status(n, "hb1", "failed")
@@ -159,7 +159,7 @@ async def test_an_smtp_hard_bounce_suppresses_the_address_and_a_soft_one_is_retr
         failed = await wait_for(lambda: n.events("NotificationFailed", "hb1"), message="NotificationFailed")
         assert failed[0].data["code"] == "rejected" and failed[0].data["bounce_class"] == "hard"
         assert await n.app.state.pool.fetchval(
-            "SELECT reason FROM suppressions WHERE address = 'nobody@bounce.invalid'") == "hard_bounce"
+            "SELECT reason FROM suppressions WHERE address = 'nobody@bounce.example.com'") == "hard_bounce"
         soft = await wait_for(lambda: _retrying(n, "sb1"), message="the soft bounce waiting to be retried")
         assert soft["attempts"] == 1 and soft["send_after"] > n.clock.now()
         # the address is suppressed now: the next notice is not even tried

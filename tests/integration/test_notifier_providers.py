@@ -202,10 +202,10 @@ async def test_no_password_in_clear_text_unless_told(sinks: Sinks):  # noqa: F81
 
 async def test_smtp_550_is_permanent_451_and_connection_errors_transient(sinks: Sinks):  # noqa: F811
     sender = _sender(sinks.smtp_port)
-    bounced = await _refused(_send(sender, to="nobody@bounce.invalid"))
+    bounced = await _refused(_send(sender, to="nobody@bounce.example.com"))
     assert (bounced.permanent, bounced.code) == (True, "smtp_550")
     assert "5.1.1" in str(bounced)
-    busy = await _refused(_send(sender, to="someone@busy.invalid"))
+    busy = await _refused(_send(sender, to="someone@busy.example.com"))
     assert (busy.permanent, busy.code) == (False, "smtp_451")
     nobody_listens = await _refused(_send(_sender(free_port())))
     assert (nobody_listens.permanent, nobody_listens.code) == (False, "smtp_connect")
