@@ -403,3 +403,21 @@ async def test_tenant_wording_is_validated_previewed_and_used(database, kafka_bo
         async with client(n.url, admin) as api:
             assert (await api.delete("/v1/templates/reminder_overdue")).status_code == 204
             assert (await api.delete("/v1/templates/reminder_overdue")).status_code == 404
+
+
+async def test_a_message_another_dispatcher_is_sending_counts_towards_the_cap(
+        database, kafka_bootstrap, topic_prefix, sinks):
+    async with notifier_running(database, kafka_bootstrap, topic_prefix, sinks) as n:
+        admin = await api_key(n.app, TENANT, "admin")
+        async with client(n.url, admin) as api:
+            assert (await api.put("/v1/settings", json={"contact_cap_messages": 1})).status_code == 200
+        await n.upsert_customer("rep", email="rep@example.com.tr")
+        # another replica has claimed a notice of the same customer and is sending it (a long lease)
+        await n.app.state.pool.execute(
+            "INSERT INTO notifications (tenant_id, notification_key, customer_id, case_id, step, channel, template,"
+            " items, status, send_after, requested_at, claimed_at) VALUES ($1, 'elsewhere', 'rep', 'case-rep', 'x',"
+            " 'email', 'reminder_due', '[]', 'sending', $2, $2, now())", TENANT, n.clock.now())
+        await n.request("rep", "rep-k")
+        row = await wait_for(lambda: _deferred(n, "rep-k"), message="deferred behind the message in flight")
+        assert row["deferred_reason"] == "contact cap: 1 messages in 7 days"
+        assert row["send_after"] == n.clock.now() + timedelta(days=7)

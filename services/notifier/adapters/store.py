@@ -121,14 +121,19 @@ async def suppressed(db: Conn, keys: Sequence[tuple[str, str, str]]) -> set[tupl
     return {(r[0], r[1], r[2]) for r in rows}
 
 
-async def recent_sends(db: Conn, customers: Sequence[tuple[str, str]], since: datetime) -> dict[tuple[str, str], list[datetime]]:
-    """Each customer's messages to a person (not webhooks) sent since `since`, oldest first."""
+async def recent_sends(db: Conn, customers: Sequence[tuple[str, str]], since: datetime, now: datetime,
+                       claimed_now: Sequence[str]) -> dict[tuple[str, str], list[datetime]]:
+    """Each customer's messages to a person (not webhooks) sent since `since`, oldest first,
+    and those another dispatcher is sending right now (as sent when it claimed them), so that
+    two replicas do not both fill the last place under the cap (counted as sent `now`).
+    `claimed_now`: this batch's own keys."""
     rows = await db.fetch(
-        "SELECT k.tenant_id, k.customer_id, (SELECT array_agg(n.sent_at ORDER BY n.sent_at) FROM notifications n"
-        "   WHERE n.tenant_id = k.tenant_id AND n.customer_id = k.customer_id AND n.sent_at >= $3"
-        "     AND n.channel <> 'webhook') AS sends"
+        "SELECT k.tenant_id, k.customer_id, (SELECT array_agg(coalesce(n.sent_at, $5)"
+        "   ORDER BY coalesce(n.sent_at, $5)) FROM notifications n"
+        "   WHERE n.tenant_id = k.tenant_id AND n.customer_id = k.customer_id AND n.channel <> 'webhook'"
+        "     AND (n.sent_at >= $3 OR (n.status = 'sending' AND n.notification_key <> ALL($4::text[])))) AS sends"
         " FROM unnest($1::text[], $2::text[]) AS k(tenant_id, customer_id)",
-        [c[0] for c in customers], [c[1] for c in customers], since)
+        [c[0] for c in customers], [c[1] for c in customers], since, list(claimed_now), now)
     return {(r[0], r[1]): list(r[2] or []) for r in rows}
 
 

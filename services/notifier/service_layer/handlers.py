@@ -186,7 +186,8 @@ class Notifier:
         suppressed = await store.suppressed(self.pool, addresses)
         longest = max(rule.cap.days for rule in rules.values())
         recent = await store.recent_sends(self.pool, sorted({(r["tenant_id"], r["customer_id"]) for r in rows}),
-                                          now - timedelta(days=longest))
+                                          now - timedelta(days=longest), now,
+                                          [r["notification_key"] for r in rows])
         return rules, overrides, suppressed, recent
 
     async def _recover_interrupted(self) -> None:
