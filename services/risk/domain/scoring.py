@@ -30,6 +30,9 @@ class PaymentBehaviour:
     def overdue(self) -> "PaymentBehaviour":
         return replace(self, overdue_events=self.overdue_events + 1)
 
+    def promise_broken(self) -> "PaymentBehaviour":
+        return replace(self, broken_promises=self.broken_promises + 1)
+
 
 @dataclass(frozen=True)
 class Assessment:

@@ -41,7 +41,8 @@ def create_app(settings: RiskSettings, clock: Clock | None = None) -> faust.App:
         producer_acks=-1,
         logging_config=stdlib_logging_config(settings.service_name, settings.log_format),
     )
-    source = app.topic(topics.invoicing, key_serializer="raw", value_serializer="raw")
+    # invoicing: the invoices and payments; dunning: promises, plans, disputes; notifier: bounces, opt-outs
+    source = app.topic(topics.invoicing, topics.dunning, topics.notifier, key_serializer="raw", value_serializer="raw")
     risk = Risk(clock, topics)
     worker_id = f"{socket.gethostname()}:{os.getpid()}"
 
