@@ -261,6 +261,7 @@ class ContactOptedIn(EventPayload):
     channel: ContactChannel
     source: Literal["sms_keyword", "api"]
     opted_in_at: AwareDatetime
+    consent: str | None = Field(default=None, description="how the person agreed again, as a collector recorded it")
 
 
 @REGISTRY.register("LateFeeAssessed", 1)

@@ -421,3 +421,21 @@ async def test_a_message_another_dispatcher_is_sending_counts_towards_the_cap(
         row = await wait_for(lambda: _deferred(n, "rep-k"), message="deferred behind the message in flight")
         assert row["deferred_reason"] == "contact cap: 1 messages in 7 days"
         assert row["send_after"] == n.clock.now() + timedelta(days=7)
+
+
+async def test_a_collector_opts_a_contact_out_and_back_in_with_the_consent_on_the_event(
+        database, kafka_bootstrap, topic_prefix, sinks):
+    async with notifier_running(database, kafka_bootstrap, topic_prefix, sinks) as n:
+        collector = await api_key(n.app, TENANT, "collector")
+        await n.upsert_customer("oi", email="oi@example.com.tr")
+        async with client(n.url, collector) as api:
+            r = await api.post("/v1/contacts/oi/opt-out", json={"channel": "email"})
+            assert r.status_code == 200 and r.json()["changed"] is True
+            assert (await api.post("/v1/contacts/oi/opt-in", json={"channel": "email"})).status_code == 422
+            r = await api.post("/v1/contacts/oi/opt-in",
+                               json={"channel": "email", "consent": "asked by phone on 10 March, agreed"})
+            assert r.status_code == 200 and r.json()["opted_out"] is False
+        [opted_in] = await wait_for(lambda: n.events("ContactOptedIn"), message="ContactOptedIn")
+        assert opted_in.data["source"] == "api"
+        assert opted_in.data["consent"].startswith("asked by phone on 10 March, agreed (recorded by ")
+        assert [e.data["source"] for e in await n.events("ContactOptedOut")] == ["api"]

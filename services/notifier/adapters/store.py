@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, time
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -247,10 +247,3 @@ async def latest_notice_of_case(db: Conn, tenant_id: str, case_id: str) -> async
         " WHERE n.tenant_id = $1 AND n.case_id = $2 ORDER BY n.requested_at DESC, n.notification_key DESC LIMIT 1",
         tenant_id, case_id)
 
-
-def parse_holidays(values: Iterable[str | date]) -> frozenset[date]:
-    return frozenset(v if isinstance(v, date) else date.fromisoformat(v) for v in values)
-
-
-def parse_time(value: str | time) -> time:
-    return value if isinstance(value, time) else time.fromisoformat(value)

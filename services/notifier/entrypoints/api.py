@@ -319,7 +319,7 @@ class OptIn(BaseModel):
 
 class OptInWithConsent(OptIn):
     consent: SafeText = Field(min_length=3, max_length=500,
-                              description="how the person agreed again (who, when, how): kept with the event")
+                              description="how the person agreed again (who, when, how): carried by ContactOptedIn")
 
 
 @router.post("/contacts/{customer_id}/opt-out", tags=["contacts"])
@@ -336,11 +336,9 @@ async def opt_out(customer_id: str, body: OptIn, principal: Collector, request: 
 async def opt_in(customer_id: str, body: OptInWithConsent, principal: Collector, request: Request) -> dict[str, Any]:
     """The person agreed to messages again; how they agreed is recorded."""
     changed = await tracking.set_opt_out(_notifier(request), principal.tenant_id, customer_id, body.channel, False,
-                                         source="api")
+                                         source="api", consent=f"{body.consent} (recorded by {principal.key_id})")
     if changed is None:
         raise DomainError("customer_id", "no such contact", 404)
-    tracking.log.info("contact opted in by a collector", channel=body.channel, by=principal.key_id,
-                      consent=body.consent[:100])
     return {"customer_id": customer_id, "channel": body.channel, "opted_out": False, "changed": changed}
 
 

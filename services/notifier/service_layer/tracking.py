@@ -168,8 +168,9 @@ async def unsubscribe(n: Notifier, token: str) -> bool:
 
 
 async def set_opt_out(n: Notifier, tenant_id: str, customer_id: str, channel: str, opted_out: bool, *,
-                      source: str) -> bool | None:
-    """Opt a contact out of (or back into) a channel, with its event; None: no such contact."""
+                      source: str, consent: str | None = None) -> bool | None:
+    """Opt a contact out of (or back into) a channel, with its event (an opt-in carries how the
+    person consented); None: no such contact."""
     now = n.clock.now()
     async with n.pool.acquire() as conn, conn.transaction():
         changed = await store.set_opt_out(conn, tenant_id, customer_id, channel, opted_out)
@@ -177,6 +178,6 @@ async def set_opt_out(n: Notifier, tenant_id: str, customer_id: str, channel: st
             payload: EventPayload = (
                 ContactOptedOut(customer_id=customer_id, channel=channel, source=source, opted_out_at=now)
                 if opted_out else ContactOptedIn(customer_id=customer_id, channel=channel, source=source,
-                                                 opted_in_at=now))
+                                                 opted_in_at=now, consent=consent))
             await _emit(conn, n, tenant_id, customer_id, [payload], now)
     return changed
