@@ -1,6 +1,7 @@
 """Composition root of the notifier service."""
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import httpx
@@ -8,6 +9,7 @@ from fastapi import FastAPI
 
 from services.notifier.adapters.providers import WebhookSender, build_email_sender, build_sms_sender
 from services.notifier.entrypoints.api import router
+from services.notifier.service_layer import tracking
 from services.notifier.service_layer.handlers import Notifier
 from services.notifier.settings import NotifierSettings
 from shared.clock import Clock
@@ -30,6 +32,7 @@ def build(settings: NotifierSettings, clock: Clock | None = None) -> FastAPI:
         app.state.notifier = notifier
         host.consume("requests", [host.topics.invoicing, host.topics.dunning], notifier.handlers())
         host.every("dispatch", notifier.dispatch_due, wake_on="notifier_due", next_due=notifier.next_send_due)
+        host.every("early-reports", functools.partial(tracking.apply_early_reports, notifier))
 
     app = host.create_api("Tahsilat notifier", "Email, SMS and webhook delivery, templates, contact rules, opt-outs, delivery tracking.", wire)
     app.include_router(router)

@@ -439,3 +439,27 @@ async def test_a_collector_opts_a_contact_out_and_back_in_with_the_consent_on_th
         assert opted_in.data["source"] == "api"
         assert opted_in.data["consent"].startswith("asked by phone on 10 March, agreed (recorded by ")
         assert [e.data["source"] for e in await n.events("ContactOptedOut")] == ["api"]
+
+
+async def test_a_report_that_comes_before_the_send_is_recorded_is_kept_and_applied_after(
+        database, kafka_bootstrap, topic_prefix, sinks):
+    async with notifier_running(database, kafka_bootstrap, topic_prefix, sinks, **_twilio(sinks)) as n:
+        await n.upsert_customer("fast", email="fast@example.com.tr")
+        pool = n.app.state.pool
+        # a dispatcher has sent it and not yet recorded the outcome when the provider calls back
+        await pool.execute(
+            "INSERT INTO notifications (tenant_id, notification_key, customer_id, case_id, step, channel, template,"
+            " items, status, send_after, requested_at, claimed_at) VALUES ($1, 'fast-k', 'fast', 'case-fast', 'x',"
+            " 'email', 'reminder_due', '[]', 'sending', $2, $2, now())", TENANT, n.clock.now())
+        raw, headers = _email_webhook([{"event": "delivered", "notification_key": "fast-k", "timestamp": 1773136800}])
+        async with client(n.url) as provider:
+            r = await provider.post("/v1/webhooks/email/events", content=raw, headers=headers)
+            assert r.status_code == 200 and r.json() == {"applied": 0, "unknown": 1, "ignored": 0}
+        assert await pool.fetchval("SELECT count(*) FROM early_reports") == 1
+        assert (await n.notification("fast-k"))["status"] == "sending"
+        # the dispatcher records the send: the kept report applies
+        await pool.execute("UPDATE notifications SET status = 'sent', sent_at = $1, claimed_at = NULL,"
+                           " provider_message_id = '<fast@tahsilat>' WHERE notification_key = 'fast-k'", n.clock.now())
+        await _status(n, "fast-k", "delivered")
+        await wait_for(lambda: n.events("NotificationDelivered", "fast-k"), message="NotificationDelivered")
+        assert await pool.fetchval("SELECT count(*) FROM early_reports") == 0

@@ -3,7 +3,7 @@ keywords, opt-outs and opt-ins, suppressions, preferences. One transaction each,
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import asyncpg
 from prometheus_client import Counter
@@ -52,24 +52,60 @@ async def apply_reports(n: Notifier, reports: list[DeliveryReport]) -> ReportRes
     applied = unknown = ignored = 0
     async with n.pool.acquire() as conn, conn.transaction():
         for report in reports:
-            row = await conn.fetchrow(
-                "SELECT n.*, c.email AS contact_email FROM notifications n LEFT JOIN contacts c"
-                " USING (tenant_id, customer_id)"
-                " WHERE ($1::text IS NOT NULL AND n.provider_message_id = $1 AND n.channel = $3)"
-                "    OR ($2::text IS NOT NULL AND n.notification_key = $2 AND n.channel = $3)"
-                " ORDER BY n.requested_at DESC LIMIT 1 FOR UPDATE OF n",
-                report.provider_message_id, report.notification_key, report.channel)
-            if row is None:
+            row = await _reported_row(conn, report)
+            if row is None or row["status"] == "sending":  # not recorded yet: keep it for when it is
                 unknown += 1
-                REPORTS.labels(report.channel, report.outcome, "unknown").inc()
+                REPORTS.labels(report.channel, report.outcome, "kept").inc()
+                await conn.execute(
+                    "INSERT INTO early_reports (channel, provider_message_id, notification_key, outcome, bounce_class,"
+                    " detail, at, received_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                    report.channel, report.provider_message_id, report.notification_key, report.outcome,
+                    report.bounce_class, report.detail, report.at, now)
                 continue
             done = await _apply(conn, n, row, report, now)
             applied += done
             ignored += not done
             REPORTS.labels(report.channel, report.outcome, "applied" if done else "ignored").inc()
     if unknown:
-        log.warning("delivery reports for no known message", count=unknown)
+        log.info("delivery reports for messages not recorded yet: kept", count=unknown)
     return ReportResult(applied, unknown, ignored)
+
+
+async def _reported_row(conn: asyncpg.Connection, report: DeliveryReport) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        "SELECT n.*, c.email AS contact_email FROM notifications n LEFT JOIN contacts c"
+        " USING (tenant_id, customer_id)"
+        " WHERE ($1::text IS NOT NULL AND n.provider_message_id = $1 AND n.channel = $3)"
+        "    OR ($2::text IS NOT NULL AND n.notification_key = $2 AND n.channel = $3)"
+        " ORDER BY n.requested_at DESC LIMIT 1 FOR UPDATE OF n",
+        report.provider_message_id, report.notification_key, report.channel)
+
+
+EARLY_REPORT_DAYS = 1
+
+
+async def apply_early_reports(n: Notifier) -> int:
+    """Apply the kept reports whose message is recorded now; drop those no message claimed
+    within a day (reports of messages that are not ours). Returns how many were applied."""
+    now = n.clock.now()
+    applied = dropped = 0
+    async with n.pool.acquire() as conn, conn.transaction():
+        for kept in await conn.fetch("SELECT * FROM early_reports ORDER BY id LIMIT 500 FOR UPDATE SKIP LOCKED"):
+            report = DeliveryReport(kept["channel"], kept["outcome"], provider_message_id=kept["provider_message_id"],
+                                    notification_key=kept["notification_key"], bounce_class=kept["bounce_class"],
+                                    detail=kept["detail"], at=kept["at"])
+            row = await _reported_row(conn, report)
+            if row is not None and row["status"] != "sending":
+                applied += await _apply(conn, n, row, report, now)
+            elif kept["received_at"] > now - timedelta(days=EARLY_REPORT_DAYS):
+                continue
+            else:
+                dropped += 1
+            await conn.execute("DELETE FROM early_reports WHERE id = $1", kept["id"])
+    if dropped:
+        REPORTS.labels("any", "any", "unknown").inc(dropped)
+        log.warning("delivery reports for no known message, dropped after a day", count=dropped)
+    return applied
 
 
 async def _apply(conn: asyncpg.Connection, n: Notifier, row: asyncpg.Record, report: DeliveryReport,
