@@ -39,7 +39,8 @@ PRODUCERS: dict[str, tuple[str, ...]] = {
                 "SettlementOffered", "SettlementAccepted", "SettlementOfferEnded", "CollectorTaskCreated"),
     "notifier": ("NotificationSent", "NotificationDelivered", "NotificationFailed", "ContactOptedOut",
                  "ContactOptedIn"),
-    "risk": ("RiskAssessed",),
+    "risk": ("RiskAssessed", "EarlyWarningRaised", "CreditLimitSet", "CreditLimitExceeded", "CreditHoldPlaced",
+             "CreditHoldReleased", "CreditApplicationDecided"),
 }
 
 # Topics that carry no catalogued event type of their own.

@@ -535,14 +535,106 @@ class RiskFactor(BaseModel):
     name: str
     value: float
     points: int = Field(description="contribution to the score (0-100, higher is riskier)")
-    explanation: str
+    explanation: str = Field(description="in plain English; `params` lets a consumer say it in another language")
+    params: dict[str, int | float | str] = Field(default_factory=dict,
+                                                 description="the numbers the explanation quotes, by name")
+
+
+RiskGrade = Literal["A", "B", "C", "D"]
 
 
 @REGISTRY.register("RiskAssessed", 1)
 class RiskAssessed(EventPayload):
     score: int = Field(ge=0, le=100)
-    segment: RiskSegment
+    segment: RiskSegment = Field(description="the dunning segment the tenant maps the grade to")
     factors: list[RiskFactor]
     assessed_at: AwareDatetime
+    grade: RiskGrade | None = Field(default=None, description="A (pays reliably) to D (high risk)")
+    previous_grade: RiskGrade | None = None
+
+
+EarlyWarningSignal = Literal["delay_jump", "exposure_outpacing_payments", "repeated_reversals",
+                             "orders_after_broken_promise", "contacts_bouncing"]
+
+
+@REGISTRY.register("EarlyWarningRaised", 1)
+class EarlyWarningRaised(EventPayload):
+    warning_id: str
+    signal: EarlyWarningSignal
+    window_start: AwareDatetime
+    window_end: AwareDatetime
+    evidence: dict[str, int | float | str | list[str]] = Field(description="the facts the warning rests on")
+    explanation: str
+    raised_at: AwareDatetime
+    group_id: str | None = Field(default=None, description="the dealer group (parent customer) it rolls up to")
+
+
+CreditLimitSource = Literal["person", "engine", "application"]
+
+
+@REGISTRY.register("CreditLimitSet", 1)
+class CreditLimitSet(EventPayload):
+    currency: CurrencyCode
+    limit_minor: int = Field(ge=0)
+    previous_limit_minor: int | None = None
+    source: CreditLimitSource
+    set_by: str | None = Field(default=None, description="who set it (a key's label), for a person's limit")
+    reason: str | None = None
+    set_at: AwareDatetime
+
+
+@REGISTRY.register("CreditLimitExceeded", 1)
+class CreditLimitExceeded(EventPayload):
+    currency: CurrencyCode
+    limit_minor: int
+    exposure_minor: int = Field(description="open receivables of the customer (or its group) in the currency")
+    scope: Literal["customer", "group"] = "customer"
+    exceeded_at: AwareDatetime
+
+
+@REGISTRY.register("CreditHoldPlaced", 1)
+class CreditHoldPlaced(EventPayload):
+    currency: CurrencyCode | None = Field(default=None, description="None: a hold on every currency (manual)")
+    reason: Literal["limit_exceeded", "group_limit_exceeded", "manual"]
+    limit_minor: int | None = None
+    exposure_minor: int | None = None
+    placed_by: str | None = None
+    placed_at: AwareDatetime
+
+
+@REGISTRY.register("CreditHoldReleased", 1)
+class CreditHoldReleased(EventPayload):
+    currency: CurrencyCode | None = None
+    reason: Literal["within_limit", "limit_raised", "manual"]
+    exposure_minor: int | None = None
+    limit_minor: int | None = None
+    released_by: str | None = None
+    released_at: AwareDatetime
+
+
+SecurityKind = Literal["deposit", "bank_guarantee", "credit_insurance"]
+
+
+class SecurityRequirement(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    kind: SecurityKind
+    amount_minor: int = Field(ge=0)
+
+
+@REGISTRY.register("CreditApplicationDecided", 1)
+class CreditApplicationDecided(EventPayload):
+    application_id: str
+    currency: CurrencyCode
+    decision: Literal["approved", "changed", "declined"]
+    limit_minor: int = Field(ge=0)
+    terms_days: int = Field(ge=0)
+    security: list[SecurityRequirement] = Field(default_factory=list)
+    recommended_limit_minor: int = Field(ge=0)
+    recommended_terms_days: int = Field(ge=0)
+    recommended_security: list[SecurityRequirement] = Field(default_factory=list)
+    reasons: list[str] = Field(default_factory=list, description="why the engine recommended what it did")
+    decided_by: str | None = None
+    note: str | None = None
+    decided_at: AwareDatetime
 
 
