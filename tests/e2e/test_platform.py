@@ -362,6 +362,10 @@ SAMPLE_BODIES = {  # a valid body for each operation with an id that takes one: 
     ("POST", "/v1/contacts/{customer_id}/opt-out"): {"channel": "email"},
     ("POST", "/v1/contacts/{customer_id}/opt-in"): {"channel": "email", "consent": "said yes on the phone"},
     ("PUT", "/v1/templates/{template}"): {"languages": {"en": {"subject": "Pay {{ name }}"}}},
+    ("PUT", "/v1/customers/{customer_id}/credit/limits/{currency}"): {"limit_minor": 100},
+    ("POST", "/v1/customers/{customer_id}/credit/hold"): {"reason": "held by someone else"},
+    ("PUT", "/v1/customers/{customer_id}/parent"): {"parent_id": "M2"},
+    ("POST", "/v1/credit-applications/{application_id}/decision"): {"approve": True},
     ("PUT", "/v1/policies/{name}"): {"source": "name: erp\nsegment: medium\nlanguages: [en]\nsteps:\n"
                                                "  - {name: due, offset_days: 0, channel: email, template: reminder_due}\n"},
 }
@@ -371,7 +375,12 @@ PER_TENANT_NAMES = {("PUT", "/v1/customers/{customer_id}"), ("PUT", "/v1/custome
                     ("DELETE", "/v1/customers/{customer_id}/do-not-chase"), ("PUT", "/v1/customers/{customer_id}/group"),
                     ("PUT", "/v1/policies/{name}"), ("GET", "/v1/policies/{name}/versions"),
                     ("POST", "/v1/policies/{name}/versions/{version}/activate"), ("PUT", "/v1/templates/{template}"),
-                    ("DELETE", "/v1/templates/{template}")}
+                    ("DELETE", "/v1/templates/{template}"), ("GET", "/v1/customers/{customer_id}/credit"),
+                    ("PUT", "/v1/customers/{customer_id}/credit/limits/{currency}"),
+                    ("DELETE", "/v1/customers/{customer_id}/credit/limits/{currency}"),
+                    ("POST", "/v1/customers/{customer_id}/credit/hold"),
+                    ("DELETE", "/v1/customers/{customer_id}/credit/hold"),
+                    ("PUT", "/v1/customers/{customer_id}/parent"), ("GET", "/v1/customers/{customer_id}/warnings")}
 # Capability URLs: the token in the path is the credential, not a key (tested on their own).
 TOKEN_PATHS = {"/v1/balance-confirmations/{token}", "/v1/balance-confirmations/{token}/confirm",
                "/v1/balance-confirmations/{token}/contest", "/v1/unsubscribe/{token}"}
@@ -414,13 +423,14 @@ async def test_no_key_of_another_tenant_or_source_reaches_an_id_it_does_not_own(
                "secret_id": erp["ingest_secret"]["secret_id"], "row_id": "1", "version": "1",
                "promise_id": str(uuid.uuid4()), "plan_id": str(uuid.uuid4()), "offer_id": str(uuid.uuid4()),
                "task_id": str(uuid.uuid4()), "notification_key": f"{cases[0]['case_id']}:due:email",
-               "template": "reminder_due"}
+               "template": "reminder_due", "currency": "EUR", "parent_id": "M1",
+               "application_id": str(uuid.uuid4())}
 
         async def seen_by_owner() -> list:
             reads = [f"{inv}/v1/invoices/{invoice_id}", f"{inv}/v1/customers/M1/statement", f"{inv}/v1/billing-sources",
                      f"{inv}/v1/billing-sources/erp/ingest-secrets", f"{dun}/v1/cases", f"{dun}/v1/disputes",
                      f"{dun}/v1/policies", f"{p.url('risk')}/v1/customers/M1/risk",
-                     f"{p.url('notifier')}/v1/contacts/M1", f"{p.url('notifier')}/v1/templates"]
+                     f"{p.url('risk')}/v1/customers/M1/credit", f"{p.url('notifier')}/v1/contacts/M1", f"{p.url('notifier')}/v1/templates"]
             return [(await http.get(url, headers=admin)).json() for url in reads]
 
         previous: list = []

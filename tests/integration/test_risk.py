@@ -79,11 +79,15 @@ class Risk:
         return meta.partition
 
     async def behaviour(self, customer_id: str) -> dict | None:
+        """The customer's invoices as risk folded them, and how many assessments moved."""
         self.check_worker()
-        row = await self.app.state.pool.fetchrow(
-            "SELECT invoices_issued, invoices_paid, paid_late, days_late_total, overdue_events, broken_promises"
-            " FROM payment_behaviour WHERE tenant_id = $1 AND customer_id = $2", TENANT, customer_id)
-        return dict(row) if row else None
+        pool = self.app.state.pool
+        invoices = [dict(r) for r in await pool.fetch(
+            "SELECT invoice_id, status, open_minor, days_late FROM risk_invoices WHERE tenant_id = $1"
+            " AND customer_id = $2 ORDER BY invoice_id", TENANT, customer_id)]
+        moves = await pool.fetchval("SELECT count(*) FROM risk_assessments WHERE tenant_id = $1 AND customer_id = $2",
+                                    TENANT, customer_id)
+        return {"invoices": invoices, "assessments": moves} if invoices else None
 
     async def assessed(self, customer_id: str) -> list[Envelope]:
         self.check_worker()
@@ -133,25 +137,34 @@ async def test_scores_payment_behaviour_idempotently_and_dead_letters_garbage(ri
         if response.status_code != 200:
             return None
         factors = {f["name"]: f for f in response.json()["factors"]}
-        return response.json() if factors.get("late_payment_ratio", {}).get("value") == 1.0 else None
+        return response.json() if factors.get("late_share", {}).get("value") == 1.0 else None
 
     collector = await api_key(risk.app, TENANT, "collector")
-    body = await wait_for(c1_scored, timeout=25, message="c1's risk with late_payment_ratio 1.0")
+    body = await wait_for(c1_scored, timeout=25, message="c1's risk with late_share 1.0")
     factors = {f["name"]: f for f in body["factors"]}
-    assert factors["late_payment_ratio"]["points"] == 40
-    assert factors["average_days_late"]["value"] == 12.0 and factors["average_days_late"]["points"] == 12
-    assert factors["overdue_ratio"]["value"] == 0.0
-    assert body["score"] == 52 and body["segment"] == "medium"
+    # one invoice settled, 12 days late: late share 1.0 -> 18 points; 12 days beyond terms -> 12
+    assert factors["late_share"]["points"] == 18 and factors["late_share"]["explanation"] == (
+        "1 of 1 invoices settled in the last year were paid late")
+    assert factors["days_beyond_terms"]["value"] == 12.0 and factors["days_beyond_terms"]["points"] == 12
+    assert factors["recent_very_late"]["points"] == 0
+    assert (body["score"], body["grade"], body["segment"]) == (30, "B", "medium")
+    async with client(risk.url, collector) as api:
+        turkish = (await api.get("/v1/customers/c1/risk", params={"language": "tr"})).json()
+    assert {f["name"]: f["explanation"] for f in turkish["factors"]}["late_share"] == (
+        "Son bir yılda kapanan 1 faturanın 1 tanesi geç ödendi")
 
-    c1 = await wait_for(lambda: _scored(risk, "c1", 52), message="RiskAssessed 52 for c1")
+    # Issued on 10 March, due 14 February: 24 days overdue at once (24 days -> 8 points, 24 days
+    # beyond terms -> 20, all of it overdue -> 12: 40, grade C); paid 12 days late: 30, grade B
+    c1 = await wait_for(lambda: _assessed_times(risk, "c1", 2), message="two RiskAssessed for c1")
     c2 = await wait_for(lambda: risk.assessed("c2"), message="RiskAssessed for c2")
-    assert [e.data["score"] for e in c1] == [35, 52]  # no history, then one late payment
-    assert [(e.data["score"], e.data["segment"]) for e in c2] == [(35, "medium")]
+    assert [(e.data["score"], e.data["grade"], e.data["previous_grade"]) for e in c1] == [(40, "C", None),
+                                                                                          (30, "B", "C")]
+    assert [(e.data["score"], e.data["grade"]) for e in c2] == [(40, "C")]
     assert c1[-1].causation_id == str(c1_paid.id) and c1[-1].correlation_id == c1_paid.correlation_id
     before = {c: await risk.behaviour(c) for c in ("c1", "c2")}
-    assert before["c1"] == {"invoices_issued": 1, "invoices_paid": 1, "paid_late": 1, "days_late_total": 12,
-                            "overdue_events": 0, "broken_promises": 0}
-    assert before["c2"]["invoices_issued"] == 1 and before["c2"]["invoices_paid"] == 0
+    assert before["c1"] == {"invoices": [{"invoice_id": "i-1", "status": "paid", "open_minor": 0, "days_late": 12}],
+                            "assessments": 2}
+    assert before["c2"]["invoices"][0]["status"] == "open" and before["c2"]["assessments"] == 1
 
     # Redeliver the same envelopes. Then one sentinel per partition they are on (order is per
     # partition only): once the sentinels are counted, the redelivered records were consumed.
@@ -163,8 +176,7 @@ async def test_scores_payment_behaviour_idempotently_and_dead_letters_garbage(ri
     for s in sentinels:
         await wait_for(lambda: risk.behaviour(s), message=f"sentinel {s} counted")
     assert {c: await risk.behaviour(c) for c in ("c1", "c2")} == before
-    assert [e.data["score"] for e in await risk.assessed("c1")] == [35, 52]
-    assert len(await risk.assessed("c2")) == 1
+    assert len(await risk.assessed("c1")) == 2 and len(await risk.assessed("c2")) == 1
 
     # A record that is not an envelope goes to the dead-letter topic; the worker keeps going.
     await risk.producer.send_and_wait(risk.topics.invoicing, b"not json", key=partition_key(TENANT, "c5").encode())
@@ -200,6 +212,7 @@ async def test_risk_api_answers_404_for_unknown_customers_and_other_tenants(risk
         assert (await bad.get("/v1/customers/c1/risk")).status_code == 401
 
 
-async def _scored(risk: Risk, customer_id: str, score: int) -> list[Envelope] | None:
+
+async def _assessed_times(risk: Risk, customer_id: str, n: int) -> list[Envelope] | None:
     events = await risk.assessed(customer_id)
-    return events if events and events[-1].data["score"] == score else None
+    return events if len(events) >= n else None

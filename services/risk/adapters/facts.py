@@ -1,128 +1,87 @@
-"""The risk store's facts: each invoice as invoicing's events describe it (risk_invoices) and the
-counts of what else a customer did (risk_customers), written set-based per batch. Every write is
-keyed and moves a row to the state an event describes, so a replay gives the same rows."""
+"""The risk store's facts: customers' books loaded for a batch (locked, so two workers never
+fold one customer at once) and written back set-based: the invoices an event changed and the
+customers' counters. Every row is the state the events describe, so a replay gives the same rows."""
 from __future__ import annotations
 
-from collections.abc import Sequence
-from datetime import datetime
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta
 
 import asyncpg
 
-from shared.processing import Event
+from services.risk.domain.book import COUNTERS, CustomerBook, CustomerFacts, InvoiceFact
+
+Key = tuple[str, str]  # (tenant, customer)
+
+_INVOICE_COLUMNS = ("invoice_id", "currency", "amount_minor", "open_minor", "issue_date", "due_date", "updated_at",
+                    "status", "paid_at", "days_late", "overdue_at", "reopened")
+_FACT_COLUMNS = ("updated_at", *COUNTERS, "last_broken_at", "language", "terms_days", "parent_id")
+# Settled invoices older than this before a batch's first event no longer move a score
+# (the scorecard looks back at most 10 years); open ones and those an event names always load.
+LOOKBACK = timedelta(days=3660)
 
 
-def _allocations(events: Sequence[Event], field: str = "allocations") -> list[tuple[str, str, int, datetime]]:
-    """(tenant, invoice, open after, event time) of every allocation, in order."""
-    return [(e.envelope.tenant_id, a.invoice_id, a.invoice_open_minor, e.envelope.time)
-            for e in events for a in getattr(e.payload, field)]
-
-
-async def invoices_issued(conn: asyncpg.Connection, events: Sequence[Event]) -> None:
-    ps = [e.payload for e in events]
+async def load_books(conn: asyncpg.Connection, keys: Sequence[Key], named: Iterable[tuple[str, str]],
+                     since: datetime) -> dict[Key, CustomerBook]:
+    """The books of `keys`: the customer row (locked) and its invoices that are open, settled
+    after `since - LOOKBACK`, or named by an event of the batch."""
+    keys = sorted(set(keys))
+    tenants, customers = [k[0] for k in keys], [k[1] for k in keys]
+    # Lock in key order first (the row may not exist yet: the advisory lock covers that case).
     await conn.execute(
-        "INSERT INTO risk_invoices (tenant_id, invoice_id, customer_id, currency, amount_minor, open_minor, issue_date,"
-        " due_date, status, updated_at)"
-        " SELECT t, i, c, cur, a, a, iss, due, 'open', at FROM unnest($1::text[], $2::text[], $3::text[], $4::text[],"
-        "   $5::bigint[], $6::date[], $7::date[], $8::timestamptz[]) AS u(t, i, c, cur, a, iss, due, at)"
-        " ON CONFLICT (tenant_id, invoice_id) DO NOTHING",
-        [e.envelope.tenant_id for e in events], [p.invoice_id for p in ps], [p.customer_id for p in ps],
-        [p.currency for p in ps], [p.amount_minor for p in ps], [p.issue_date for p in ps], [p.due_date for p in ps],
-        [e.envelope.time for e in events])
+        "SELECT pg_advisory_xact_lock(hashtextextended(t || '/' || c, 7321))"
+        " FROM unnest($1::text[], $2::text[]) AS k(t, c) ORDER BY t, c", tenants, customers)
+    books = {k: CustomerBook(k[0], k[1]) for k in keys}
+    for r in await conn.fetch(
+            f"SELECT r.tenant_id, r.customer_id, {', '.join('r.' + c for c in _FACT_COLUMNS)}"
+            " FROM unnest($1::text[], $2::text[]) AS k(tenant_id, customer_id)"
+            " JOIN risk_customers r USING (tenant_id, customer_id)", tenants, customers):
+        book = books[(r["tenant_id"], r["customer_id"])]
+        book.facts, book.known = CustomerFacts(**{c: r[c] for c in _FACT_COLUMNS}), True
+    named = sorted(set(named))
+    cutoff = since - LOOKBACK
+    for r in await conn.fetch(
+            f"SELECT i.tenant_id, i.customer_id, {', '.join('i.' + c for c in _INVOICE_COLUMNS)}"
+            " FROM unnest($1::text[], $2::text[]) AS k(tenant_id, customer_id)"
+            " CROSS JOIN LATERAL (SELECT * FROM risk_invoices i WHERE i.tenant_id = k.tenant_id"
+            "   AND i.customer_id = k.customer_id AND (i.status = 'open' OR i.issue_date >= $3::date"
+            "   OR i.paid_at >= $3)) i"
+            " UNION"
+            f" SELECT i.tenant_id, i.customer_id, {', '.join('i.' + c for c in _INVOICE_COLUMNS)}"
+            " FROM unnest($4::text[], $5::text[]) AS n(tenant_id, invoice_id)"
+            " JOIN risk_invoices i USING (tenant_id, invoice_id)",
+            tenants, customers, cutoff, [n[0] for n in named], [n[1] for n in named]):
+        book = books.get((r["tenant_id"], r["customer_id"]))
+        if book is not None:
+            book.invoices[r["invoice_id"]] = InvoiceFact(**{c: r[c] for c in _INVOICE_COLUMNS})
+    return books
 
 
-async def invoices_adjusted(conn: asyncpg.Connection, events: Sequence[Event]) -> None:
-    last = {(e.envelope.tenant_id, e.payload.invoice_id): e for e in events}  # the latest adjustment wins
-    es = list(last.values())
-    ps = [e.payload for e in es]
-    await conn.execute(
-        "UPDATE risk_invoices r SET amount_minor = u.a, open_minor = u.o, issue_date = u.iss, due_date = u.due,"
-        " status = CASE WHEN r.status = 'cancelled' THEN 'cancelled' WHEN u.o > 0 THEN 'open' ELSE r.status END,"
-        " updated_at = u.at"
-        " FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::date[], $6::date[], $7::timestamptz[])"
-        "   AS u(t, i, a, o, iss, due, at)"
-        " WHERE r.tenant_id = u.t AND r.invoice_id = u.i",
-        [e.envelope.tenant_id for e in es], [p.invoice_id for p in ps], [p.amount_minor for p in ps],
-        [p.open_amount_minor for p in ps], [p.issue_date for p in ps], [p.due_date for p in ps],
-        [e.envelope.time for e in es])
-
-
-async def invoices_cancelled(conn: asyncpg.Connection, events: Sequence[Event]) -> None:
-    await conn.execute(
-        "UPDATE risk_invoices r SET status = 'cancelled', open_minor = 0, updated_at = u.at"
-        " FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS u(t, i, at)"
-        " WHERE r.tenant_id = u.t AND r.invoice_id = u.i",
-        [e.envelope.tenant_id for e in events], [e.payload.invoice_id for e in events],
-        [e.envelope.time for e in events])
-
-
-async def set_open_amounts(conn: asyncpg.Connection, rows: Sequence[tuple[str, str, int, datetime]],
-                           reopen: bool = False) -> None:
-    """What each invoice still owes after an allocation (the last one per invoice wins); a
-    reversal re-opens a settled invoice."""
-    last = {(t, i): (o, at) for t, i, o, at in rows}
-    if not last:
-        return
-    keys = list(last)
-    await conn.execute(
-        "UPDATE risk_invoices r SET open_minor = u.o, updated_at = u.at"
-        + (", status = CASE WHEN u.o > 0 AND r.status = 'paid' THEN 'open' ELSE r.status END,"
-           " paid_at = CASE WHEN u.o > 0 THEN NULL ELSE r.paid_at END,"
-           " days_late = CASE WHEN u.o > 0 THEN NULL ELSE r.days_late END, reopened = r.reopened + 1" if reopen else "")
-        + " FROM unnest($1::text[], $2::text[], $3::bigint[], $4::timestamptz[]) AS u(t, i, o, at)"
-        " WHERE r.tenant_id = u.t AND r.invoice_id = u.i AND r.status <> 'cancelled'",
-        [k[0] for k in keys], [k[1] for k in keys], [last[k][0] for k in keys], [last[k][1] for k in keys])
-
-
-async def allocations_applied(conn: asyncpg.Connection, events: Sequence[Event]) -> None:
-    """PaymentReceived, CreditNoteIssued, CreditApplied: what each invoice still owes."""
-    await set_open_amounts(conn, _allocations(events))
-
-
-async def payments_reversed(conn: asyncpg.Connection, events: Sequence[Event]) -> None:
-    await set_open_amounts(conn, _allocations(events, "reopened"), reopen=True)
-    await count(conn, events, "payments_reversed")
-
-
-async def invoices_paid(conn: asyncpg.Connection, events: Sequence[Event]) -> None:
-    ps = [e.payload for e in events]
-    await conn.execute(
-        "UPDATE risk_invoices r SET status = 'paid', open_minor = 0, paid_at = u.p, days_late = u.d, updated_at = u.at"
-        " FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::int[], $5::timestamptz[]) AS u(t, i, p, d, at)"
-        " WHERE r.tenant_id = u.t AND r.invoice_id = u.i AND r.status <> 'cancelled'",
-        [e.envelope.tenant_id for e in events], [p.invoice_id for p in ps], [p.paid_at for p in ps],
-        [p.days_late for p in ps], [e.envelope.time for e in events])
-
-
-async def invoices_overdue(conn: asyncpg.Connection, events: Sequence[Event]) -> None:
-    ps = [e.payload for e in events]
-    await conn.execute(
-        "UPDATE risk_invoices r SET overdue_at = coalesce(r.overdue_at, u.o), open_minor = u.open, updated_at = u.at"
-        " FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::bigint[], $5::timestamptz[]) AS u(t, i, o, open, at)"
-        " WHERE r.tenant_id = u.t AND r.invoice_id = u.i AND r.status = 'open'",
-        [e.envelope.tenant_id for e in events], [p.invoice_id for p in ps], [p.overdue_since for p in ps],
-        [p.open_amount_minor for p in ps], [e.envelope.time for e in events])
-
-
-COUNTERS = ("promises_kept", "promises_broken", "plans_broken", "disputes_opened", "disputes_rejected",
-            "payments_reversed", "contacts_bounced", "contacts_opted_out")
-_BROKEN = {"promises_broken", "plans_broken"}
-
-
-async def count(conn: asyncpg.Connection, events: Sequence[Event], counter: str) -> None:
-    """Add one to `counter` of each event's customer (events of one customer add up)."""
-    if counter not in COUNTERS:
-        raise ValueError(f"unknown counter {counter}")
-    added: dict[tuple[str, str], tuple[int, datetime]] = {}
-    for e in events:
-        key = (e.envelope.tenant_id, e.payload.customer_id)
-        n, _ = added.get(key, (0, e.envelope.time))
-        added[key] = (n + 1, e.envelope.time)
-    keys = sorted(added)
-    broken = "u.at" if counter in _BROKEN else "NULL"
-    await conn.execute(
-        f"INSERT INTO risk_customers AS r (tenant_id, customer_id, {counter}, last_broken_at, updated_at)"
-        f" SELECT t, c, n, {broken}, at FROM unnest($1::text[], $2::text[], $3::int[], $4::timestamptz[])"
-        f"   AS u(t, c, n, at)"
-        f" ON CONFLICT (tenant_id, customer_id) DO UPDATE SET {counter} = r.{counter} + EXCLUDED.{counter},"
-        f" last_broken_at = coalesce(EXCLUDED.last_broken_at, r.last_broken_at), updated_at = EXCLUDED.updated_at",
-        [k[0] for k in keys], [k[1] for k in keys], [added[k][0] for k in keys], [added[k][1] for k in keys])
+async def save_books(conn: asyncpg.Connection, books: Iterable[CustomerBook]) -> None:
+    """Write back what the batch changed: one statement for the invoices, one for the customers."""
+    books = list(books)
+    rows = [(b, b.invoices[i]) for b in books for i in sorted(b.changed_invoices)]
+    if rows:
+        await conn.execute(
+            "INSERT INTO risk_invoices (tenant_id, customer_id, " + ", ".join(_INVOICE_COLUMNS) + ")"
+            " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bigint[],"
+            "   $7::date[], $8::date[], $9::timestamptz[], $10::text[], $11::timestamptz[], $12::int[],"
+            "   $13::timestamptz[], $14::int[])"
+            " ON CONFLICT (tenant_id, invoice_id) DO UPDATE SET "
+            + ", ".join(f"{c} = EXCLUDED.{c}" for c in _INVOICE_COLUMNS[1:]),
+            [b.tenant_id for b, _ in rows], [b.customer_id for b, _ in rows],
+            *([getattr(inv, c) for _, inv in rows] for c in _INVOICE_COLUMNS))
+    changed = [b for b in books if b.facts_changed]
+    if changed:
+        types = {"updated_at": "timestamptz", "last_broken_at": "timestamptz", "language": "text",
+                 "terms_days": "int", "parent_id": "text"}
+        await conn.execute(
+            "INSERT INTO risk_customers (tenant_id, customer_id, " + ", ".join(_FACT_COLUMNS) + ")"
+            " SELECT * FROM unnest($1::text[], $2::text[], "
+            + ", ".join(f"${i + 3}::{types.get(c, 'int')}[]" for i, c in enumerate(_FACT_COLUMNS)) + ")"
+            " ON CONFLICT (tenant_id, customer_id) DO UPDATE SET "
+            + ", ".join(f"{c} = EXCLUDED.{c}" for c in _FACT_COLUMNS if c != "parent_id"),
+            [b.tenant_id for b in changed], [b.customer_id for b in changed],
+            *([getattr(b.facts, c) for b in changed] for c in _FACT_COLUMNS))
+    for b in books:
+        b.changed_invoices.clear()
+        b.known, b.facts_changed = b.known or b.facts_changed, False

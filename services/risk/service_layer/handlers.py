@@ -1,147 +1,153 @@
-"""Risk use cases: fold invoicing, dunning and notifier events into the risk store (in the
-consumer's inbox transaction), then let each assessment that rests on it look at the customers
-the batch touched: the score (RiskAssessed when it moves), and whatever else is registered
-(`after_facts`, e.g. credit limits)."""
+"""Risk use cases on the event stream: each batch's events fold into their customers' books one at
+a time and in order, and after each event the customer is assessed (score, grade, factors) and
+its credit checked, at the event's time. So the same events give the same store and the same
+RiskAssessed / credit events (ids derived from their causes) however a consumer batches them,
+and a replay of the topics rebuilds it all identically."""
 from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Awaitable, Callable
-from dataclasses import fields
-from typing import Any
+from dataclasses import dataclass, field
 
 import asyncpg
 
+from services.risk.adapters import credit as credit_store
 from services.risk.adapters import facts
-from services.risk.domain.scoring import Assessment, PaymentBehaviour, assess
+from services.risk.adapters.scorecards import scorecards_of
+from services.risk.domain.book import EVENT_TYPES, invoice_ids_named
+from services.risk.domain.credit import CreditLine, hold_changes
+from services.risk.domain.scorecard import Assessment, assess
 from shared.clock import Clock
-from shared.contract import Envelope, RiskAssessed, Topics, new_envelope
+from shared.contract import (
+    CreditHoldPlaced, CreditHoldReleased, CreditLimitExceeded, Envelope, RiskAssessed, Topics, new_envelope,
+)
 from shared.outbox import add_events
 from shared.processing import Event, Handler
 
 SOURCE = "risk"
-_COLUMNS = [f.name for f in fields(PaymentBehaviour)]
-# RiskAssessed ids are derived from the event that caused them, so a replay makes the same ones.
+# Ids of the events risk derives from another event, so a replay makes the same ones.
 _EVENT_IDS = uuid.UUID("5b0c6a47-43c1-4d8e-9a6e-3a1f0f2f9d11")
 
 Key = tuple[str, str]  # (tenant, customer)
-# A check that runs after a batch's facts are written, in the same transaction: the customers
-# touched and, for each, the last event of the batch that touched it (its cause).
-AfterFacts = Callable[[asyncpg.Connection, list[Key], dict[Key, Envelope]], Awaitable[None]]
 
 
 def derived_event_id(cause: Envelope, kind: str) -> uuid.UUID:
     return uuid.uuid5(_EVENT_IDS, f"{kind}:{cause.id}")
 
 
+@dataclass
+class _Moves:
+    """What a batch's assessments and credit checks decided, written at its end."""
+    latest: dict[Key, tuple[Assessment, Envelope]] = field(default_factory=dict)
+    history: list[tuple[Key, Assessment, Envelope]] = field(default_factory=list)
+    events: list[Envelope] = field(default_factory=list)
+
+
 class Risk:
-    def __init__(self, clock: Clock, topics: Topics, after_facts: list[AfterFacts] | None = None) -> None:
+    def __init__(self, clock: Clock, topics: Topics) -> None:
         self.clock, self.topics = clock, topics
-        self.after_facts = list(after_facts or [])
 
     def handlers(self) -> dict[str, Handler]:
-        behaviour = {
-            "InvoiceIssued": lambda p: lambda b: b.issued(),
-            "InvoicePaid": lambda p: lambda b: b.paid(p.days_late),
-            "InvoiceOverdue": lambda p: lambda b: b.overdue(),
-            "PromiseToPayBroken": lambda p: lambda b: b.promise_broken(),
-        }
-        writes = {
-            "InvoiceIssued": facts.invoices_issued,
-            "InvoiceAdjusted": facts.invoices_adjusted,
-            "InvoiceCancelled": facts.invoices_cancelled,
-            "PaymentReceived": facts.allocations_applied,
-            "CreditNoteIssued": facts.allocations_applied,
-            "CreditApplied": facts.allocations_applied,
-            "PaymentReversed": facts.payments_reversed,
-            "InvoicePaid": facts.invoices_paid,
-            "InvoiceOverdue": facts.invoices_overdue,
-            "PromiseToPayKept": _counting("promises_kept"),
-            "PromiseToPayBroken": _counting("promises_broken"),
-            "PaymentPlanBroken": _counting("plans_broken"),
-            "DisputeOpened": _counting("disputes_opened"),
-            "DisputeResolved": _counting("disputes_rejected", lambda p: p.outcome == "rejected"),
-            "NotificationFailed": _counting("contacts_bounced", lambda p: p.code in ("bounced", "complaint")),
-            "ContactOptedOut": _counting("contacts_opted_out"),
-        }
-        return {kind: self._handler(write, behaviour.get(kind)) for kind, write in writes.items()}
+        return {kind: self.fold for kind in EVENT_TYPES}
 
-    def _handler(self, write: Callable[[asyncpg.Connection, list[Event]], Awaitable[None]],
-                 change_of: Callable[[Any], Callable[[PaymentBehaviour], PaymentBehaviour]] | None) -> Handler:
-        async def handle(conn: asyncpg.Connection, events: list[Event]) -> None:
-            await write(conn, events)
-            keys = sorted({(e.envelope.tenant_id, e.payload.customer_id) for e in events})
-            cause = {(e.envelope.tenant_id, e.payload.customer_id): e.envelope for e in events}
-            if change_of is not None:
-                await self._fold(conn, events, keys, change_of)
-            for check in self.after_facts:
-                await check(conn, keys, cause)
-
-        return handle
-
-    async def _fold(self, conn: asyncpg.Connection, events: list[Event], keys: list[Key],
-                    change_of: Callable[[Any], Callable[[PaymentBehaviour], PaymentBehaviour]]) -> None:
-        """Fold each event into its customer's behaviour, in order, and assess after each one: a
-        RiskAssessed for every event that moved the assessment, caused by it. The same events give
-        the same assessments however a consumer happens to batch them (a replay batches otherwise)."""
-        rows = await conn.fetch(
-            f"SELECT b.tenant_id, b.customer_id, {', '.join('b.' + c for c in _COLUMNS)}, r.score, r.segment"
-            " FROM unnest($1::text[], $2::text[]) AS k(tenant_id, customer_id)"
-            " JOIN payment_behaviour b USING (tenant_id, customer_id)"
-            " LEFT JOIN customer_risk r USING (tenant_id, customer_id) FOR UPDATE OF b",
-            [k[0] for k in keys], [k[1] for k in keys],
-        )
-        behaviour = {(r["tenant_id"], r["customer_id"]): PaymentBehaviour(**{c: r[c] for c in _COLUMNS})
-                     for r in rows}
-        current = {(r["tenant_id"], r["customer_id"]): (r["score"], r["segment"]) for r in rows
-                   if r["score"] is not None}
-        moved: list[tuple[Key, Assessment, Envelope]] = []
+    async def fold(self, conn: asyncpg.Connection, events: list[Event]) -> None:
+        keys = sorted({(e.envelope.tenant_id, e.payload.customer_id) for e in events})
+        named = [(e.envelope.tenant_id, i) for e in events for i in invoice_ids_named(e.envelope.type, e.payload)]
+        books = await facts.load_books(conn, keys, named, min(e.envelope.time for e in events))
+        cards = await scorecards_of(conn, {k[0] for k in keys})
+        current = await _current_assessments(conn, keys)
+        credit = await credit_store.load_state(conn, books)
+        moves = _Moves()
         for e in events:
             key = (e.envelope.tenant_id, e.payload.customer_id)
-            behaviour[key] = change_of(e.payload)(behaviour.get(key, PaymentBehaviour()))
-            a = assess(behaviour[key])
-            if current.get(key) != (a.score, a.segment):
-                current[key] = (a.score, a.segment)
-                moved.append((key, a, e.envelope))
-        await conn.execute(
-            f"INSERT INTO payment_behaviour (tenant_id, customer_id, {', '.join(_COLUMNS)})"
-            f" SELECT * FROM unnest($1::text[], $2::text[], {', '.join(f'${i + 3}::int[]' for i in range(len(_COLUMNS)))})"
-            " ON CONFLICT (tenant_id, customer_id) DO UPDATE SET "
-            + ", ".join(f"{c} = EXCLUDED.{c}" for c in _COLUMNS) + ", updated_at = now()",
-            [k[0] for k in keys], [k[1] for k in keys],
-            *([getattr(behaviour[k], c) for k in keys] for c in _COLUMNS),
-        )
-        if moved:
-            await self._record_assessments(conn, moved)
+            book = books[key]
+            book.apply(e.envelope.type, e.payload, e.envelope.time)
+            a = assess(book, e.envelope.time, cards[key[0]])
+            before = current.get(key)
+            if before is None or (before.score, before.grade, before.segment) != (a.score, a.grade, a.segment):
+                moves.latest[key] = (a, e.envelope)
+                moves.history.append((key, a, e.envelope))
+                if before is None or (before.grade, before.segment) != (a.grade, a.segment):
+                    moves.events.append(self._assessed(key, a, before, e.envelope))
+                current[key] = a
+            moves.events.extend(self._credit_checks(credit, key, e.envelope))
+        await facts.save_books(conn, books.values())
+        await credit_store.save_holds(conn, credit)
+        await self._record(conn, moves)
 
-    async def _record_assessments(self, conn: asyncpg.Connection, moved: list[tuple[Key, Assessment, Envelope]]) -> None:
-        """The latest assessment per customer, and one RiskAssessed per move, at the time of the
-        event that caused it and with an id derived from that event's."""
-        latest = {k: (a, cause) for k, a, cause in moved}
-        keys = list(latest)
-        await conn.execute(
-            """INSERT INTO customer_risk (tenant_id, customer_id, score, segment, factors, assessed_at)
-               SELECT t, c, s, g, f::jsonb, at FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::text[],
-                 $6::timestamptz[]) AS u(t, c, s, g, f, at)
-               ON CONFLICT (tenant_id, customer_id) DO UPDATE SET
-               score = EXCLUDED.score, segment = EXCLUDED.segment, factors = EXCLUDED.factors,
-               assessed_at = EXCLUDED.assessed_at""",
-            [k[0] for k in keys], [k[1] for k in keys], [latest[k][0].score for k in keys],
-            [latest[k][0].segment for k in keys],
-            [json.dumps([f.model_dump(mode="json") for f in latest[k][0].factors]) for k in keys],
-            [latest[k][1].time for k in keys],
-        )
-        await add_events(conn, self.topics.risk, [
-            new_envelope(RiskAssessed(customer_id=k[1], score=a.score, segment=a.segment, factors=a.factors,
-                                      assessed_at=cause.time),
-                         source=SOURCE, tenant_id=k[0], subject=k[1], time=cause.time, caused_by=cause,
-                         event_id=derived_event_id(cause, "RiskAssessed"))
-            for k, a, cause in moved])
+    def _assessed(self, key: Key, a: Assessment, before: Assessment | None, cause: Envelope) -> Envelope:
+        return new_envelope(
+            RiskAssessed(customer_id=key[1], score=a.score, segment=a.segment, grade=a.grade,
+                         previous_grade=before.grade if before else None, factors=list(a.factors),
+                         assessed_at=cause.time),
+            source=SOURCE, tenant_id=key[0], subject=key[1], time=cause.time, caused_by=cause,
+            event_id=derived_event_id(cause, "RiskAssessed"))
+
+    def _credit_checks(self, credit: credit_store.CreditState, key: Key, cause: Envelope) -> list[Envelope]:
+        """Holds placed or released by the exposure after this event: the customer's own lines,
+        and its group's when it belongs to one whose parent has a limit."""
+        out: list[Envelope] = []
+        for owner, scope, lines in credit.lines_after(key):
+            for change in hold_changes(lines):
+                line = next(x for x in lines if x.currency == change.currency)
+                credit.record(owner, change, line, scope, cause.time)
+                out.extend(self._credit_events(owner, scope, change.action, line, cause))
+        return out
+
+    def _credit_events(self, owner: Key, scope: str, action: str, line: CreditLine, cause: Envelope) -> list[Envelope]:
+        def event(payload, kind: str) -> Envelope:
+            return new_envelope(payload, source=SOURCE, tenant_id=owner[0], subject=owner[1], time=cause.time,
+                                caused_by=cause, event_id=derived_event_id(cause, f"{kind}:{owner[1]}:{line.currency}"))
+        if action == "place":
+            return [
+                event(CreditLimitExceeded(customer_id=owner[1], currency=line.currency, limit_minor=line.limit_minor,
+                                          exposure_minor=line.exposure_minor, scope=scope, exceeded_at=cause.time),
+                      "CreditLimitExceeded"),
+                event(CreditHoldPlaced(customer_id=owner[1], currency=line.currency,
+                                       reason="group_limit_exceeded" if scope == "group" else "limit_exceeded",
+                                       limit_minor=line.limit_minor, exposure_minor=line.exposure_minor,
+                                       placed_at=cause.time), "CreditHoldPlaced"),
+            ]
+        return [event(CreditHoldReleased(customer_id=owner[1], currency=line.currency, reason="within_limit",
+                                         exposure_minor=line.exposure_minor, limit_minor=line.limit_minor,
+                                         released_at=cause.time), "CreditHoldReleased")]
+
+    async def _record(self, conn: asyncpg.Connection, moves: _Moves) -> None:
+        if moves.latest:
+            keys = list(moves.latest)
+            await conn.execute(
+                """INSERT INTO customer_risk (tenant_id, customer_id, score, grade, segment, factors, assessed_at)
+                   SELECT t, c, s, g, seg, f::jsonb, at FROM unnest($1::text[], $2::text[], $3::int[], $4::text[],
+                     $5::text[], $6::text[], $7::timestamptz[]) AS u(t, c, s, g, seg, f, at)
+                   ON CONFLICT (tenant_id, customer_id) DO UPDATE SET score = EXCLUDED.score, grade = EXCLUDED.grade,
+                   segment = EXCLUDED.segment, factors = EXCLUDED.factors, assessed_at = EXCLUDED.assessed_at""",
+                [k[0] for k in keys], [k[1] for k in keys], [moves.latest[k][0].score for k in keys],
+                [moves.latest[k][0].grade for k in keys], [moves.latest[k][0].segment for k in keys],
+                [json.dumps([f.model_dump(mode="json") for f in moves.latest[k][0].factors]) for k in keys],
+                [moves.latest[k][1].time for k in keys])
+        if moves.history:
+            h = moves.history
+            await conn.execute(
+                "INSERT INTO risk_assessments (tenant_id, event_id, customer_id, assessed_at, score, grade, segment)"
+                " SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::timestamptz[], $5::int[], $6::text[],"
+                "   $7::text[]) ON CONFLICT DO NOTHING",
+                [k[0] for k, _, _ in h], [derived_event_id(c, "RiskAssessed") for _, _, c in h], [k[1] for k, _, _ in h],
+                [c.time for _, _, c in h], [a.score for _, a, _ in h], [a.grade for _, a, _ in h],
+                [a.segment for _, a, _ in h])
+        if moves.events:
+            await add_events(conn, self.topics.risk, moves.events)
 
 
-def _counting(counter: str, when: Callable[[Any], bool] | None = None):
-    async def write(conn: asyncpg.Connection, events: list[Event]) -> None:
-        chosen = [e for e in events if when is None or when(e.payload)]
-        if chosen:
-            await facts.count(conn, chosen, counter)
-    return write
+@dataclass(frozen=True)
+class _Current:
+    score: int
+    grade: str | None
+    segment: str
+
+
+async def _current_assessments(conn: asyncpg.Connection, keys: list[Key]) -> dict[Key, _Current]:
+    rows = await conn.fetch(
+        "SELECT r.tenant_id, r.customer_id, r.score, r.grade, r.segment"
+        " FROM unnest($1::text[], $2::text[]) AS k(tenant_id, customer_id)"
+        " JOIN customer_risk r USING (tenant_id, customer_id)", [k[0] for k in keys], [k[1] for k in keys])
+    return {(r["tenant_id"], r["customer_id"]): _Current(r["score"], r["grade"], r["segment"]) for r in rows}
