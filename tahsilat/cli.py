@@ -436,8 +436,8 @@ def _print_payment_import_summary(summary, file: Path) -> None:
 
 # --------------------------------------------------------------------------- reports
 
-report_app = typer.Typer(help="Receivables reports read from the invoicing database: aging, DSO.",
-                         no_args_is_help=True)
+report_app = typer.Typer(help="Receivables reports read from the invoicing database: aging, DSO;"
+                              " risk-backtest reads the risk database.", no_args_is_help=True)
 app.add_typer(report_app, name="report")
 
 
@@ -561,6 +561,43 @@ def report_dso(
     console.print(t)
     if not result.by_currency:
         console.print("no receivables and no sales")
+
+
+@report_app.command("risk-backtest")
+def report_risk_backtest(
+    tenant: Annotated[str, typer.Option(help="tenant id")],
+    as_of: Annotated[str | None, typer.Option(help="YYYY-MM-DD; default: today")] = None,
+    db_prefix: DbPrefixOption = "tahsilat",
+    as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+) -> None:
+    """How well the risk grade at issue predicted "paid 30+ days late": AUC, late share per grade."""
+    import json
+
+    from services.risk.service_layer.backtest import risk_backtest
+
+    day = _report_date(as_of, "as-of")
+    report = _service_query("risk", db_prefix, lambda pool: risk_backtest(pool, tenant, day))
+    if as_json:
+        typer.echo(json.dumps(report.as_dict(), indent=2))
+        return
+
+    def auc(value: float | None) -> str:
+        return "n/a (needs late and on-time invoices)" if value is None else f"{value:.3f}"
+
+    console.print(f"[bold]Risk backtest of {escape(tenant)} as of {day}[/bold]: {report.invoices} invoices decided,"
+                  f" {report.late} paid 30+ days late or still open 30+ days past due")
+    console.print(f"AUC of the score: {auc(report.auc_score)}   AUC of the grade: {auc(report.auc_grade)}"
+                  "   (0.5 = a coin toss, 1 = perfect)")
+    t = Table(title="Calibration per grade at issue")
+    for column in ("grade", "invoices", "late", "late share", "avg score"):
+        t.add_column(column, justify="left" if column == "grade" else "right")
+    for row in report.calibration:
+        t.add_row(row.grade, str(row.invoices), str(row.late),
+                  "" if row.late_share is None else f"{row.late_share:.3f}",
+                  "" if row.average_score is None else f"{row.average_score:.1f}")
+    console.print(t)
+    console.print(f"excluded: {report.excluded_cancelled} cancelled, {report.excluded_undecided} not yet decidable"
+                  " (open and under 30 days past due)")
 
 
 # --------------------------------------------------------------------------- billing sources

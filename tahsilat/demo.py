@@ -1,6 +1,7 @@
-"""The demo: three billing sources, a few hundred customers (en and tr), a few thousand
-invoices due around today, most of them paid (some late, some partially). It replays the last
-weeks on the platform's clock so that reminders go out when they would have, then prints what
+"""The demo: three billing sources, a few hundred customers (en and tr) who each pay in their
+own way (reliably, slowly, worse and worse, hardly at all), a few thousand invoices due over the
+last five months, most of them paid (some late, some partially). It replays that history on the
+platform's clock so that reminders go out and grades move when they would have, then prints what
 happened."""
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import random
 import re
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, time as dtime, timedelta, timezone
 
 import httpx
@@ -28,17 +29,60 @@ ROUND_DAYS = 7
 TENANT = "demo"
 
 
+# How customers pay, with the share of customers that pay that way. A real billing system does
+# not know these: they stay in the Seed (for tests), never in what is posted.
+PROFILE_WEIGHTS = {"reliable": 0.40, "steady": 0.25, "slow": 0.15, "deteriorating": 0.10, "delinquent": 0.10}
+HISTORY_DAYS = 150  # due dates from this many days ago ...
+AHEAD_DAYS = 10  # ... to this many days ahead: a customer is graded before most of its invoices are issued
+
+
 @dataclass
 class Seed:
     customers: list[dict]
     invoices: list[dict]  # request bodies, plus "_source"
     payments: list[dict]  # request bodies, plus "_source" and "_on" (the day it arrives)
+    profiles: dict[str, str] = field(default_factory=dict)  # customer id -> payment behaviour profile
+
+
+def assign_profiles(rnd: random.Random, customers: int) -> list[str]:
+    """Each customer's profile, shuffled: each profile's count is its weight's share of the
+    customers (largest remainders), so the spread holds for every seed, not only lucky ones."""
+    exact = {p: w * customers for p, w in PROFILE_WEIGHTS.items()}
+    counts = {p: int(x) for p, x in exact.items()}
+    by_remainder = sorted(exact, key=lambda p: exact[p] - counts[p], reverse=True)
+    for p in by_remainder[:customers - sum(counts.values())]:
+        counts[p] += 1
+    profiles = [p for p, n in counts.items() for _ in range(n)]
+    rnd.shuffle(profiles)
+    return profiles
+
+
+def _payment_terms(rnd: random.Random, profile: str, k: int, invoices: int, deterioration: int,
+                   amount: int) -> tuple[int, int] | None:
+    """(days after the due date it is paid, amount paid) for the customer's k-th invoice in due
+    date order, or None: never paid."""
+    if profile == "reliable":
+        return -rnd.randint(0, 5), amount
+    if profile == "steady":
+        return (rnd.randint(1, 10) if rnd.random() < 0.3 else -rnd.randint(0, 2)), amount
+    if profile == "slow":
+        return rnd.randint(15, 45), amount
+    if profile == "deteriorating":  # on time at first, each invoice later than the last
+        return round(deterioration * k / max(invoices - 1, 1)), amount
+    r = rnd.random()  # delinquent
+    if r < 0.5:
+        return None
+    if r < 0.8:
+        return rnd.randint(30, 70), amount
+    return rnd.randint(10, 60), amount // 2
 
 
 def make_seed(today: date, customers: int = 300, invoices_per_customer: int = 10, seed: int = 7) -> Seed:
+    """The demo's billing history, the same for the same seed. Each customer pays by a profile
+    (PROFILE_WEIGHTS), so that risk grades have real differences to find."""
     rnd = random.Random(seed)
-    people, invoices, payments = [], [], []
-    for n in range(customers):
+    people, invoices, payments, profiles = [], [], [], {}
+    for n, profile in enumerate(assign_profiles(rnd, customers)):
         source, currency = SOURCES[n % len(SOURCES)]
         turkish = rnd.random() < 0.5
         cust = {
@@ -52,8 +96,11 @@ def make_seed(today: date, customers: int = 300, invoices_per_customer: int = 10
             "_currency": "TRY" if turkish and source != "sap-erp" else currency,
         }
         people.append(cust)
-        for k in range(invoices_per_customer):
-            due = today + timedelta(days=rnd.randint(-45, 10))
+        profiles[cust["id"]] = profile
+        dues = sorted(today + timedelta(days=rnd.randint(-HISTORY_DAYS, AHEAD_DAYS))
+                      for _ in range(invoices_per_customer))
+        deterioration = rnd.randint(40, 60)  # how late a deteriorating customer's last invoice is paid
+        for k, due in enumerate(dues):
             issue = due - timedelta(days=30)
             amount = rnd.randint(50_00, 5_000_00)
             ext = f"{source[:3].upper()}-{n:04d}-{k:02d}"
@@ -63,16 +110,11 @@ def make_seed(today: date, customers: int = 300, invoices_per_customer: int = 10
                 "currency": cust["_currency"], "amount_minor": amount,
                 "issue_date": issue.isoformat(), "due_date": due.isoformat(), "_source": source,
             })
-            r = rnd.random()
-            if r < 0.55:
-                on, paid = due - timedelta(days=rnd.randint(0, 5)), amount
-            elif r < 0.72:
-                on, paid = due + timedelta(days=rnd.randint(1, 20)), amount
-            elif r < 0.82:
-                on, paid = due + timedelta(days=rnd.randint(0, 10)), amount // 2
-            else:
+            terms = _payment_terms(rnd, profile, k, invoices_per_customer, deterioration, amount)
+            if terms is None:
                 continue
-            on = max(on, issue)
+            days_after_due, paid = terms
+            on = max(due + timedelta(days=days_after_due), issue)
             if on > today:
                 continue
             payments.append({
@@ -81,7 +123,7 @@ def make_seed(today: date, customers: int = 300, invoices_per_customer: int = 10
                 "received_at": datetime.combine(on, dtime(12), timezone.utc).isoformat(),
                 "_source": source, "_on": on,
             })
-    return Seed(people, invoices, payments)
+    return Seed(people, invoices, payments, profiles)
 
 
 async def _post_all(client: httpx.AsyncClient, path: str, bodies: list[dict], keys: dict[str, str], progress, task) -> None:
@@ -178,7 +220,6 @@ async def summarize(platform: Platform, aging: dict) -> dict:
     notifier = await read_events(platform.bootstrap, t.notifier)
     risk = await read_events(platform.bootstrap, t.risk)
     dead = await read_events(platform.bootstrap, t.dead_letter)
-    latest_segment = {e.data["customer_id"]: e.data["segment"] for e in risk}
     async with httpx.AsyncClient(timeout=10) as c:
         emails = len((await c.get(f"{platform.sinks_url}/emails")).json())
         sms = len((await c.get(f"{platform.sinks_url}/sms")).json())
@@ -189,12 +230,20 @@ async def summarize(platform: Platform, aging: dict) -> dict:
         "overdue": sum(1 for e in invoicing if e.type == "InvoiceOverdue"),
         "sent": Counter((e.data["channel"], e.data["language"]) for e in notifier if e.type == "NotificationSent"),
         "failed": sum(1 for e in notifier if e.type == "NotificationFailed"),
-        "segments": Counter(latest_segment.values()),
+        **risk_counts(risk),
         "dead_letters": len(dead),
         "emails_in_sink": emails,
         "sms_in_sink": sms,
         "aging": aging,
     }
+
+
+def risk_counts(risk_events) -> dict[str, Counter]:
+    """Customers per latest segment and per latest grade, from the RiskAssessed events (the risk
+    topic carries other events too). An assessment without a grade counts under its segment."""
+    latest = {e.data["customer_id"]: e.data for e in risk_events if e.type == "RiskAssessed"}
+    return {"segments": Counter(d["segment"] for d in latest.values()),
+            "grades": Counter(d.get("grade") or d["segment"] for d in latest.values())}
 
 
 def print_summary(console: Console, summary: dict, platform: Platform) -> None:
@@ -215,6 +264,7 @@ def print_summary(console: Console, summary: dict, platform: Platform) -> None:
     console.print(f"Captured: {summary['emails_in_sink']} emails, {summary['sms_in_sink']} SMS; "
                   f"suppressed/failed: {summary['failed']}")
     console.print("Risk segments: " + ", ".join(f"{k} {v}" for k, v in sorted(summary["segments"].items())))
+    console.print("Risk grades: " + ", ".join(f"{k} {v}" for k, v in sorted(summary["grades"].items())))
     aging = summary["aging"]
     t = Table(title=f"AR aging as of {aging['as_of']} (open amounts, days past due)")
     t.add_column("currency")
