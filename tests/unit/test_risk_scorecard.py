@@ -200,3 +200,13 @@ def test_every_explanation_reads_in_every_language_with_its_numbers():
     assert explain("late_share", {"late": 1, "settled": 2}, "de") == explain("late_share", {"late": 1, "settled": 2})
     [f] = [x for x in assess(book(paid_invoice("a", 40, 5)), AT).factors if x.name == "late_share"]
     assert explained([f], "tr")[0].explanation == "Son bir yılda kapanan 1 faturanın 1 tanesi geç ödendi"
+
+
+def test_the_assessment_moment_is_the_latest_event_time_the_book_has_seen():
+    """Events of one customer come on three topics; whichever comes last, the score is taken at
+    the latest time known, so the final assessment does not depend on the interleaving."""
+    b = book(open_invoice("o", date(2026, 6, 1)))
+    earlier = AT - timedelta(days=3)
+    assert b.as_of(earlier) == AT  # the invoice changed at AT
+    b.apply("NotificationFailed", P(code="bounced"), earlier)
+    assert b.as_of(earlier) == AT and b.as_of(AT + timedelta(hours=1)) == AT + timedelta(hours=1)

@@ -141,6 +141,16 @@ class CustomerBook:
         self.facts_changed = True
 
     # -- what the book says ---------------------------------------------------------------------
+    def as_of(self, at: datetime) -> datetime:
+        """The moment to assess at: the latest event time the book has seen. A customer's events
+        come on three topics whose interleaving differs between runs; assessing at the latest
+        time known (not at the time of whichever event came last) keeps the score a function of
+        the facts."""
+        latest = [at, *(i.updated_at for i in self.invoices.values())]
+        if self.facts.updated_at is not None:
+            latest.append(self.facts.updated_at)
+        return max(latest)
+
     def exposure(self) -> dict[str, int]:
         """Open receivables per currency (never summed across currencies)."""
         out: dict[str, int] = {}

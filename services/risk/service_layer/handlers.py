@@ -2,7 +2,10 @@
 a time and in order, and after each event the customer is assessed (score, grade, factors) and
 its credit checked, at the event's time. So the same events give the same store and the same
 RiskAssessed / credit events (ids derived from their causes) however a consumer batches them,
-and a replay of the topics rebuilds it all identically."""
+and a replay of the topics rebuilds it all identically. A customer's events come on three topics
+(invoicing, dunning, notifier) and only each topic's order is kept: where a replay interleaves
+them otherwise, the customer's latest assessment is still the same (it is made at the latest
+event time the book has seen), while the moves in between may differ."""
 from __future__ import annotations
 
 import json
@@ -62,7 +65,7 @@ class Risk:
             key = (e.envelope.tenant_id, e.payload.customer_id)
             book = books[key]
             book.apply(e.envelope.type, e.payload, e.envelope.time)
-            a = assess(book, e.envelope.time, cards[key[0]])
+            a = assess(book, book.as_of(e.envelope.time), cards[key[0]])
             before = current.get(key)
             if before is None or (before.score, before.grade, before.segment) != (a.score, a.grade, a.segment):
                 moves.latest[key] = (a, e.envelope)
