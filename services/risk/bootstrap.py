@@ -37,12 +37,14 @@ def build(settings: RiskSettings, clock: Clock | None = None) -> FastAPI:
 def run_stream(settings: RiskSettings) -> None:
     """Run the faust worker (no web server: the API process serves health and metrics)."""
     from services.risk.entrypoints.stream import create_app
+    from services.risk.entrypoints.warnings import ensure_table_topics
 
     configure_logging(settings.service_name, settings.log_level, settings.log_format)
     asyncio.run(migrate(settings.database_url, MIGRATIONS))
     asyncio.run(ensure_topics(settings.kafka_bootstrap_servers, Topics(settings.topic_prefix).all(),
                               settings.kafka_partitions, security=settings.kafka))
     app = create_app(settings)
+    asyncio.run(ensure_table_topics(app, settings))  # the tables' changelogs: the app declares no topics
     level = {"warning": "warn"}.get(settings.log_level, settings.log_level)
     sys.argv = [sys.argv[0], "--quiet", "worker", "--without-web", "--loglevel", level]  # no banner: JSON logs only
     app.main()

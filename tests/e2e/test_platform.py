@@ -627,3 +627,106 @@ async def _typed(p, event_type: str, tenant: str, n: int = 1):
 async def _settled_outbox(http, p, admin) -> bool:
     held = await http.get(f"{p.url('dunning')}/v1/outbox/held", headers=admin)
     return held.status_code == 200 and held.json() == []
+
+
+async def _risk_events(p, tenant: str, customer_id: str, event_type: str, n: int = 1):
+    found = [e for e in await read_events(p.bootstrap, p.topics.risk)
+             if e.type == event_type and e.tenant_id == tenant and e.data["customer_id"] == customer_id]
+    return found if len(found) >= n else None
+
+
+async def test_a_customer_paying_later_and_later_is_downgraded_dunned_harder_warned_and_held(platform):
+    """#11: S1 pays later and later; risk downgrades it to D, dunning moves its open invoice to the
+    high-risk (strict) schedule for the steps to come, an early warning fires on the jump in its
+    delay, a new order takes it over its credit limit (hold), and a payment releases the hold."""
+    p, clock = platform
+    inv, dun, risk = p.url("invoicing"), p.url("dunning"), p.url("risk")
+    tenant = "slowpay"
+    admin = {"X-API-Key": await create_key(p.database_urls, tenant_id=tenant, role="admin")}
+    source = {"X-API-Key": await create_key(p.database_urls, tenant_id=tenant, role="billing-source",
+                                            source_name="erp", records=("invoices", "payments"))}
+    s1 = customer("S1", "en", "UTC")
+    today = clock.now().date()
+
+    async def post(path: str, body: dict) -> dict:
+        r = await http.post(f"{inv}{path}", headers=source, json=body)
+        assert r.status_code == 201, r.text
+        return r.json()
+
+    async def open_case():
+        found = (await http.get(f"{dun}/v1/cases", headers=admin, params={"customer_id": "S1"})).json()
+        return next((c for c in found if c["status"] == "open" and any(i["number"] == "S-F" for i in c["items"])), None)
+
+    async with httpx.AsyncClient(timeout=30) as http:
+        # a new customer (grade B, the medium segment): its invoice due in 10 days gets the standard schedule
+        await post("/v1/invoices", {"external_id": "S-F", "number": "S-F", "customer": s1, "currency": "EUR",
+                                    "amount_minor": 150_000, "issue_date": str(today - timedelta(days=20)),
+                                    "due_date": str(today + timedelta(days=10))})
+        case = await wait_for(open_case, 60, 0.2, "S1's case")
+        [item] = [i for i in case["items"] if i["number"] == "S-F"]
+        assert item["policy"].startswith("standard@")
+
+        # its history arrives: four invoices paid 5, 20, 45 and 70 days late, one 40 days overdue
+        for k, late in enumerate((5, 20, 45, 70)):
+            due = today - timedelta(days=200 - 40 * k)
+            await post("/v1/invoices", {"external_id": f"S-H{k}", "number": f"S-H{k}", "customer": s1,
+                                        "currency": "EUR", "amount_minor": 100_000,
+                                        "issue_date": str(due - timedelta(days=30)), "due_date": str(due)})
+            await post("/v1/payments", {"external_id": f"S-P{k}", "customer_id": "S1", "currency": "EUR",
+                                        "amount_minor": 100_000, "invoice_refs": [f"S-H{k}"],
+                                        "received_at": f"{due + timedelta(days=late)}T12:00:00+00:00"})
+        await post("/v1/invoices", {"external_id": "S-E", "number": "S-E", "customer": s1, "currency": "EUR",
+                                    "amount_minor": 100_000, "issue_date": str(today - timedelta(days=70)),
+                                    "due_date": str(today - timedelta(days=40))})
+
+        async def downgraded():
+            r = await http.get(f"{risk}/v1/customers/S1/risk", headers=admin)
+            return r.json() if r.status_code == 200 and r.json()["grade"] == "D" else None
+
+        assessment = await wait_for(downgraded, 60, 0.2, "S1 graded D")
+        assert assessment["segment"] == "high"
+        factors = {f["name"]: f for f in assessment["factors"]}
+        assert factors["recent_very_late"]["explanation"] == "2 of the last 4 invoices paid more than 30 days late"
+        assert factors["trend"]["points"] > 0  # later and later
+        grades = [e.data["grade"] for e in await wait_for(lambda: _risk_events(p, tenant, "S1", "RiskAssessed"),
+                                                           60, 0.2, "RiskAssessed for S1")]
+        assert grades[0] == "B" and grades[-1] == "D"
+
+        # dunning re-plans the steps to come on the strict schedule (SMS the day before, +3 ...)
+        async def replanned():
+            c = await open_case()
+            item = next(i for i in c["items"] if i["number"] == "S-F") if c else None
+            return item if item and item["policy"].startswith("strict@") else None
+
+        item = await wait_for(replanned, 60, 0.2, "S-F on the strict schedule")
+        planned = {s["step"] for s in item["steps"] if s["status"] == "scheduled"}
+        assert {"pre_due_sms", "overdue_3"} <= planned
+
+        # the jump in S1's delay (70 days against a norm of 23) raises an early warning
+        async def delay_jump():
+            found = await _risk_events(p, tenant, "S1", "EarlyWarningRaised") or []
+            return [w for w in found if w.data["signal"] == "delay_jump"]
+
+        [warning] = await wait_for(delay_jump, 60, 0.2, "the early warning")
+        assert warning.data["evidence"]["days_late"] == 70
+        listed = (await http.get(f"{risk}/v1/customers/S1/warnings", headers=admin)).json()
+        assert "delay_jump" in {w["signal"] for w in listed}
+
+        # a credit limit of 3,000.00 EUR: open are S-F 1,500 and S-E 1,000; a new order of 600 exceeds it
+        r = await http.put(f"{risk}/v1/customers/S1/credit/limits/EUR", headers=admin, json={"limit_minor": 300_000})
+        assert r.status_code == 200, r.text
+        await post("/v1/invoices", {"external_id": "S-G", "number": "S-G", "customer": s1, "currency": "EUR",
+                                    "amount_minor": 60_000, "issue_date": str(today),
+                                    "due_date": str(today + timedelta(days=30))})
+        [placed] = await wait_for(lambda: _risk_events(p, tenant, "S1", "CreditHoldPlaced"), 60, 0.2, "the hold")
+        assert (placed.data["exposure_minor"], placed.data["limit_minor"]) == (310_000, 300_000)
+        credit = (await http.get(f"{risk}/v1/customers/S1/credit", headers=admin)).json()
+        assert credit["on_hold"] and credit["lines"][0]["headroom_minor"] == -10_000
+
+        # S1 pays the overdue invoice: 2,100.00 open, the hold is released
+        await post("/v1/payments", {"external_id": "S-PE", "customer_id": "S1", "currency": "EUR",
+                                    "amount_minor": 100_000, "invoice_refs": ["S-E"]})
+        [released] = await wait_for(lambda: _risk_events(p, tenant, "S1", "CreditHoldReleased"), 60, 0.2,
+                                    "the hold released")
+        assert (released.data["reason"], released.data["exposure_minor"]) == ("within_limit", 210_000)
+        assert (await http.get(f"{risk}/v1/customers/S1/credit", headers=admin)).json()["on_hold"] is False

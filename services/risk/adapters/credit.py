@@ -247,3 +247,18 @@ async def decide_application(conn: asyncpg.Connection, tenant_id: str, applicati
         "UPDATE credit_applications SET status = $3, decision = $4::text::jsonb, decided_by = $5, decided_at = $6"
         " WHERE tenant_id = $1 AND application_id = $2", tenant_id, application_id, status, json.dumps(decision), by, at)
 
+
+
+async def latest_warnings(conn: asyncpg.Connection, tenant_id: str, customer_ids: list[str],
+                          per_customer: int = 5) -> dict[str, list[dict]]:
+    """The latest early warnings of each customer (the group view rolls them up)."""
+    rows = await conn.fetch(
+        "SELECT k.customer_id, w.* FROM unnest($2::text[]) AS k(customer_id) CROSS JOIN LATERAL ("
+        "  SELECT signal, window_start, raised_at, explanation FROM risk_early_warnings e"
+        "  WHERE e.tenant_id = $1 AND e.customer_id = k.customer_id ORDER BY raised_at DESC LIMIT $3) w",
+        tenant_id, customer_ids, per_customer)
+    out: dict[str, list[dict]] = {}
+    for r in rows:
+        out.setdefault(r["customer_id"], []).append(
+            {k: r[k] for k in ("signal", "window_start", "raised_at", "explanation")})
+    return out

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, Field, model_validator
 
 from services.risk.adapters import scorecards as cards
+from services.risk.adapters import warnings as warning_store
 from services.risk.domain.credit import CreditApplicationInput, CreditPolicy
 from services.risk.domain.scorecard import Scorecard, explained
 from services.risk.service_layer import credit
@@ -92,6 +93,13 @@ async def put_scorecard(body: Scorecard, principal: Admin, request: Request) -> 
     async with request.app.state.pool.acquire() as conn:
         await cards.save_scorecard(conn, principal.tenant_id, body, _now(request), _by(principal))
     return ScorecardOut(own=True, scorecard=body)
+
+
+@router.get("/customers/{customer_id}/warnings", tags=["risk"])
+async def customer_warnings(customer_id: CustomerId, principal: Reader, request: Request) -> list[dict[str, Any]]:
+    """The customer's early warnings, newest first, with the evidence each rests on."""
+    async with request.app.state.pool.acquire() as conn:
+        return await warning_store.customer_warnings(conn, principal.tenant_id, customer_id)
 
 
 # -- credit --------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import socket
 import asyncpg
 import faust
 
+from services.risk.entrypoints.warnings import register as register_early_warnings
 from services.risk.service_layer.handlers import Risk
 from services.risk.settings import RiskSettings
 from shared.clock import Clock, clock_from
@@ -71,6 +72,8 @@ def create_app(settings: RiskSettings, clock: Clock | None = None) -> faust.App:
         finally:
             await producer.stop()
             await pool.close()
+
+    register_early_warnings(app, source, settings)  # a second agent and its windowed tables
 
     @app.timer(interval=2.0)
     async def heartbeat() -> None:

@@ -214,7 +214,7 @@ async def group_view(conn: asyncpg.Connection, tenant_id: str, parent_id: str, n
             "SELECT customer_id, currency, kind, scope, placed_at FROM credit_holds WHERE tenant_id = $1"
             " AND customer_id = ANY($2::text[]) ORDER BY customer_id, currency", tenant_id, ids):
         holds.setdefault(r["customer_id"], []).append({k: r[k] for k in ("currency", "kind", "scope", "placed_at")})
-    warnings: dict[str, list[dict]] = {}  # early warnings join here once they are stored
+    warnings = await store.latest_warnings(conn, tenant_id, ids)
     return {**view, "members": [
         {"customer_id": m, "parent": m == parent_id, "exposure": per.get((tenant_id, m), {}), "grade": grades.get(m),
          "holds": holds.get(m, []), "warnings": warnings.get(m, [])} for m in ids]}
