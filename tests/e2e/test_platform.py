@@ -153,7 +153,7 @@ async def test_reminders_payment_and_risk_end_to_end(platform):
         assert {e.data["invoice_id"] for e in invoicing if e.type == "InvoicePaid"} == {ids["EN1"]}
 
         async def assessed_both():
-            risk = await read_events(p.bootstrap, p.topics.risk)
+            risk = [e for e in await read_events(p.bootstrap, p.topics.risk) if e.type == "RiskAssessed"]
             return risk if {e.data["customer_id"] for e in risk} >= {"TR1", "EN1"} else None
 
         risk = await wait_for(assessed_both, 60, 0.3, "RiskAssessed for both customers")
@@ -679,9 +679,13 @@ async def test_a_customer_paying_later_and_later_is_downgraded_dunned_harder_war
                                     "amount_minor": 100_000, "issue_date": str(today - timedelta(days=70)),
                                     "due_date": str(today - timedelta(days=40))})
 
-        async def downgraded():
+        async def downgraded():  # with every payment and the overdue S-E folded in
             r = await http.get(f"{risk}/v1/customers/S1/risk", headers=admin)
-            return r.json() if r.status_code == 200 and r.json()["grade"] == "D" else None
+            if r.status_code != 200:
+                return None
+            factors = {f["name"]: f for f in r.json()["factors"]}
+            done = factors.get("recent_very_late", {}).get("value") == 2 and "max_days_overdue" in factors
+            return r.json() if done and r.json()["grade"] == "D" else None
 
         assessment = await wait_for(downgraded, 60, 0.2, "S1 graded D")
         assert assessment["segment"] == "high"

@@ -11,9 +11,9 @@ import pytest
 from faust.windows import HoppingWindow, TumblingWindow, _PyHoppingWindow
 
 from services.risk.domain.warnings import (
-    BOUNCE_WINDOW, DELAY_WINDOW, EXPOSURE_WINDOW, PROMISE_VIEW, REVERSAL_VIEW, Fact, Window, WindowSpec, decide,
-    delay_jump, exposure_gap, exposure_outpacing, exposure_outpacing_payments, fact_of, lookups,
-    orders_after_broken_promise, repeated_reversals, contacts_bouncing, warning_id,
+    BOUNCE_WINDOW, DELAY_WINDOW, EXPOSURE_WINDOW, OBSERVED_EVENTS, PROMISE_VIEW, REVERSAL_VIEW, Fact, Window,
+    WindowSpec, contacts_bouncing, decide, delay_jump, exposure_gap, exposure_outpacing, exposure_outpacing_payments,
+    fact_of, lookups, orders_after_broken_promise, repeated_reversals, warning_id,
 )
 from shared.contract import NotificationFailed
 
@@ -256,3 +256,27 @@ def test_warning_ids_are_stable_per_customer_signal_scope_and_window():
     assert a.window == b.window
     assert warning_id("t1", "c1", a) == warning_id("t1", "c1", b) != warning_id("t1", "c2", a)
     assert json.loads(json.dumps(a.evidence)) == a.evidence  # evidence is JSON as it stands
+
+
+# --- the agent beside the behaviour agent ----------------------------------------------------
+
+def test_the_behaviour_agent_handles_every_event_the_warnings_look_at():
+    """So a record neither can read is dead-lettered by the behaviour agent, and only once."""
+    from services.risk.domain.book import EVENT_TYPES
+
+    assert set(OBSERVED_EVENTS) <= set(EVENT_TYPES)
+
+
+async def test_the_warnings_agent_dead_letters_only_its_own_failures():
+    from services.risk.entrypoints.warnings import own_failures
+
+    sent = []
+
+    async def letters(record, reason):
+        sent.append(reason)
+
+    send = own_failures(letters)
+    await send(object(), "unreadable envelope: (record): Invalid JSON")
+    await send(object(), "invalid InvoicePaid v1 payload: days_late: Field required")
+    await send(object(), "handler failed after 3 attempts: UniqueViolationError()")
+    assert sent == ["handler failed after 3 attempts: UniqueViolationError()"]

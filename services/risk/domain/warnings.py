@@ -9,7 +9,10 @@ together).
 A decision looks at a customer's facts as they were known before the event (`known`) plus the
 event itself (`fact`): the service records every fact in its database and hands the rules what
 was recorded before, so the same events give the same warnings whatever the batching, and a
-lost faust table changes none.
+lost faust table changes none. "Before" is consumption order (one customer's events of one topic
+arrive in order); an event that arrives late with an older event time is judged against what was
+recorded by then. Only the pair that spans two topics (a broken promise from dunning, an invoice
+from invoicing) is looked at from both sides, so its warning does not depend on which came first.
 """
 from __future__ import annotations
 

@@ -18,13 +18,14 @@ from services.risk.service_layer import credit
 from shared.auth import Principal, require_role
 from shared.contract.events import RiskFactor, SecurityRequirement
 from shared.contract.money import CurrencyCode
+from shared.contract.text import SafeText
 from shared.http import DomainError
 
 router = APIRouter(prefix="/v1")
 Reader = Annotated[Principal, Depends(require_role("collector", "analytics", "billing-source"))]
 Collector = Annotated[Principal, Depends(require_role("collector"))]
 Admin = Annotated[Principal, Depends(require_role("admin"))]
-CustomerId = Annotated[str, Path(min_length=1, max_length=200)]
+CustomerId = Annotated[SafeText, Path(min_length=1, max_length=200)]
 Language = Literal["en", "tr", "cs", "fa"]
 
 
@@ -115,7 +116,7 @@ async def customer_credit(customer_id: CustomerId, principal: Reader, request: R
 class LimitIn(BaseModel):
     limit_minor: int | None = Field(default=None, ge=0, le=10**15)
     use_recommendation: bool = Field(default=False, description="take the engine's recommended limit")
-    reason: str | None = Field(default=None, max_length=500)
+    reason: SafeText | None = Field(default=None, max_length=500)
 
     @model_validator(mode="after")
     def _one(self) -> "LimitIn":
@@ -144,7 +145,7 @@ async def delete_limit(customer_id: CustomerId, currency: CurrencyCode, principa
 
 class HoldIn(BaseModel):
     currency: CurrencyCode | None = Field(default=None, description="omit: every currency")
-    reason: str | None = Field(default=None, max_length=500)
+    reason: SafeText | None = Field(default=None, max_length=500)
 
 
 @router.post("/customers/{customer_id}/credit/hold", tags=["credit"])
@@ -168,7 +169,7 @@ async def lift_hold(customer_id: CustomerId, principal: Collector, request: Requ
 
 
 class ParentIn(BaseModel):
-    parent_id: str | None = Field(min_length=1, max_length=200, description="null: leave the group")
+    parent_id: SafeText | None = Field(min_length=1, max_length=200, description="null: leave the group")
 
 
 @router.put("/customers/{customer_id}/parent", tags=["credit"])
@@ -189,7 +190,8 @@ async def group(parent_id: CustomerId, principal: Reader, request: Request) -> d
 # -- credit applications ---------------------------------------------------------------------------
 
 class ApplicationIn(CreditApplicationInput):
-    customer_id: str = Field(min_length=1, max_length=200)
+    customer_id: SafeText = Field(min_length=1, max_length=200)
+    sector: SafeText = Field(min_length=1, max_length=60)
 
 
 @router.post("/credit-applications", status_code=201, tags=["credit"])
@@ -215,7 +217,7 @@ class DecisionIn(BaseModel):
     limit_minor: int | None = Field(default=None, ge=0, le=10**15, description="omit: the recommended")
     terms_days: int | None = Field(default=None, ge=0, le=365)
     security: list[SecurityRequirement] | None = None
-    note: str | None = Field(default=None, max_length=1000)
+    note: SafeText | None = Field(default=None, max_length=1000)
 
 
 @router.post("/credit-applications/{application_id}/decision", tags=["credit"])

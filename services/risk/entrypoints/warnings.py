@@ -39,7 +39,7 @@ from shared.db import create_pool
 from shared.kafka import DeadLetters, start_producer
 from shared.logging import get_logger
 from shared.outbox import add_events
-from shared.processing import Event, EventProcessor, Handler
+from shared.processing import DeadLetter, Event, EventProcessor, Handler
 
 log = get_logger(__name__)
 
@@ -241,6 +241,24 @@ async def ensure_table_topics(app: faust.App, settings: RiskSettings) -> list[st
     return [n.name for n in new]
 
 
+# What EventProcessor says of a record it cannot read: an envelope that does not parse, or a payload
+# of a type it handles that does not validate.
+_UNREADABLE = ("unreadable envelope", "invalid ")
+
+
+def own_failures(dead_letter: DeadLetter) -> DeadLetter:
+    """Dead-letter only what failed in this agent's handlers. A record that cannot be read fails
+    the same way in the behaviour agent, which consumes the same records and handles every event
+    type this one does (a unit test holds them together): it dead-letters that record, once."""
+    async def send(record: Any, reason: str) -> None:
+        if reason.startswith(_UNREADABLE):
+            log.info("unreadable record left to the behaviour agent's dead letter", reason=reason)
+            return
+        await dead_letter(record, reason)
+
+    return send
+
+
 def register(app: faust.App, source: Any, settings: RiskSettings) -> StreamView:
     """Add the early-warning tables and agent to the risk stream app."""
     topics = Topics(settings.topic_prefix)
@@ -254,7 +272,8 @@ def register(app: faust.App, source: Any, settings: RiskSettings) -> StreamView:
         producer = await start_producer(settings.kafka_bootstrap_servers, settings.kafka)  # for dead letters
         processor = EventProcessor(
             service=settings.service_name, name=CONSUMER, handlers=warnings.handlers(), pool=pool,
-            dead_letter=DeadLetters(producer, topics.dead_letter, service=settings.service_name, consumer=CONSUMER),
+            dead_letter=own_failures(DeadLetters(producer, topics.dead_letter, service=settings.service_name,
+                                                 consumer=CONSUMER)),
         )
         log.info("early-warning agent started")
         try:
@@ -276,5 +295,5 @@ def register(app: faust.App, source: Any, settings: RiskSettings) -> StreamView:
     return view
 
 
-__all__ = ["CONSUMER", "EarlyWarnings", "StreamView", "ensure_table_topics", "envelope_time", "raised_envelope",
-           "register"]
+__all__ = ["CONSUMER", "EarlyWarnings", "StreamView", "ensure_table_topics", "envelope_time", "own_failures",
+           "raised_envelope", "register"]
