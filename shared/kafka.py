@@ -53,7 +53,8 @@ async def start_producer(bootstrap: str, security: KafkaSecurity = PLAINTEXT) ->
 
 
 async def ensure_topics(bootstrap: str, topics: list[str], partitions: int, replication: int = 1,
-                        security: KafkaSecurity = PLAINTEXT) -> None:
+                        security: KafkaSecurity = PLAINTEXT, configs: dict[str, dict[str, str]] | None = None) -> None:
+    """Create the topics that do not exist yet (`configs`: a topic's own settings, by name)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **security.aiokafka_options())
     try:
         await admin.start()
@@ -61,7 +62,8 @@ async def ensure_topics(bootstrap: str, topics: list[str], partitions: int, repl
         raise BrokerUnavailable(f"cannot reach the Kafka broker at {bootstrap}: {exc}") from exc
     try:
         existing = set(await admin.list_topics())
-        missing = [NewTopic(t, partitions, replication) for t in topics if t not in existing]
+        missing = [NewTopic(t, partitions, replication, topic_configs=(configs or {}).get(t, {}))
+                   for t in topics if t not in existing]
         if missing:
             try:
                 await admin.create_topics(missing)

@@ -262,3 +262,31 @@ async def latest_warnings(conn: asyncpg.Connection, tenant_id: str, customer_ids
         out.setdefault(r["customer_id"], []).append(
             {k: r[k] for k in ("signal", "window_start", "raised_at", "explanation")})
     return out
+
+
+async def place_limit_hold(conn: asyncpg.Connection, tenant_id: str, customer_id: str, currency: str, scope: str,
+                           limit_minor: int | None, exposure_minor: int, at: datetime) -> None:
+    await conn.execute(
+        "INSERT INTO credit_holds (tenant_id, customer_id, currency, kind, scope, limit_minor, exposure_minor,"
+        " placed_at) VALUES ($1, $2, $3, 'limit', $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+        tenant_id, customer_id, currency, scope, limit_minor, exposure_minor, at)
+
+
+async def release_limit_hold(conn: asyncpg.Connection, tenant_id: str, customer_id: str, currency: str) -> None:
+    await conn.execute("DELETE FROM credit_holds WHERE tenant_id = $1 AND customer_id = $2 AND currency = $3"
+                       " AND kind = 'limit'", tenant_id, customer_id, currency)
+
+
+async def grades(conn: asyncpg.Connection, tenant_id: str, customer_ids: list[str]) -> dict[str, str | None]:
+    return {r["customer_id"]: r["grade"] for r in await conn.fetch(
+        "SELECT customer_id, grade FROM customer_risk WHERE tenant_id = $1 AND customer_id = ANY($2::text[])",
+        tenant_id, customer_ids)}
+
+
+async def holds_of(conn: asyncpg.Connection, tenant_id: str, customer_ids: list[str]) -> dict[str, list[dict]]:
+    holds: dict[str, list[dict]] = {}
+    for r in await conn.fetch(
+            "SELECT customer_id, currency, kind, scope, placed_at FROM credit_holds WHERE tenant_id = $1"
+            " AND customer_id = ANY($2::text[]) ORDER BY customer_id, currency", tenant_id, customer_ids):
+        holds.setdefault(r["customer_id"], []).append({k: r[k] for k in ("currency", "kind", "scope", "placed_at")})
+    return holds

@@ -22,8 +22,6 @@ from typing import Any
 
 import asyncpg
 import faust
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
 from faust.streams import _current_event  # the event faust's tables attribute a change to (its partition)
 
 from services.risk.adapters import warnings as store
@@ -36,7 +34,7 @@ from services.risk.service_layer.handlers import derived_event_id
 from services.risk.settings import RiskSettings
 from shared.contract import EarlyWarningRaised, Envelope, Topics, new_envelope
 from shared.db import create_pool
-from shared.kafka import DeadLetters, start_producer
+from shared.kafka import DeadLetters, ensure_topics, start_producer
 from shared.logging import get_logger
 from shared.outbox import add_events
 from shared.processing import DeadLetter, Event, EventProcessor, Handler
@@ -219,26 +217,15 @@ async def ensure_table_topics(app: faust.App, settings: RiskSettings) -> list[st
     topics = [t.changelog_topic for t in app.tables.values()]
     if not topics:
         return []
-    new = []
+    configs: dict[str, dict[str, str]] = {}
     for t in topics:
         policy = ",".join(p for p, on in (("compact", t.compacting), ("delete", t.deleting)) if on)
-        configs = {"cleanup.policy": policy or "compact"}
+        configs[t.get_topic_name()] = {"cleanup.policy": policy or "compact"}
         if t.retention:
-            configs["retention.ms"] = str(int(t.retention * 1000))
-        new.append(NewTopic(t.get_topic_name(), t.partitions or settings.kafka_partitions, 1, topic_configs=configs))
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers, **settings.kafka.aiokafka_options())
-    await admin.start()
-    try:
-        existing = set(await admin.list_topics())
-        missing = [n for n in new if n.name not in existing]
-        if missing:
-            try:
-                await admin.create_topics(missing)
-            except TopicAlreadyExistsError:
-                pass
-    finally:
-        await admin.close()
-    return [n.name for n in new]
+            configs[t.get_topic_name()]["retention.ms"] = str(int(t.retention * 1000))
+    await ensure_topics(settings.kafka_bootstrap_servers, list(configs), settings.kafka_partitions,
+                        security=settings.kafka, configs=configs)
+    return list(configs)
 
 
 # What EventProcessor says of a record it cannot read: an envelope that does not parse, or a payload

@@ -35,8 +35,7 @@ async def credit_view(conn: asyncpg.Connection, tenant_id: str, customer_id: str
     """Limit, exposure, headroom and hold state per currency, the engine's recommendation, and the
     group (its parent's or its own members') when there is one."""
     c = await store.customer_credit(conn, tenant_id, customer_id)
-    grade = await conn.fetchval("SELECT grade FROM customer_risk WHERE tenant_id = $1 AND customer_id = $2",
-                                tenant_id, customer_id)
+    grade = (await store.grades(conn, tenant_id, [customer_id])).get(customer_id)
     policy, _ = await credit_policy(conn, tenant_id)
     history = await store.invoiced_last_year(conn, tenant_id, customer_id, now)
     exposure = c["group_exposure"] if c["members"] else c["exposure"]
@@ -75,10 +74,7 @@ async def _recheck(conn: asyncpg.Connection, topics: Topics, tenant_id: str, own
     events: list[Envelope] = []
     for change in hold_changes([line]):
         if change.action == "place":
-            await conn.execute(
-                "INSERT INTO credit_holds (tenant_id, customer_id, currency, kind, scope, limit_minor, exposure_minor,"
-                " placed_at) VALUES ($1, $2, $3, 'limit', $4, $5, $6, $7) ON CONFLICT DO NOTHING",
-                tenant_id, owner, currency, scope, line.limit_minor, exposure, at)
+            await store.place_limit_hold(conn, tenant_id, owner, currency, scope, line.limit_minor, exposure, at)
             events += [
                 _event(CreditLimitExceeded(customer_id=owner, currency=currency, limit_minor=line.limit_minor,
                                            exposure_minor=exposure, scope=scope, exceeded_at=at), tenant_id, at),
@@ -86,8 +82,7 @@ async def _recheck(conn: asyncpg.Connection, topics: Topics, tenant_id: str, own
                                         reason="group_limit_exceeded" if scope == "group" else "limit_exceeded",
                                         exposure_minor=exposure, placed_at=at), tenant_id, at)]
         else:
-            await conn.execute("DELETE FROM credit_holds WHERE tenant_id = $1 AND customer_id = $2 AND currency = $3"
-                               " AND kind = 'limit'", tenant_id, owner, currency)
+            await store.release_limit_hold(conn, tenant_id, owner, currency)
             events.append(_event(CreditHoldReleased(customer_id=owner, currency=currency, reason="limit_raised",
                                                     exposure_minor=exposure, limit_minor=line.limit_minor,
                                                     released_at=at), tenant_id, at))
@@ -206,14 +201,8 @@ async def group_view(conn: asyncpg.Connection, tenant_id: str, parent_id: str, n
         raise DomainError("parent_id", f"{parent_id!r} has no members: it is not a group's parent", 404)
     ids = [parent_id, *view["members"]]
     per = await store.exposures(conn, [(tenant_id, m) for m in ids])
-    grades = {r["customer_id"]: r["grade"] for r in await conn.fetch(
-        "SELECT customer_id, grade FROM customer_risk WHERE tenant_id = $1 AND customer_id = ANY($2::text[])",
-        tenant_id, ids)}
-    holds: dict[str, list[dict]] = {}
-    for r in await conn.fetch(
-            "SELECT customer_id, currency, kind, scope, placed_at FROM credit_holds WHERE tenant_id = $1"
-            " AND customer_id = ANY($2::text[]) ORDER BY customer_id, currency", tenant_id, ids):
-        holds.setdefault(r["customer_id"], []).append({k: r[k] for k in ("currency", "kind", "scope", "placed_at")})
+    grades = await store.grades(conn, tenant_id, ids)
+    holds = await store.holds_of(conn, tenant_id, ids)
     warnings = await store.latest_warnings(conn, tenant_id, ids)
     return {**view, "members": [
         {"customer_id": m, "parent": m == parent_id, "exposure": per.get((tenant_id, m), {}), "grade": grades.get(m),

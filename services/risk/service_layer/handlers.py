@@ -8,12 +8,12 @@ them otherwise, the customer's latest assessment is still the same (it is made a
 event time the book has seen), while the moves in between may differ."""
 from __future__ import annotations
 
-import json
 import uuid
 from dataclasses import dataclass, field
 
 import asyncpg
 
+from services.risk.adapters import assessments
 from services.risk.adapters import credit as credit_store
 from services.risk.adapters import facts
 from services.risk.adapters.scorecards import scorecards_of
@@ -58,7 +58,7 @@ class Risk:
         named = [(e.envelope.tenant_id, i) for e in events for i in invoice_ids_named(e.envelope.type, e.payload)]
         books = await facts.load_books(conn, keys, named, min(e.envelope.time for e in events))
         cards = await scorecards_of(conn, {k[0] for k in keys})
-        current = await _current_assessments(conn, keys)
+        current = await assessments.current(conn, keys)
         credit = await credit_store.load_state(conn, books)
         moves = _Moves()
         for e in events:
@@ -116,41 +116,8 @@ class Risk:
                                          released_at=cause.time), "CreditHoldReleased")]
 
     async def _record(self, conn: asyncpg.Connection, moves: _Moves) -> None:
-        if moves.latest:
-            keys = list(moves.latest)
-            await conn.execute(
-                """INSERT INTO customer_risk (tenant_id, customer_id, score, grade, segment, factors, assessed_at)
-                   SELECT t, c, s, g, seg, f::jsonb, at FROM unnest($1::text[], $2::text[], $3::int[], $4::text[],
-                     $5::text[], $6::text[], $7::timestamptz[]) AS u(t, c, s, g, seg, f, at)
-                   ON CONFLICT (tenant_id, customer_id) DO UPDATE SET score = EXCLUDED.score, grade = EXCLUDED.grade,
-                   segment = EXCLUDED.segment, factors = EXCLUDED.factors, assessed_at = EXCLUDED.assessed_at""",
-                [k[0] for k in keys], [k[1] for k in keys], [moves.latest[k][0].score for k in keys],
-                [moves.latest[k][0].grade for k in keys], [moves.latest[k][0].segment for k in keys],
-                [json.dumps([f.model_dump(mode="json") for f in moves.latest[k][0].factors]) for k in keys],
-                [moves.latest[k][1].time for k in keys])
-        if moves.history:
-            h = moves.history
-            await conn.execute(
-                "INSERT INTO risk_assessments (tenant_id, event_id, customer_id, assessed_at, score, grade, segment)"
-                " SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::timestamptz[], $5::int[], $6::text[],"
-                "   $7::text[]) ON CONFLICT DO NOTHING",
-                [k[0] for k, _, _ in h], [derived_event_id(c, "RiskAssessed") for _, _, c in h], [k[1] for k, _, _ in h],
-                [c.time for _, _, c in h], [a.score for _, a, _ in h], [a.grade for _, a, _ in h],
-                [a.segment for _, a, _ in h])
+        await assessments.save_latest(conn, {k: (a, cause.time) for k, (a, cause) in moves.latest.items()})
+        await assessments.add_history(conn, [(k, a, derived_event_id(c, "RiskAssessed"), c.time)
+                                             for k, a, c in moves.history])
         if moves.events:
             await add_events(conn, self.topics.risk, moves.events)
-
-
-@dataclass(frozen=True)
-class _Current:
-    score: int
-    grade: str | None
-    segment: str
-
-
-async def _current_assessments(conn: asyncpg.Connection, keys: list[Key]) -> dict[Key, _Current]:
-    rows = await conn.fetch(
-        "SELECT r.tenant_id, r.customer_id, r.score, r.grade, r.segment"
-        " FROM unnest($1::text[], $2::text[]) AS k(tenant_id, customer_id)"
-        " JOIN customer_risk r USING (tenant_id, customer_id)", [k[0] for k in keys], [k[1] for k in keys])
-    return {(r["tenant_id"], r["customer_id"]): _Current(r["score"], r["grade"], r["segment"]) for r in rows}
