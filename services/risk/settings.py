@@ -9,3 +9,6 @@ class RiskSettings(ServiceSettings):
     service_name: str = "risk"
     http_port: int = 8003
     stream_data_dir: str = Field(default="/tmp/tahsilat-risk-stream", description="faust's local state (a cache only)")
+    stream_group: str | None = Field(
+        default=None, description="the stream's consumer group (faust app id); default `<topic prefix>risk-stream`."
+        " A new group over an empty risk database rebuilds the store from the start of the topics")

@@ -16,6 +16,7 @@ from fastapi import FastAPI
 
 from services.risk.bootstrap import build
 from services.risk.service_layer.handlers import Risk
+from services.risk.service_layer.ordering import OrderedRisk, staging_handlers
 from services.risk.settings import RiskSettings
 from shared.clock import ManualClock
 from shared.contract import InvoiceAdjusted, InvoiceIssued, PaymentReceived, Topics, new_envelope
@@ -45,7 +46,7 @@ class Service:
     url: str
     admin: str
     collector: str
-    processor: EventProcessor
+    processor: OrderedRisk
     clock: ManualClock
     sent: int = 0
 
@@ -75,8 +76,9 @@ async def risk(database: str, kafka_bootstrap: str, topic_prefix: str) -> AsyncI
         async def no_dead_letters(record, reason):
             raise AssertionError(f"dead-lettered: {reason}")
 
-        processor = EventProcessor(service="risk", name="risk.behaviour", pool=app.state.pool,
-                                   dead_letter=no_dead_letters, handlers=Risk(clock, Topics(topic_prefix)).handlers())
+        processor = OrderedRisk(Risk(clock, Topics(topic_prefix)), app.state.pool, EventProcessor(
+            service="risk", name="risk.behaviour", pool=app.state.pool, dead_letter=no_dead_letters,
+            handlers=staging_handlers()))
         yield Service(app, url, await api_key(app, T, "admin"), await api_key(app, T, "collector"), processor, clock)
 
 

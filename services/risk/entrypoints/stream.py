@@ -1,7 +1,8 @@
 """The risk stream processor: a faust-streaming app. Its agent takes the records a batch at a
 time and hands each batch to the shared EventProcessor, so the inbox, the one transaction per
-batch, the set-based handlers and dead-lettering are the same as in every other consumer; faust
-commits the offsets after the agent has processed the batch."""
+batch and dead-lettering are the same as in every other consumer; the batch is staged and then
+folded in event order (service_layer/ordering.py), and faust commits the offsets after the
+agent has processed the batch."""
 from __future__ import annotations
 
 import os
@@ -12,6 +13,7 @@ import faust
 
 from services.risk.entrypoints.warnings import register as register_early_warnings
 from services.risk.service_layer.handlers import Risk
+from services.risk.service_layer.ordering import OrderedRisk, staging_handlers
 from services.risk.settings import RiskSettings
 from shared.clock import Clock, clock_from
 from shared.contract import Topics
@@ -27,7 +29,7 @@ def create_app(settings: RiskSettings, clock: Clock | None = None) -> faust.App:
     topics = Topics(settings.topic_prefix)
     clock = clock or clock_from(settings.clock_file)
     app = faust.App(
-        f"{settings.topic_prefix}risk-stream",
+        settings.stream_group or f"{settings.topic_prefix}risk-stream",
         broker=[f"kafka://{h.strip()}" for h in settings.kafka_bootstrap_servers.split(",")],
         broker_credentials=settings.kafka.faust_credentials(),
         store="memory://",
@@ -46,6 +48,14 @@ def create_app(settings: RiskSettings, clock: Clock | None = None) -> faust.App:
     source = app.topic(topics.invoicing, topics.dunning, topics.notifier, key_serializer="raw", value_serializer="raw")
     risk = Risk(clock, topics)
     worker_id = f"{socket.gethostname()}:{os.getpid()}"
+    source_topics = {topics.invoicing, topics.dunning, topics.notifier}
+    running: dict[str, OrderedRisk] = {}
+
+    def positions() -> dict[tuple[str, int], tuple[int | None, int | None]]:
+        """Log end and committed offset of each source partition this worker holds."""
+        consumer = app.consumer
+        return {(tp.topic, tp.partition): (consumer.highwater(tp), consumer._committed_offset.get(tp))
+                for tp in consumer.assignment() if tp.topic in source_topics}
 
     @app.agent(source, name="assess-payment-behaviour")
     async def assess_payment_behaviour(stream):
@@ -53,10 +63,11 @@ def create_app(settings: RiskSettings, clock: Clock | None = None) -> faust.App:
                                  statement_timeout_ms=settings.db_statement_timeout_ms)
         producer = await start_producer(settings.kafka_bootstrap_servers, settings.kafka)  # for dead letters
         name = "risk.behaviour"
-        processor = EventProcessor(
-            service=settings.service_name, name=name, handlers=risk.handlers(), pool=pool,
+        processor = OrderedRisk(risk, pool, EventProcessor(
+            service=settings.service_name, name=name, handlers=staging_handlers(), pool=pool,
             dead_letter=DeadLetters(producer, topics.dead_letter, service=settings.service_name, consumer=name),
-        )
+        ), positions=positions)
+        running["behaviour"] = processor
         log.info("risk stream agent started")
         try:
             async for events in stream.take_events(settings.consumer_max_batch, within=0.02):
@@ -70,10 +81,23 @@ def create_app(settings: RiskSettings, clock: Clock | None = None) -> faust.App:
                         e.message.acked = True
                     raise
         finally:
+            running.pop("behaviour", None)
             await producer.stop()
             await pool.close()
 
     register_early_warnings(app, source, settings)  # a second agent and its windowed tables
+
+    ticks = 0
+
+    @app.timer(interval=1.0)
+    async def fold_waiting() -> None:
+        """Fold staged events whose turn came without a new batch (a partition reached its end);
+        once a minute, retry those whose fold failed."""
+        nonlocal ticks
+        processor = running.get("behaviour")
+        if processor is not None and app.consumer is not None:
+            ticks += 1
+            await processor.advance(retry_failed=ticks % 60 == 0)
 
     @app.timer(interval=2.0)
     async def heartbeat() -> None:

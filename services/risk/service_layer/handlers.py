@@ -1,11 +1,9 @@
-"""Risk use cases on the event stream: each batch's events fold into their customers' books one at
-a time and in order, and after each event the customer is assessed (score, grade, factors) and
-its credit checked, at the event's time. So the same events give the same store and the same
-RiskAssessed / credit events (ids derived from their causes) however a consumer batches them,
-and a replay of the topics rebuilds it all identically. A customer's events come on three topics
-(invoicing, dunning, notifier) and only each topic's order is kept: where a replay interleaves
-them otherwise, the customer's latest assessment is still the same (it is made at the latest
-event time the book has seen), while the moves in between may differ."""
+"""Risk use cases on the event stream: events fold into their customers' books one at a time and
+in order, and after each event the customer is assessed (score, grade, factors) and its credit
+checked, at the event's time. So the same events in the same order give the same store and the
+same RiskAssessed / credit events (ids derived from their causes) however they are batched; the
+order itself is made the same on every run, a rebuild from the topics included, by
+service_layer/ordering.py, which stages the consumed events and hands them here in order."""
 from __future__ import annotations
 
 import uuid
@@ -17,7 +15,7 @@ from services.risk.adapters import assessments
 from services.risk.adapters import credit as credit_store
 from services.risk.adapters import facts
 from services.risk.adapters.scorecards import scorecards_of
-from services.risk.domain.book import EVENT_TYPES, invoice_ids_named
+from services.risk.domain.book import invoice_ids_named
 from services.risk.domain.credit import CreditLine, hold_changes
 from services.risk.domain.scorecard import Assessment, assess
 from shared.clock import Clock
@@ -25,7 +23,7 @@ from shared.contract import (
     CreditHoldPlaced, CreditHoldReleased, CreditLimitExceeded, Envelope, RiskAssessed, Topics, new_envelope,
 )
 from shared.outbox import add_events
-from shared.processing import Event, Handler
+from shared.processing import Event
 
 SOURCE = "risk"
 # Ids of the events risk derives from another event, so a replay makes the same ones.
@@ -49,9 +47,6 @@ class _Moves:
 class Risk:
     def __init__(self, clock: Clock, topics: Topics) -> None:
         self.clock, self.topics = clock, topics
-
-    def handlers(self) -> dict[str, Handler]:
-        return {kind: self.fold for kind in EVENT_TYPES}
 
     async def fold(self, conn: asyncpg.Connection, events: list[Event]) -> None:
         keys = sorted({(e.envelope.tenant_id, e.payload.customer_id) for e in events})
