@@ -6,7 +6,7 @@ import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -140,9 +140,12 @@ def _json(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value
 
 
-async def prune_observations(conn: asyncpg.Connection | asyncpg.Pool, older_than: datetime, limit: int = 10_000) -> int:
-    """Forget up to `limit` facts from before `older_than` (no decision looks back further than
-    a year: keep at least NORM_PERIOD plus the longest window)."""
+async def prune_observations(conn: asyncpg.Connection | asyncpg.Pool, keep: timedelta, limit: int = 10_000) -> int:
+    """Forget up to `limit` facts more than `keep` older than the latest one recorded: the
+    stream's own time, not the wall clock, so a rebuild folding old events keeps what their
+    decisions look back at, as the live run did."""
     return int((await conn.execute(
         "DELETE FROM risk_signal_observations WHERE ctid = ANY(ARRAY("
-        " SELECT ctid FROM risk_signal_observations WHERE at < $1 LIMIT $2))", older_than, limit)).split()[-1])
+        " SELECT ctid FROM risk_signal_observations"
+        " WHERE at < (SELECT max(at) FROM risk_signal_observations) - $1::interval LIMIT $2))",
+        keep, limit)).split()[-1])

@@ -17,7 +17,7 @@ import json
 import operator
 import weakref
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -25,9 +25,9 @@ import faust
 from faust.streams import _current_event  # the event faust's tables attribute a change to (its partition)
 
 from services.risk.adapters import warnings as store
-from services.risk.adapters.warnings import Observation, WarningRow
+from services.risk.adapters.warnings import Observation, WarningRow, prune_observations
 from services.risk.domain.warnings import (
-    BOUNCE_WINDOW, DELAY_WINDOW, EXPOSURE_WINDOW, OBSERVED_EVENTS, PROMISE_VIEW, REVERSAL_VIEW, Finding,
+    BOUNCE_WINDOW, DELAY_WINDOW, EXPOSURE_WINDOW, NORM_PERIOD, OBSERVED_EVENTS, PROMISE_VIEW, REVERSAL_VIEW, Finding,
     WindowSpec, decide, fact_of, lookups, warning_id,
 )
 from services.risk.service_layer.handlers import derived_event_id
@@ -40,6 +40,9 @@ from shared.outbox import add_events
 from shared.processing import DeadLetter, Event, EventProcessor, Handler
 
 log = get_logger(__name__)
+
+# The early-warning facts kept: the furthest back a decision looks (a customer's norm), and a margin.
+OBSERVATIONS_KEPT = NORM_PERIOD + timedelta(days=60)
 
 CONSUMER = "risk.warnings"  # the inbox's consumer name
 SOURCE = "risk"
@@ -278,6 +281,16 @@ def register(app: faust.App, source: Any, settings: RiskSettings) -> StreamView:
         finally:
             await producer.stop()
             await pool.close()
+
+    @app.timer(interval=600.0)
+    async def forget_old_facts() -> None:
+        """Facts older than any decision looks back at go, a bounded delete at a time."""
+        conn = await asyncpg.connect(settings.database_url)
+        try:
+            while await prune_observations(conn, OBSERVATIONS_KEPT, limit=10_000) == 10_000:
+                pass
+        finally:
+            await conn.close()
 
     return view
 
