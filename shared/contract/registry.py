@@ -18,6 +18,7 @@ class EventRegistry:
     def __init__(self) -> None:
         self._models: dict[tuple[str, int], type[EventPayload]] = {}
         self._upcasters: dict[tuple[str, int], Callable[[dict[str, Any]], dict[str, Any]]] = {}
+        self._latest: dict[str, int] = {}  # looked up for every record consumed
 
     def register(self, event_type: str, version: int) -> Callable[[P], P]:
         def decorate(cls: P) -> P:
@@ -27,6 +28,7 @@ class EventRegistry:
             cls.event_type = event_type
             cls.event_version = version
             self._models[key] = cls
+            self._latest[event_type] = max(version, self._latest.get(event_type, 0))
             return cls
 
         return decorate
@@ -47,10 +49,10 @@ class EventRegistry:
             raise UnknownEventType(f"no model for {event_type} v{version}") from None
 
     def latest_version(self, event_type: str) -> int:
-        versions = [v for (t, v) in self._models if t == event_type]
-        if not versions:
-            raise UnknownEventType(f"unknown event type {event_type!r}")
-        return max(versions)
+        try:
+            return self._latest[event_type]
+        except KeyError:
+            raise UnknownEventType(f"unknown event type {event_type!r}") from None
 
     def items(self) -> list[tuple[tuple[str, int], type[EventPayload]]]:
         return sorted(self._models.items())

@@ -4,6 +4,7 @@ stored once can be read in any of the languages. Unknown languages read English.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import lru_cache
 
 from babel.numbers import format_decimal
 
@@ -81,6 +82,7 @@ TEXTS: dict[str, dict[str, str]] = {
 }
 
 
+@lru_cache(maxsize=8192)  # the same few numbers come again and again, and babel takes ~50 µs each
 def _number(value: int | float | str, language: str) -> str:
     if isinstance(value, str):
         return value
