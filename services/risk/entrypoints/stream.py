@@ -97,7 +97,7 @@ def create_app(settings: RiskSettings, clock: Clock | None = None) -> faust.App:
         processor = running.get("behaviour")
         if processor is not None and app.consumer is not None:
             ticks += 1
-            await processor.advance(retry_failed=ticks % 60 == 0)
+            await processor.advance_if_idle(retry_failed=ticks % 60 == 0)
 
     @app.timer(interval=2.0)
     async def heartbeat() -> None:

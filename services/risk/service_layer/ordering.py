@@ -73,6 +73,7 @@ class OrderedRisk:
                  positions: Positions | None = None, fold_limit: int = 2000) -> None:
         self.risk, self.pool, self.processor = risk, pool, processor
         self.positions, self.fold_limit = positions, fold_limit
+        self._advancing = asyncio.Lock()  # a batch's advance and the timer's take turns in this process
 
     async def process_batch(self, records: Sequence[Any]) -> None:
         await self.processor.process_batch(records)
@@ -82,8 +83,18 @@ class OrderedRisk:
             consumed[tp] = max(consumed.get(tp, 0), r.offset + 1)
         await self.advance(consumed)
 
+    async def advance_if_idle(self, *, retry_failed: bool = False) -> int:
+        """The timer's advance: nothing when a batch is folding anyway."""
+        if self._advancing.locked():
+            return 0
+        return await self.advance(retry_failed=retry_failed)
+
     async def advance(self, consumed: Mapping[Partition, int] | None = None, *, retry_failed: bool = False) -> int:
         """Fold every staged event whose turn has come; returns how many were folded."""
+        async with self._advancing:
+            return await self._advance(consumed, retry_failed)
+
+    async def _advance(self, consumed: Mapping[Partition, int] | None, retry_failed: bool) -> int:
         total, first = 0, True
         while True:
             noted = consumed if first else None
