@@ -131,7 +131,7 @@ class OrderedRisk:
                 await self.risk.fold(conn, events)
             return rows
         except Exception as exc:  # noqa: BLE001 - the database being away is retried whole; the rest is narrowed
-            if is_transient(exc) or isinstance(exc, asyncio.CancelledError):
+            if is_transient(exc):
                 raise
         folded: list[Due] = []
         by_customer: dict[tuple[str, str], list[int]] = {}
