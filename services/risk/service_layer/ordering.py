@@ -115,12 +115,12 @@ class OrderedRisk:
             await pending.assign_sort_times(conn)
             rows = await pending.due(conn, self.fold_limit, everything_staged=self.positions is None,
                                      retry_failed=retry_failed)
-            if rows:
-                await pending.done(conn, await self._fold(conn, rows))
+            folded = await self._fold(conn, rows) if rows else []
+            await pending.done(conn, folded)
             waiting, held = await pending.counts(conn)
         EVENTS_WAITING.set(waiting)
         EVENTS_HELD.set(held)
-        return len(rows)
+        return len(folded)  # below the limit (some held back, or no more due): the loop stops
 
     async def _fold(self, conn: asyncpg.Connection, rows: list[Due]) -> list[Due]:
         """Fold `rows` (in order); returns those folded. A failure is narrowed down to its
