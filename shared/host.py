@@ -24,6 +24,7 @@ from shared.metrics import INBOX_PRUNED, TASK_RESTARTS, TIMERS_FIRED
 from shared.outbox import OutboxRelay
 from shared.processing import EventProcessor, Handler, RawBatchProcessor, RawHandler
 from shared.settings import ServiceSettings
+from shared.shutdown import cancel_all, finish_within
 
 log = get_logger(__name__)
 
@@ -201,20 +202,16 @@ class ServiceHost:
         return pruned
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        # Each step is bounded: a replica that hangs while stopping keeps its partitions and its
+        # Kubernetes slot, and the others wait for it.
+        await cancel_all(self._tasks, 15, "background tasks")
         self._tasks.clear()
         for fn in self._on_stop:
-            with contextlib.suppress(Exception):
-                await fn()
+            await finish_within(fn(), 5, "on-stop hook")
         if self.producer is not None:
-            with contextlib.suppress(Exception):
-                await self.producer.stop()
-        if self.pool is not None:
-            await self.pool.close()
+            await finish_within(self.producer.stop(), 10, "producer stop")
+        if self.pool is not None and not await finish_within(self.pool.close(), 5, "database pool close"):
+            self.pool.terminate()
         log.info("service stopped")
 
     async def liveness(self) -> dict[str, str]:

@@ -3,7 +3,6 @@ hands each poll batch to a processor (shared/processing.py) and commits offsets 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from shared.metrics import (
     CONSUMER_BATCH_RECORDS, CONSUMER_COMMIT_FAILURES, CONSUMER_LAG, DEAD_LETTERED, EVENTS_CONSUMED,
 )
 from shared.processing import backoff
+from shared.shutdown import finish_within
 
 log = get_logger(__name__)
 
@@ -191,8 +191,7 @@ class EventConsumer:
                 await self._commit(consumer, {tp: rs[-1].offset + 1 for tp, rs in batches.items()})
         finally:
             self.ready.clear()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(consumer.stop(), 10)
+            await finish_within(consumer.stop(), 10, f"consumer {self.name} stop")
 
     async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
         assigned = consumer.assignment()
