@@ -7,6 +7,8 @@ from fastapi import FastAPI
 
 from services.dunning.adapters import policy_store
 from services.dunning.entrypoints.api import router
+from services.dunning.entrypoints.desk_api import router as desk_router
+from services.dunning.service_layer.desk import Desk
 from services.dunning.service_layer.handlers import Commands, Dunning
 from services.dunning.settings import DunningSettings
 from shared.clock import Clock
@@ -23,6 +25,8 @@ def build(settings: DunningSettings, clock: Clock | None = None) -> FastAPI:
                           dispute_alert_days=settings.dispute_alert_days)
         app.state.dunning = dunning
         app.state.commands = Commands(dunning)
+        desk = Desk(host.pool, host.clock, host.topics, dunning.arrangements)
+        app.state.desk = desk
 
         async def load_policies() -> None:
             """The shipped policy files and the operator's (DUNNING_POLICY_DIR); a changed file
@@ -34,6 +38,8 @@ def build(settings: DunningSettings, clock: Clock | None = None) -> FastAPI:
 
         host.on_start(load_policies)
         host.consume("events", [host.topics.invoicing, host.topics.risk, host.topics.notifier], dunning.handlers())
+        # every interaction with a customer, from every service, into one timeline
+        host.consume("contact-log", [host.topics.invoicing, host.topics.dunning, host.topics.notifier], desk.handlers())
         for n in range(settings.step_concurrency):
             host.every("steps" if n == 0 else f"steps-{n + 1}", lambda: dunning.claim_due_steps(settings.step_batch_size),
                        wake_on="dunning_steps", next_due=dunning.next_step_due)
@@ -41,4 +47,5 @@ def build(settings: DunningSettings, clock: Clock | None = None) -> FastAPI:
 
     app = host.create_api("Tahsilat dunning", "Dunning cases, notices, charges and policies.", wire)
     app.include_router(router)
+    app.include_router(desk_router)
     return app

@@ -5,7 +5,9 @@ from shared.contract.events import (
     BalanceConfirmed,
     BalanceContested,
     CaseEscalatedToLegal,
+    CollectorTaskAssigned,
     CollectorTaskCreated,
+    ContactLogged,
     ContactOptedIn,
     ContactOptedOut,
     CreditApplicationDecided,
@@ -57,6 +59,6 @@ __all__ = [
     "NotificationRequested", "NotificationSent", "NotificationDelivered", "NotificationFailed", "ContactOptedOut",
     "ContactOptedIn", "RiskAssessed", "EarlyWarningRaised", "CreditLimitSet", "CreditLimitExceeded",
     "CreditHoldPlaced", "CreditHoldReleased", "CreditApplicationDecided",
-    "DunningStepExecuted", "CaseEscalatedToLegal", "CollectorTaskCreated", "CreditNoteRequested", "DisputeAgeing", "PaymentPlanAgreed", "PaymentPlanBroken",
+    "DunningStepExecuted", "CaseEscalatedToLegal", "CollectorTaskCreated", "CollectorTaskAssigned", "ContactLogged", "CreditNoteRequested", "DisputeAgeing", "PaymentPlanAgreed", "PaymentPlanBroken",
     "PaymentPlanCompleted", "PromiseToPayBroken", "PromiseToPayKept", "PromiseToPayRecorded", "SettlementOffered", "SettlementAccepted", "SettlementOfferEnded", "REGISTRY", "UnknownEventType", "parse_payload", "Topics",
 ]

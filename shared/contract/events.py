@@ -517,6 +517,41 @@ class CollectorTaskCreated(EventPayload):
     priority: int = Field(ge=0, description="what is owed (major units) x days overdue")
     invoice_ids: list[str]
     due_at: AwareDatetime
+    rule: str | None = Field(default=None, description=(
+        "what made it: step (a call or letter step), contact_failed, high_amount, high_risk, unanswered (notices"
+        " without any answer), broken_promise, broken_plan, call_back"))
+    assigned_to: str | None = Field(default=None, description="the collector it went to; none: the team's queue")
+
+
+@REGISTRY.register("CollectorTaskAssigned", 1)
+class CollectorTaskAssigned(EventPayload):
+    """A task went to a collector (by hand, or from the queue once someone had room), or back to
+    the queue (assigned_to none)."""
+
+    task_id: str
+    assigned_to: str | None
+    assigned_by: str = Field(description="the API key id of whoever assigned it, or dunning")
+    due_at: AwareDatetime = Field(description="when it falls due, in the collector's working hours")
+    assigned_at: AwareDatetime
+
+
+ContactKind = Literal["call", "visit", "email_in", "letter_in", "note", "correction"]
+
+
+@REGISTRY.register("ContactLogged", 1)
+class ContactLogged(EventPayload):
+    """A collector logged an interaction with the customer (a call with its outcome, a visit, a
+    letter or email received, a note) or corrected an earlier entry (entries are never edited)."""
+
+    entry_id: str = Field(description="the contact-log entry, also this event's idempotency key")
+    kind: ContactKind
+    outcome: str | None = Field(default=None, description="of a call: reached, no_answer, wrong_number, promise_taken,"
+                                                          " dispute_raised, plan_agreed, call_back, ...")
+    note: str | None = None
+    task_id: str | None = Field(default=None, description="the collector task it closed")
+    corrects: str | None = Field(default=None, description="a correction: the entry it corrects")
+    logged_by: str = Field(description="the API key id of whoever logged it")
+    logged_at: AwareDatetime
 
 
 @REGISTRY.register("DunningStepExecuted", 1)

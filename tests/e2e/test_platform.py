@@ -358,6 +358,12 @@ SAMPLE_BODIES = {  # a valid body for each operation with an id that takes one: 
     ("POST", "/v1/cases/{case_id}/payment-plans"): {"count": 2, "first_due": "2030-01-01"},
     ("POST", "/v1/cases/{case_id}/settlement-offers"): {"discount_percent": "1", "pay_by": "2030-01-01"},
     ("POST", "/v1/tasks/{task_id}/done"): {"outcome": "reached"},
+    ("POST", "/v1/tasks/{task_id}/outcome"): {"outcome": "reached"},
+    ("POST", "/v1/tasks/{task_id}/assign"): {"collector_id": None},
+    ("PUT", "/v1/collectors/{collector_id}"): {"name": "Intruder"},
+    ("PUT", "/v1/customers/{customer_id}/owner"): {"collector_id": None},
+    ("POST", "/v1/customers/{customer_id}/contact-log"): {"kind": "note", "note": "written by someone else"},
+    ("POST", "/v1/contact-log/{entry_id}/corrections"): {"note": "corrected by someone else"},
     ("PUT", "/v1/contacts/{customer_id}/preferences"): {"declined_channels": ["email"]},
     ("POST", "/v1/contacts/{customer_id}/opt-out"): {"channel": "email"},
     ("POST", "/v1/contacts/{customer_id}/opt-in"): {"channel": "email", "consent": "said yes on the phone"},
@@ -380,7 +386,9 @@ PER_TENANT_NAMES = {("PUT", "/v1/customers/{customer_id}"), ("PUT", "/v1/custome
                     ("DELETE", "/v1/customers/{customer_id}/credit/limits/{currency}"),
                     ("POST", "/v1/customers/{customer_id}/credit/hold"),
                     ("DELETE", "/v1/customers/{customer_id}/credit/hold"),
-                    ("PUT", "/v1/customers/{customer_id}/parent"), ("GET", "/v1/customers/{customer_id}/warnings")}
+                    ("PUT", "/v1/customers/{customer_id}/parent"), ("GET", "/v1/customers/{customer_id}/warnings"),
+                    ("PUT", "/v1/collectors/{collector_id}"), ("PUT", "/v1/customers/{customer_id}/owner"),
+                    ("GET", "/v1/customers/{customer_id}/contact-log")}
 # Capability URLs: the token in the path is the credential, not a key (tested on their own).
 TOKEN_PATHS = {"/v1/balance-confirmations/{token}", "/v1/balance-confirmations/{token}/confirm",
                "/v1/balance-confirmations/{token}/contest", "/v1/unsubscribe/{token}"}
@@ -424,7 +432,7 @@ async def test_no_key_of_another_tenant_or_source_reaches_an_id_it_does_not_own(
                "promise_id": str(uuid.uuid4()), "plan_id": str(uuid.uuid4()), "offer_id": str(uuid.uuid4()),
                "task_id": str(uuid.uuid4()), "notification_key": f"{cases[0]['case_id']}:due:email",
                "template": "reminder_due", "currency": "EUR", "parent_id": "M1",
-               "application_id": str(uuid.uuid4())}
+               "application_id": str(uuid.uuid4()), "collector_id": "ali", "entry_id": str(uuid.uuid4())}
 
         async def seen_by_owner() -> list:
             reads = [f"{inv}/v1/invoices/{invoice_id}", f"{inv}/v1/customers/M1/statement", f"{inv}/v1/billing-sources",

@@ -497,62 +497,6 @@ async def withdraw_offer(offer_id: uuid.UUID, principal: Collector, request: Req
     return OfferOut.of(await _arrangements(request).withdraw_offer(principal.tenant_id, offer_id, principal.key_id))
 
 
-# -- collector tasks ----------------------------------------------------------------------------------
-
-TaskOutcome = Literal["reached", "no_answer", "wrong_number", "promise_taken", "dispute_raised", "plan_agreed",
-                      "call_back", "letter_sent", "not_needed"]
-
-
-class TaskOut(BaseModel):
-    task_id: str
-    kind: str = Field(description="call or letter (a policy step), contact_failed (a notice not delivered)")
-    case_id: str
-    customer_id: str
-    currency: str
-    step: str
-    reason: str | None
-    invoice_ids: list[str]
-    overdue_minor: int
-    days_overdue: int
-    priority: int = Field(description="what is owed (major units) x days overdue")
-    due_at: datetime
-    status: str
-    outcome: str | None
-    note: str | None
-    created_at: datetime
-    done_at: datetime | None
-    done_by: str | None
-
-    @classmethod
-    def of(cls, r) -> "TaskOut":
-        return cls(**{**{k: r[k] for k in cls.model_fields if k not in ("task_id", "case_id", "invoice_ids")},
-                      "task_id": str(r["task_id"]), "case_id": str(r["case_id"]),
-                      "invoice_ids": [str(i) for i in r["invoice_ids"]]})
-
-
-class TaskDoneIn(BaseModel):
-    outcome: TaskOutcome
-    note: SafeText | None = Field(default=None, max_length=2000)
-
-
-@router.get("/tasks", response_model=list[TaskOut], tags=["tasks"])
-async def list_tasks(principal: Reader, request: Request,
-                     status: Annotated[str | None, Query(pattern="^(open|done)$")] = "open",
-                     kind: Annotated[str | None, Query(pattern="^(call|letter|contact_failed)$")] = None,
-                     customer_id: Annotated[str | None, Query(max_length=200)] = None,
-                     limit: Annotated[int, Query(ge=1, le=1000)] = 500) -> list[TaskOut]:
-    """Work for collectors that dunning made: call and letter steps of the policies, and notices
-    the notifier could not deliver; the biggest and oldest debts first."""
-    return [TaskOut.of(r) for r in await _commands(request).tasks(principal.tenant_id, status, kind, customer_id, limit)]
-
-
-@router.post("/tasks/{task_id}/done", response_model=TaskOut, tags=["tasks"])
-async def task_done(task_id: uuid.UUID, body: TaskDoneIn, principal: Collector, request: Request) -> TaskOut:
-    """Close a task with its outcome (recorded with who and when)."""
-    return TaskOut.of(await _commands(request).close_task(principal.tenant_id, task_id, body.outcome, body.note,
-                                                          principal.key_id))
-
-
 class InstalmentIn(BaseModel):
     due_date: date
     amount_minor: int = Field(gt=0, le=10**15)

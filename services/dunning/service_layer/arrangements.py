@@ -3,7 +3,9 @@ timer that decides whether it held. Each pauses the invoices it covers (adapters
 PAUSED_UNTIL); when it ends, the cases' timers move and dunning goes on with the latest step due."""
 from __future__ import annotations
 
+import contextlib
 import uuid
+from collections.abc import AsyncIterator
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
@@ -11,12 +13,14 @@ from zoneinfo import ZoneInfo
 import asyncpg
 
 from services.dunning.adapters import cases as repo
+from services.dunning.adapters import tasks as task_repo
 from services.dunning.adapters.policy_store import PolicyBook, PolicyRef
 from services.dunning.domain.arrangements import (
     ArrangementError, Instalment, check_instalments, check_promise, end_of_day, plan_state, promise_outcome,
     resolve_dispute, settlement_credit, settlement_outcome, settlement_terms, split_instalments,
 )
 from services.dunning.domain.policy import step_due_at
+from services.dunning.service_layer.desk import place_new
 from shared.clock import Clock
 from shared.contract import (
     CreditNoteRequested, DisputeAgeing, DisputeOpened, DisputeResolved, Envelope, NotificationRequested,
@@ -49,6 +53,15 @@ class Arrangements:
         self.pool, self.clock, self.topics = pool, clock, topics
         self.book = book or PolicyBook()
         self.dispute_pause, self.dispute_alert = dispute_pause, dispute_alert
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self, conn: asyncpg.Connection | None) -> AsyncIterator[asyncpg.Connection]:
+        """The caller's transaction (a collector's call outcome does several things at once), or a new one."""
+        if conn is not None:
+            yield conn
+            return
+        async with self.pool.acquire() as own, own.transaction():
+            yield own
 
     def _event(self, payload, tenant_id: str, subject: str, now: datetime, caused_by: Envelope | None = None) -> Envelope:
         return new_envelope(payload, source=SOURCE, tenant_id=tenant_id, subject=subject, time=now, caused_by=caused_by)
@@ -97,11 +110,11 @@ class Arrangements:
 
     async def record_promise(self, tenant_id: str, case_id: uuid.UUID, *, amount_minor: int, promised_date: date,
                              channel: str, taken_by: str, invoice_ids: list[uuid.UUID] | None, grace_days: int,
-                             note: str | None) -> asyncpg.Record:
+                             note: str | None, conn: asyncpg.Connection | None = None) -> asyncpg.Record:
         """The customer promised to pay: the covered invoices wait until the promised day plus
         grace (PromiseToPayRecorded)."""
         now = self.clock.now()
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self._transaction(conn) as conn:
             case, items, timezone = await self._case_items(conn, tenant_id, case_id, invoice_ids)
             today = now.astimezone(ZoneInfo(timezone)).date()
             try:
@@ -139,11 +152,11 @@ class Arrangements:
 
     async def agree_plan(self, tenant_id: str, case_id: uuid.UUID, *, instalments: list[Instalment] | None,
                          count: int | None, first_due: date | None, every_days: int, invoice_ids: list[uuid.UUID] | None,
-                         grace_days: int, agreed_by: str) -> asyncpg.Record:
+                         grace_days: int, agreed_by: str, conn: asyncpg.Connection | None = None) -> asyncpg.Record:
         """The customer pays what the covered invoices owe in instalments; they are not dunned
         while the plan holds (PaymentPlanAgreed)."""
         now = self.clock.now()
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self._transaction(conn) as conn:
             case, items, timezone = await self._case_items(conn, tenant_id, case_id, invoice_ids)
             total = sum(i["open_minor"] for i in items)
             today = now.astimezone(ZoneInfo(timezone)).date()
@@ -178,10 +191,11 @@ class Arrangements:
     # -- disputes ----------------------------------------------------------------------------------
 
     async def open_dispute(self, tenant_id: str, *, customer_id: str, invoice_id: uuid.UUID | None,
-                           currency: str | None, reason_code: str, description: str, opened_by: str) -> asyncpg.Record:
+                           currency: str | None, reason_code: str, description: str, opened_by: str,
+                           conn: asyncpg.Connection | None = None) -> asyncpg.Record:
         """A dispute on one invoice or the whole account pauses what it covers (DisputeOpened)."""
         now = self.clock.now()
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self._transaction(conn) as conn:
             disputed = None
             if invoice_id is not None:
                 item = await conn.fetchrow(
@@ -427,6 +441,7 @@ class Arrangements:
     async def _decide(self, conn: asyncpg.Connection, promises, plans, now: datetime, at_deadline: bool) -> int:
         events: list[Envelope] = []
         touched: set[tuple[str, str]] = set()
+        broken: list[tuple[str, str, uuid.UUID, str, str]] = []
         for p in promises:
             outcome = promise_outcome(p["amount_minor"], p["paid"], p["deadline"], now)
             if outcome == "open":
@@ -442,6 +457,8 @@ class Arrangements:
                                           promised_date=p["promised_date"], broken_at=now))
             events.append(self._event(payload, p["tenant_id"], str(p["case_id"]), now))
             touched.add((p["tenant_id"], p["customer_id"]))
+            if outcome == "broken":
+                broken.append((p["tenant_id"], p["customer_id"], p["case_id"], str(p["promise_id"]), "broken_promise"))
         for plan in plans:
             instalments = [Instalment(r["sequence"], r["due_date"], r["amount_minor"]) for r in await conn.fetch(
                 "SELECT * FROM plan_instalments WHERE tenant_id = $1 AND plan_id = $2 ORDER BY sequence",
@@ -465,8 +482,13 @@ class Arrangements:
                                          missed_sequence=state.missed, paid_minor=plan["paid"], broken_at=now))
             events.append(self._event(payload, plan["tenant_id"], str(plan["case_id"]), now))
             touched.add((plan["tenant_id"], plan["customer_id"]))
+            if state.status == "broken":
+                broken.append((plan["tenant_id"], plan["customer_id"], plan["case_id"], str(plan["plan_id"]),
+                               "broken_plan"))
         for tenant_id, customer_id in sorted(touched):
             await repo.refresh_customer(conn, tenant_id, customer_id, now)
+        # a broken promise or plan is a call for a collector
+        events += await place_new(conn, await task_repo.from_broken(conn, broken, now), now)
         await add_events(conn, self.topics.dunning, events)
         return len(events)
 

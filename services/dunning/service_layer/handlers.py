@@ -15,12 +15,13 @@ from services.dunning.adapters import policy_store
 from services.dunning.adapters import tasks as task_repo
 from services.dunning.adapters.policy_store import PolicyBook, PolicyRef, Resolver
 from services.dunning.service_layer.arrangements import Arrangements
+from services.dunning.service_layer.desk import place_new
 from services.dunning.domain.charges import compensation_minor, interest_on_balance, load_jurisdictions
 from services.dunning.domain.consolidation import DueStep, Item, Notice, consolidate, days_overdue
 from services.dunning.domain.policy import PolicySpec, notification_key, plan_item, step_due_at
 from shared.clock import Clock
 from shared.contract import (
-    BalanceConfirmationRequested, BalanceContested, CaseEscalatedToLegal, CollectorTaskCreated, DisputeOpened, DunningStepExecuted, Envelope,
+    BalanceConfirmationRequested, BalanceContested, CaseEscalatedToLegal, DisputeOpened, DunningStepExecuted, Envelope,
     InterestAccrued, InvoiceAdjusted, LateFeeAssessed, NotificationRequested, PaymentReversed, Topics, new_envelope,
 )
 from shared.contract.events import InterestPeriod
@@ -85,15 +86,15 @@ class Dunning:
         changed = await conn.fetch(
             "WITH old AS (SELECT k.tenant_id, k.customer_id, c.risk_segment FROM unnest($1::text[], $2::text[])"
             " AS k(tenant_id, customer_id) LEFT JOIN dunning_customers c USING (tenant_id, customer_id))"
-            " INSERT INTO dunning_customers (tenant_id, customer_id, risk_segment, risk_score)"
-            " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[])"
+            " INSERT INTO dunning_customers (tenant_id, customer_id, risk_segment, risk_score, risk_grade)"
+            " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::text[])"
             " ON CONFLICT (tenant_id, customer_id) DO UPDATE SET risk_segment = EXCLUDED.risk_segment,"
-            " risk_score = EXCLUDED.risk_score, updated_at = now()"
+            " risk_score = EXCLUDED.risk_score, risk_grade = EXCLUDED.risk_grade, updated_at = now()"
             " RETURNING tenant_id, customer_id,"
             " (SELECT old.risk_segment FROM old WHERE old.tenant_id = dunning_customers.tenant_id"
             "  AND old.customer_id = dunning_customers.customer_id) IS DISTINCT FROM risk_segment AS moved",
             [k[0] for k in latest], [k[1] for k in latest], [e.payload.segment for e in latest.values()],
-            [e.payload.score for e in latest.values()],
+            [e.payload.score for e in latest.values()], [e.payload.grade for e in latest.values()],
         )
         moved = [(r["tenant_id"], r["customer_id"]) for r in changed if r["moved"]]
         if moved:
@@ -444,29 +445,23 @@ class Dunning:
             await repo.insert_notices(conn, tenant_id, mine, self.topics.dunning, now)
             tasks += await task_repo.from_steps(conn, tenant_id, [n[0] for n in mine
                                                                   if n[5] not in repo.NOTIFIER_CHANNELS], now)
-        events = [self._charge_event(ch, now) for ch in charges if ch[1] in new] + [self._task_event(t) for t in tasks]
+            # the desk's rules (high amount, high risk, unanswered notices) on the messages sent
+            tasks += await task_repo.from_rules(conn, tenant_id, [n[0] for n in mine if n[5] in repo.NOTIFIER_CHANNELS],
+                                                now, tuple(repo.NOTIFIER_CHANNELS))
+        events = [self._charge_event(ch, now) for ch in charges if ch[1] in new] + await place_new(conn, tasks, now)
         for case, notice in escalated:
             events.append(await self._escalate(conn, case, notice, now))
         await add_events(conn, self.topics.dunning, events)
         await repo.refresh(conn, [(c["tenant_id"], c["case_id"]) for c in claimed], now, counts)
         return len(notices) + len(events)
 
-    @staticmethod
-    def _task_event(t: asyncpg.Record) -> Envelope:
-        return new_envelope(CollectorTaskCreated(
-            customer_id=t["customer_id"], task_id=str(t["task_id"]), case_id=str(t["case_id"]), kind=t["kind"],
-            step=t["step"], reason=t["reason"],
-            notification_key=t["source_key"].removeprefix("failed:"), currency=t["currency"],
-            overdue_minor=t["overdue_minor"], days_overdue=t["days_overdue"], priority=t["priority"],
-            invoice_ids=[str(i) for i in t["invoice_ids"]], due_at=t["due_at"]),
-            source=SOURCE, tenant_id=t["tenant_id"], subject=str(t["case_id"]), time=t["created_at"])
-
     async def on_notifications_failed(self, conn: asyncpg.Connection, events: list[Event]) -> None:
         """The notifier could not deliver a dunning notice (opted out, no address, bounced): a
         collector is asked to reach the customer another way, once per notice."""
+        now = self.clock.now()
         rows = await task_repo.from_failures(conn, [(e.envelope.tenant_id, e.payload.notification_key, e.payload.reason)
-                                                    for e in events], self.clock.now())
-        await add_events(conn, self.topics.dunning, [self._task_event(t) for t in rows])
+                                                    for e in events], now)
+        await add_events(conn, self.topics.dunning, await place_new(conn, rows, now))
 
     async def _escalate(self, conn: asyncpg.Connection, case, notice: Notice, now: datetime) -> Envelope:
         """The legal step: automatic dunning of the case ends (its invoices stay owed, payments
@@ -640,22 +635,6 @@ class Commands:
                 " ON CONFLICT (tenant_id, customer_id) DO UPDATE SET customer_group = $3, updated_at = now()"
                 " RETURNING *", tenant_id, customer_id, group)
             await self.dunning.replan(conn, customers=[(tenant_id, customer_id)])
-            return row
-
-    async def tasks(self, tenant_id: str, status: str | None, kind: str | None, customer_id: str | None,
-                    limit: int) -> list[asyncpg.Record]:
-        return await task_repo.listing(self.pool, tenant_id, status, kind, customer_id, limit)
-
-    async def close_task(self, tenant_id: str, task_id: uuid.UUID, outcome: str, note: str | None,
-                         by: str) -> asyncpg.Record:
-        async with self.pool.acquire() as conn, conn.transaction():
-            row = await task_repo.close(conn, tenant_id, task_id, outcome, note, by, self.clock.now())
-            if row is None:
-                done = await conn.fetchval("SELECT status FROM collector_tasks WHERE tenant_id = $1 AND task_id = $2",
-                                           tenant_id, task_id)
-                if done is None:
-                    raise DomainError("task_id", f"no task {task_id} in this tenant", 404)
-                raise DomainError("task_id", "the task is already done", 409)
             return row
 
     async def set_hold(self, tenant_id: str, invoice_id: uuid.UUID, reason: str | None, by: str) -> asyncpg.Record:
