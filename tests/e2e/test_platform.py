@@ -388,7 +388,8 @@ PER_TENANT_NAMES = {("PUT", "/v1/customers/{customer_id}"), ("PUT", "/v1/custome
                     ("DELETE", "/v1/customers/{customer_id}/credit/hold"),
                     ("PUT", "/v1/customers/{customer_id}/parent"), ("GET", "/v1/customers/{customer_id}/warnings"),
                     ("PUT", "/v1/collectors/{collector_id}"), ("PUT", "/v1/customers/{customer_id}/owner"),
-                    ("GET", "/v1/customers/{customer_id}/contact-log")}
+                    ("GET", "/v1/customers/{customer_id}/contact-log"),
+                    ("POST", "/v1/customers/{customer_id}/contact-log")}
 # Capability URLs: the token in the path is the credential, not a key (tested on their own).
 TOKEN_PATHS = {"/v1/balance-confirmations/{token}", "/v1/balance-confirmations/{token}/confirm",
                "/v1/balance-confirmations/{token}/contest", "/v1/unsubscribe/{token}"}

@@ -187,7 +187,7 @@ async def test_disputes_pause_their_invoice_and_are_resolved_accepted_with_a_cre
     assert r.status_code == 200, r.text
     assert (await http.post(f"/v1/disputes/{second['dispute_id']}/resolve", json={
         "resolution": "again"})).status_code == 409
-    requests = await events_of(kafka_bootstrap, topics, "CreditNoteRequested")
+    requests = await wait_for(lambda: events_of(kafka_bootstrap, topics, "CreditNoteRequested"), message="requested")
     assert [(e.data["invoice_id"], e.data["amount_minor"], e.data["invoice_number"]) for e in requests] == [
         (INV_A, 12_000, "N-000a")]
     # B is dunned again; A waits for its credit note

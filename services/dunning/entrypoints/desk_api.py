@@ -16,6 +16,7 @@ from services.dunning.domain.desk import ASSIGNMENT_MODES, OUTCOMES
 from services.dunning.service_layer.desk import Desk
 from shared.auth import Principal, require_role
 from shared.contract.events import DisputeReason, Language
+from shared.contract.money import CurrencyCode
 from shared.contract.text import SafeText
 from shared.http import DomainError
 
@@ -118,8 +119,10 @@ class DeskSettings(BaseModel):
     grade_weights: dict[Grade, Decimal] = Field(
         default={"A": Decimal("0.5"), "B": Decimal(1), "C": Decimal("1.5"), "D": Decimal(2)},
         description="priority = owed (major units) x days overdue x the weight of the customer's risk grade")
-    high_amount: dict[str, str] = Field(default={}, description="per currency, in major units: a notice for at least"
-                                                                " this much makes a call task", max_length=50)
+    high_amount: dict[CurrencyCode, Annotated[str, Field(pattern=r"^\d{1,15}(\.\d{1,4})?$")]] = Field(
+        default={}, max_length=50,
+        description="per currency, in major units (e.g. {\"EUR\": \"10000.00\"}): a notice for at least this much makes"
+                    " a call task")
     high_grades: list[Grade] = Field(default=["D"], description="a notice to a customer of these grades makes a call task")
     unanswered_notices: int = Field(default=3, ge=0, le=50,
                                     description="this many notices with no answer make a call task (0: off)")
