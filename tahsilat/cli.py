@@ -437,7 +437,8 @@ def _print_payment_import_summary(summary, file: Path) -> None:
 # --------------------------------------------------------------------------- reports
 
 report_app = typer.Typer(help="Receivables reports read from the invoicing database: aging, DSO;"
-                              " risk-backtest reads the risk database.", no_args_is_help=True)
+                              " collections reads the dunning database, risk-backtest the risk database.",
+                         no_args_is_help=True)
 app.add_typer(report_app, name="report")
 
 
@@ -561,6 +562,91 @@ def report_dso(
     console.print(t)
     if not result.by_currency:
         console.print("no receivables and no sales")
+
+
+async def _receivables(pool, tenant: str, first, end) -> dict:
+    """Per currency: CEI of the period and DSO (3 months, countback) at its last day."""
+    from datetime import timedelta
+
+    from services.invoicing.service_layer.reports import cei_report, dso_report
+
+    last = end - timedelta(days=1)
+    cei = await cei_report(pool, tenant, first, last)
+    dso = await dso_report(pool, tenant, last)
+    return {cur: {**{k: v for k, v in vars(cei[cur]).items() if k != "cei_percent"},
+                  "cei_percent": str(cei[cur].cei_percent) if cei[cur].cei_percent is not None else None,
+                  "dso_days": round(dso.by_currency[cur].dso_days, 2) if cur in dso.by_currency else 0.0}
+            for cur in cei}
+
+
+@report_app.command("collections")
+def report_collections(
+    tenant: Annotated[str, typer.Option(help="tenant id")],
+    period: Annotated[str, typer.Option(help="2026-03 (a month), 2026-Q1, 2026, or 2026-03-01..2026-03-15")],
+    as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+    as_csv: Annotated[bool, typer.Option("--csv", help="print it as CSV (section, name, currency, metric, value)")] = False,
+    db_prefix: DbPrefixOption = "tahsilat",
+) -> None:
+    """CEI and DSO per currency (the invoicing database), which dunning steps work (paid within 7
+    days of each), promises kept, dispute reasons, and each collector's figures (the dunning
+    database) for a period."""
+    import csv
+    import json
+    import sys
+
+    from shared.periods import PeriodError, parse_period
+    from services.dunning.service_layer.reports import collections_report, report_rows
+    from shared.contract.text import spreadsheet_cell
+
+    try:
+        first, end = parse_period(period)
+    except PeriodError as exc:
+        console.print(f"[red]period:[/red] {escape(str(exc))}")
+        raise typer.Exit(2) from None
+    report = _service_query("dunning", db_prefix, lambda pool: collections_report(pool, tenant, first, end),
+                            service_pool=True)
+    report["receivables"] = _service_query("invoicing", db_prefix, lambda pool: _receivables(pool, tenant, first, end))
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    if as_csv:
+        writer = csv.writer(sys.stdout)
+        writer.writerow(["section", "name", "currency", "metric", "value"])
+        for row in report_rows(report):
+            writer.writerow([spreadsheet_cell(c) for c in row])
+        return
+
+    def money(per_currency: dict) -> str:
+        return ", ".join(f"{_money(v, c)} {c}" for c, v in sorted(per_currency.items())) or "0"
+
+    console.print(f"[bold]Collections of {escape(tenant)}, {report['from']} to {report['to']}[/bold]")
+    t = Table(title="receivables")
+    for column in ("currency", "opening", "sales", "closing", "not yet due", "CEI %", f"DSO at {report['to']}"):
+        t.add_column(column, justify="left" if column == "currency" else "right")
+    for cur, line in report["receivables"].items():
+        t.add_row(cur, _money(line["opening_minor"], cur), _money(line["sales_minor"], cur),
+                  _money(line["closing_minor"], cur), _money(line["closing_current_minor"], cur),
+                  line["cei_percent"] or "-", f"{line['dso_days']:.1f}")
+    console.print(t)
+    t = Table(title="dunning steps: paid within 7 days")
+    for column in ("step", "channel", "notices", "listed", "collected in 7 days", "%"):
+        t.add_column(column, justify="left" if column in ("step", "channel") else "right")
+    for s in report["steps"]:
+        t.add_row(escape(s["step"]), s["channel"], str(s["notices"]), money(s["listed_minor"]),
+                  money(s["collected_7d_minor"]), ", ".join(f"{v} ({c})" for c, v in s["collected_7d_percent"].items()))
+    console.print(t)
+    p = report["promises"]
+    console.print(f"promises: {p['taken']} taken, {p['kept']} kept, {p['broken']} broken, {p['open']} open"
+                  f" (kept rate {p['kept_rate_percent'] or '-'} %)")
+    if report["disputes"]:
+        console.print("disputes: " + ", ".join(f"{d['reason_code']} {d['disputes']}" for d in report["disputes"]))
+    t = Table(title="collectors")
+    for column in ("collector", "tasks done", "reached", "promises", "kept", "collected in 7 days"):
+        t.add_column(column, justify="left" if column == "collector" else "right")
+    for c in report["collectors"]:
+        t.add_row(escape(c["collector"]), str(c["tasks_done"]), str(c["contacts_reached"]),
+                  str(c["promises"]["taken"]), str(c["promises"]["kept"]), money(c["collected_7d_minor"]))
+    console.print(t)
 
 
 @report_app.command("risk-backtest")

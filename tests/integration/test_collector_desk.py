@@ -295,3 +295,68 @@ async def test_unanswered_notices_a_high_grade_and_a_broken_promise_make_call_ta
         await app.state.dunning.claim_due_steps()
         await app.state.dunning.arrangements.tick()
     assert len(await tasks_of(http)) == 3
+
+
+def _paid(customer: str, n: int, amount: int, left: int, when: datetime, clock):
+    return env(PaymentReceived(customer_id=customer, payment_id=f"P{n}-{when:%d}", billing_source="erp",
+                               external_id=f"BANK-{n}-{when:%d}", currency="EUR", amount_minor=amount, received_at=when,
+                               allocations=[Allocation(invoice_id=invoice(n), amount_minor=amount,
+                                                       invoice_open_minor=left)]), f"P{n}", clock)
+
+
+async def test_the_collections_report_adds_up_steps_promises_and_collectors(dunning, kafka_bootstrap):
+    app, http, clock, topics, producer = dunning
+    manager, people = await _people(app, http, ("ali", {"capacity": 10}),
+                                    settings={"assignment": "round_robin", "high_amount": {"EUR": "100.00"},
+                                              "unanswered_notices": 0})
+    ali = people["ali"]
+    await _invoices(dunning, {"C1": 50_000, "C2": 30_000})
+    clock.set(at(date(2026, 3, 11)))  # one notice each (step "due"), listing 500.00 and 300.00; a task each
+    tasks = by_customer(await wait_for(lambda: _n(tasks_of(http), 2), message="the tasks"))
+    r = await ali.post(f"/v1/tasks/{tasks['C1']['task_id']}/outcome", json={
+        "outcome": "promise_taken", "promise": {"amount_minor": 50_000, "promised_date": "2026-03-14"}})
+    assert r.status_code == 200, r.text
+    assert (await ali.post(f"/v1/tasks/{tasks['C2']['task_id']}/outcome",
+                           json={"outcome": "no_answer"})).status_code == 200
+    # C1 pays in full two days after the notice and the call: the promise is kept
+    await send(producer, topics.invoicing, _paid("C1", 0, 50_000, 0, at(date(2026, 3, 13)), clock))
+
+    async def kept():
+        return [p for p in (await http.get("/v1/promises", params={"status": "kept"})).json()] or None
+    clock.set(at(date(2026, 3, 13), 12))
+    await wait_for(kept, message="the promise kept")
+    clock.set(at(date(2026, 3, 18)))  # +7 for C2: email and SMS listing 300.00
+    await wait_for(lambda: _sent_to(kafka_bootstrap, topics, "C2", 3), message="C2's +7 notices")
+    # C2 pays 100.00 on the 20th: within 7 days of +7, not of the due notice (9 days) or the call
+    await send(producer, topics.invoicing, _paid("C2", 1, 10_000, 20_000, at(date(2026, 3, 20)), clock))
+    await wait_for(lambda: app.state.pool.fetchval("SELECT count(*) = 2 FROM item_payments"), message="payments")
+
+    r = await manager.get("/v1/reports/collections", params={"period": "2026-03"})
+    assert r.status_code == 200, r.text
+    report = r.json()
+    assert (report["from"], report["to"]) == ("2026-03-01", "2026-03-31")
+    steps = {s["step"]: s for s in report["steps"]}
+    assert (steps["due"]["notices"], steps["due"]["listed_minor"], steps["due"]["collected_7d_minor"],
+            steps["due"]["collected_7d_percent"]) == (2, {"EUR": 80_000}, {"EUR": 50_000}, {"EUR": "62.5"})
+    for step in ("overdue_7", "overdue_7_sms"):
+        assert (steps[step]["notices"], steps[step]["listed_minor"], steps[step]["collected_7d_minor"]) == (
+            1, {"EUR": 30_000}, {"EUR": 10_000})
+    assert (report["promises"]["taken"], report["promises"]["kept"], report["promises"]["kept_rate_percent"]) == (
+        1, 1, "100.0")
+    [figures] = report["collectors"]
+    assert (figures["collector"], figures["tasks_done"], figures["contacts_reached"], figures["promises"]["kept"],
+            figures["collected_7d_minor"]) == ("ali", 2, 1, 1, {"EUR": 50_000})
+    # April: nothing happened
+    april = (await manager.get("/v1/reports/collections", params={"period": "2026-04"})).json()
+    assert (april["steps"], april["collectors"], april["promises"]["taken"]) == ([], [], 0)
+
+    r = await manager.get("/v1/reports/collections", params={"period": "2026-03", "format": "csv"})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv"), r.text
+    lines = r.text.splitlines()
+    assert lines[0] == "section,name,currency,metric,value"
+    assert "step,due (email),EUR,collected_7d_minor,50000" in lines
+    assert "collector,ali,,contacts_reached,1" in lines
+    r = await manager.get("/v1/reports/collections", params={"period": "March"})
+    assert r.status_code == 422 and r.json()["problems"][0]["field"] == "period", r.text
+    for c in (manager, *people.values()):
+        await c.aclose()

@@ -100,6 +100,25 @@ async def the_quarter(erp, clock) -> None:
 # --------------------------------------------------------------------------- (a) aging and DSO by hand
 
 
+async def test_cei_of_march_by_hand(reporting):
+    _app, erp, reader, clock, *_ = reporting
+    await the_quarter(erp, clock)
+    r = await reader.get("/v1/reports/cei", params={"period": "2026-03"})
+    assert r.status_code == 200, r.text
+    march = r.json()
+    assert (march["first"], march["last"]) == ("2026-03-01", "2026-03-31")
+    # EUR opening (28 Feb): A 400.00 + B 450.00 + E 200.00 + D 300.00 = 1,350.00; March sales: C 800.00;
+    # closing: A 400.00 + B 450.00 + C 800.00 = 1,650.00, of which C (due 9 Apr) not yet due.
+    # (1,350 + 800 - 1,650) / (1,350 + 800 - 800) = 500 / 1,350 = 37.0 %
+    assert march["by_currency"]["EUR"] == {"opening_minor": 135_000, "sales_minor": 80_000, "closing_minor": 165_000,
+                                           "closing_current_minor": 80_000, "cei_percent": "37.0"}
+    # USD: U (75.00) fell due on 14 March and was not paid: 0 %
+    assert march["by_currency"]["USD"]["cei_percent"] == "0.0"
+    r = await reader.get("/v1/reports/cei", params={"period": "the spring"})
+    assert r.status_code == 422 and r.json()["problems"][0]["field"] == "period"
+
+
+
 async def test_aging_as_of_past_dates_by_hand(reporting):
     app, erp, reader, clock, *_ = reporting
     await the_quarter(erp, clock)

@@ -1,23 +1,29 @@
 """The collector's desk over HTTP: collectors and desk settings (managers), portfolios, tasks and
-worklists, call outcomes that do what they say, and each customer's contact log."""
+worklists, call outcomes that do what they say, each customer's contact log, and the collections
+report."""
 from __future__ import annotations
 
+import csv
+import io
 import uuid
 from datetime import date, datetime, time
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, field_validator
 
 from services.dunning.adapters import tasks as task_repo
 from services.dunning.domain.arrangements import Instalment
 from services.dunning.domain.desk import ASSIGNMENT_MODES, OUTCOMES
+from shared.periods import PeriodError, parse_period
+from services.dunning.service_layer import reports
 from services.dunning.service_layer.desk import Desk
 from shared.auth import Principal, require_role
 from shared.contract.events import DisputeReason, Language
 from shared.contract.money import CurrencyCode
-from shared.contract.text import SafeText
+from shared.contract.text import SafeText, spreadsheet_cell
 from shared.http import DomainError
 
 router = APIRouter(prefix="/v1")
@@ -395,3 +401,31 @@ async def correct_entry(entry_id: uuid.UUID, body: CorrectionIn, principal: Coll
     """Correct an entry: a new entry naming it (the original stays as it was)."""
     return EntryOut.of(await _desk(request).correct(principal.tenant_id, entry_id, body.note, principal.key_id))
 
+
+
+# -- the collections report -----------------------------------------------------------------------
+
+@router.get("/reports/collections", tags=["reports"], responses={200: {"content": {"text/csv": {}}}})
+async def collections_report(principal: Reader, request: Request,
+                             period: Annotated[str, Query(max_length=40, description=(
+                                 "2026-03 (a month), 2026-Q1, 2026, or 2026-03-01..2026-03-15 (UTC days)"))],
+                             format: Annotated[Literal["json", "csv"], Query()] = "json") -> Response:
+    """Which dunning steps work (notices, what they listed, what was paid on it within 7 days),
+    promises taken and kept, disputes by reason, and per collector: tasks done, contacts
+    reached, promises taken and kept, and what came in within 7 days of their calls. Money per
+    currency in minor units. As JSON, or as CSV (section, name, currency, metric, value) with
+    text cells a spreadsheet will not run as formulas."""
+    try:
+        first, end = parse_period(period)
+    except PeriodError as e:
+        raise DomainError("period", str(e)) from None
+    report = await reports.collections_report(request.app.state.pool, principal.tenant_id, first, end)
+    if format == "json":
+        return JSONResponse(report)
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["section", "name", "currency", "metric", "value"])
+    for row in reports.report_rows(report):
+        writer.writerow([spreadsheet_cell(c) for c in row])
+    return Response(out.getvalue(), media_type="text/csv; charset=utf-8", headers={
+        "Content-Disposition": f'attachment; filename="collections-{first.isoformat()}.csv"'})

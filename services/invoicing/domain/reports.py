@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date
+from decimal import ROUND_HALF_UP, Decimal
 
 from services.invoicing.domain.model import DEFAULT_AGING_BUCKETS, aging_bucket
 
@@ -211,3 +212,25 @@ def monthly_periods(as_of: date, months: int) -> list[tuple[date, date]]:
         prev_end = date.fromordinal(first.toordinal() - 1)
         periods.append((prev_end.replace(day=1), prev_end))
     return periods
+
+
+# --------------------------------------------------------------------------- CEI
+
+
+def collection_effectiveness(opening_minor: int, sales_minor: int, closing_minor: int,
+                             closing_current_minor: int) -> Decimal | None:
+    """Collection effectiveness index of a period, in percent (one decimal, half up):
+
+        (opening AR + sales - closing AR) / (opening AR + sales - closing current AR) x 100
+
+    what was collected of what could have been: everything owed at the start or invoiced
+    since, less what is not yet due at the end. 100 collects everything collectible. None when
+    nothing was collectible.
+
+    Worked example: opening 10,000.00, sales 5,000.00, closing 6,000.00 of which 2,000.00 is
+    not yet due: (10,000 + 5,000 - 6,000) / (10,000 + 5,000 - 2,000) = 9,000 / 13,000 = 69.2 %."""
+    collectible = opening_minor + sales_minor - closing_current_minor
+    if collectible <= 0:
+        return None
+    collected = opening_minor + sales_minor - closing_minor
+    return (Decimal(collected) / collectible * 100).quantize(Decimal("0.1"), ROUND_HALF_UP)

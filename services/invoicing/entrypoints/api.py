@@ -4,7 +4,8 @@ from __future__ import annotations
 import html
 import json
 import uuid
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
+from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
@@ -26,6 +27,7 @@ from shared.auth import Principal, require_role
 from shared.contract.money import CurrencyCode, to_major, validate_currency
 from shared.contract.text import unsafe_character
 from shared.http import DomainError, raw_json_body
+from shared.periods import PeriodError, parse_period
 
 router = APIRouter(prefix="/v1")
 Writer = Annotated[Principal, Depends(require_role("billing-source"))]
@@ -386,6 +388,39 @@ async def dso(
                                  dso_days=round(line.dso_days, 2))
                      for cur, line in result.by_currency.items()},
     )
+
+
+class CeiOut(BaseModel):
+    opening_minor: int = Field(description="AR at the end of the day before the period")
+    sales_minor: int = Field(description="invoiced in the period")
+    closing_minor: int = Field(description="AR at the end of the period")
+    closing_current_minor: int = Field(description="of which not yet due")
+    cei_percent: Decimal | None = Field(description="(opening + sales - closing) / (opening + sales - closing current)"
+                                                    " x 100; none when nothing was collectible")
+
+
+class CeiReport(BaseModel):
+    first: date
+    last: date
+    by_currency: dict[str, CeiOut]
+
+
+@router.get("/reports/cei", response_model=CeiReport, tags=["reports"])
+async def cei(
+    principal: Reader, request: Request,
+    period: Annotated[str, Query(max_length=40, description="2026-03, 2026-Q1, 2026, or 2026-03-01..2026-03-15")],
+    currency: Annotated[str | None, Query(description="only this currency")] = None,
+) -> CeiReport:
+    """Collection effectiveness index per currency: what was collected of what could have been
+    collected in the period (100: everything that fell due)."""
+    try:
+        first, end = parse_period(period)
+    except PeriodError as e:
+        raise DomainError("period", str(e)) from None
+    last = end - timedelta(days=1)
+    result = await reports.cei_report(request.app.state.pool, principal.tenant_id, first, last, _currency(currency),
+                                      billing_source=principal.source_name)
+    return CeiReport(first=first, last=last, by_currency={cur: CeiOut(**vars(line)) for cur, line in result.items()})
 
 
 class StatementLineOut(BaseModel):

@@ -1,4 +1,4 @@
-"""Receivables reports read from the invoicing store: statement of account, aging, DSO.
+"""Receivables reports read from the invoicing store: statement of account, aging, DSO, CEI.
 
 Used alike by the HTTP API and by `tahsilat report` (which reads the database directly), so
 both answer the same. Every query is scoped by tenant_id.
@@ -14,14 +14,15 @@ Due dates are today's (a due date moved later is not replayed)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, timedelta
+from decimal import Decimal
 
 import asyncpg
 
 from services.invoicing.domain.model import DEFAULT_AGING_BUCKETS
 from services.invoicing.domain.reports import (
     Buckets, CurrencyStatement, LedgerLine, OpenItem, age_by_currency, age_by_customer, build_statement,
-    dso_countback, monthly_periods,
+    collection_effectiveness, dso_countback, monthly_periods,
 )
 
 Db = asyncpg.Connection | asyncpg.Pool
@@ -150,6 +151,44 @@ async def dso_report(db: Db, tenant_id: str, as_of: date, months: int = 3, curre
         days = dso_countback(balance, [(s, e, amount) for (s, e), amount in zip(periods, per_period)])
         out[cur] = DsoLine(balance, sum(per_period), days, per_period)
     return DsoResult(as_of, periods, out)
+
+
+# --------------------------------------------------------------------------- CEI
+
+
+@dataclass(frozen=True)
+class CeiLine:
+    opening_minor: int  # AR at the end of the day before the period
+    sales_minor: int  # invoiced in the period
+    closing_minor: int  # AR at the end of its last day
+    closing_current_minor: int  # of which not yet due
+    cei_percent: Decimal | None
+
+
+async def cei_report(db: Db, tenant_id: str, first: date, last: date, currency: str | None = None,
+                     billing_source: str | None = None) -> dict[str, CeiLine]:
+    """Per currency, the collection effectiveness index of the days first..last (inclusive),
+    from the history as of the day before and as of the last day."""
+    before = await invoices_as_of(db, tenant_id, first - timedelta(days=1), currency, billing_source=billing_source)
+    after = await invoices_as_of(db, tenant_id, last, currency, issued_since=first, billing_source=billing_source)
+    opening: dict[str, int] = {}
+    sales: dict[str, int] = {}
+    closing: dict[str, int] = {}
+    current: dict[str, int] = {}
+    for inv in before:
+        opening[inv.currency] = opening.get(inv.currency, 0) + max(0, inv.open_minor)
+    for inv in after:
+        if inv.issue_date >= first:
+            sales[inv.currency] = sales.get(inv.currency, 0) + inv.amount_minor
+        if inv.open_minor > 0:
+            closing[inv.currency] = closing.get(inv.currency, 0) + inv.open_minor
+            if inv.due_date > last:
+                current[inv.currency] = current.get(inv.currency, 0) + inv.open_minor
+    out = {}
+    for cur in sorted(set(opening) | set(sales) | set(closing)):
+        o, s, c, k = opening.get(cur, 0), sales.get(cur, 0), closing.get(cur, 0), current.get(cur, 0)
+        out[cur] = CeiLine(o, s, c, k, collection_effectiveness(o, s, c, k))
+    return out
 
 
 # --------------------------------------------------------------------------- statement
