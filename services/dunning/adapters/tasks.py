@@ -7,11 +7,13 @@ from datetime import datetime
 
 import asyncpg
 
-# From a notice row `n`: the task's fields. Priority: what is owed in major units (minor / 100)
-# times the days the oldest listed item is overdue (at least 1).
+from services.dunning.domain.desk import REACHED
+
+# From a notice row `n`: the task's fields. Its priority is 0 until service_layer/desk.py
+# (place_new) weighs it: owed x days overdue x the customer's grade weight.
 _FROM_NOTICE = """
     SELECT n.tenant_id, gen_random_uuid(), {source}, {kind}, n.case_id, n.customer_id, n.currency, n.step,
-           n.notice_id, {reason}, e.invoice_ids, n.total_minor, e.days, (n.total_minor / 100) * greatest(e.days, 1),
+           n.notice_id, {reason}, e.invoice_ids, n.total_minor, e.days, 0,
            $2::timestamptz, $2::timestamptz, {rule}
     FROM notices n CROSS JOIN LATERAL (
         SELECT array_agg((x->>'invoice_id')::uuid) AS invoice_ids, coalesce(max((x->>'days_overdue')::int), 0) AS days
@@ -52,7 +54,6 @@ async def from_failures(conn: asyncpg.Connection, failures: list[tuple[str, str,
 # What counts as the customer answering: after it, notices are no longer "unanswered".
 ANSWERS = ("payment", "promise", "plan_agreed", "dispute_opened", "balance_confirmed", "balance_contested",
            "settlement_accepted", "email_in", "letter_in", "visit")
-REACHED_OUTCOMES = ("reached", "promise_taken", "dispute_raised", "plan_agreed", "call_back")
 
 
 async def from_rules(conn: asyncpg.Connection, tenant_id: str, notice_ids: list[uuid.UUID], now: datetime,
@@ -67,7 +68,7 @@ async def from_rules(conn: asyncpg.Connection, tenant_id: str, notice_ids: list[
         _INSERT + """
     SELECT DISTINCT ON (n.customer_id) n.tenant_id, gen_random_uuid(), 'rule:' || r.rule || ':' || n.notification_key,
            'call', n.case_id, n.customer_id, n.currency, n.step, n.notice_id, NULL, e.invoice_ids, n.total_minor, e.days,
-           (n.total_minor / 100) * greatest(e.days, 1), $2::timestamptz, $2::timestamptz, r.rule
+           0, $2::timestamptz, $2::timestamptz, r.rule
     FROM notices n
     LEFT JOIN dunning_customers d ON d.tenant_id = n.tenant_id AND d.customer_id = n.customer_id
     LEFT JOIN desk_settings s ON s.tenant_id = n.tenant_id
@@ -91,7 +92,7 @@ async def from_rules(conn: asyncpg.Connection, tenant_id: str, notice_ids: list[
                       AND t.status = 'open')
     ORDER BY n.customer_id, n.total_minor DESC
     ON CONFLICT (tenant_id, source_key) DO NOTHING RETURNING *""",
-        tenant_id, now, notice_ids, list(message_channels), list(ANSWERS), list(REACHED_OUTCOMES))
+        tenant_id, now, notice_ids, list(message_channels), list(ANSWERS), sorted(REACHED))
 
 
 async def from_broken(conn: asyncpg.Connection, broken: list[tuple[str, str, uuid.UUID, str, str]],
@@ -104,7 +105,7 @@ async def from_broken(conn: asyncpg.Connection, broken: list[tuple[str, str, uui
         _INSERT + """
     SELECT DISTINCT ON (b.tenant_id, b.customer_id) b.tenant_id, gen_random_uuid(), 'rule:' || b.rule || ':' || b.ref,
            'call', c.case_id, c.customer_id, c.currency, b.rule, NULL, NULL, o.invoice_ids, o.open_minor, o.days,
-           (o.open_minor / 100) * greatest(o.days, 1), $2::timestamptz, $2::timestamptz, b.rule
+           0, $2::timestamptz, $2::timestamptz, b.rule
     FROM unnest($1::text[], $3::text[], $4::uuid[], $5::text[], $6::text[]) AS b(tenant_id, customer_id, case_id, ref, rule)
     JOIN cases c ON c.tenant_id = b.tenant_id AND c.case_id = b.case_id
     CROSS JOIN LATERAL (

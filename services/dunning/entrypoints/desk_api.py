@@ -22,7 +22,7 @@ from services.dunning.service_layer import reports
 from services.dunning.service_layer.desk import Desk
 from shared.auth import Principal, require_role
 from shared.contract.events import DisputeReason, Language
-from shared.contract.money import CurrencyCode
+from shared.contract.money import CurrencyCode, to_major
 from shared.contract.text import SafeText, spreadsheet_cell
 from shared.http import DomainError
 
@@ -148,8 +148,6 @@ class DeskSettingsOut(DeskSettings):
 
 
 def _settings_out(row: dict) -> DeskSettingsOut:
-    from shared.contract.money import to_major
-
     return DeskSettingsOut(
         assignment=row["assignment"], grade_weights={k: Decimal(str(v)) for k, v in row["grade_weights"].items()},
         high_amount={c: str(to_major(int(m), c)) for c, m in row["high_amount"].items()},
