@@ -44,10 +44,11 @@ async def cases(pool: asyncpg.Pool, tenant_id: str, *, case_id: uuid.UUID | None
         _group(charges, "case_id")
 
 
-async def disputes(pool: asyncpg.Pool, tenant_id: str, status: str | None) -> list[asyncpg.Record]:
+async def disputes(pool: asyncpg.Pool, tenant_id: str, status: str | None,
+                   customer_id: str | None = None) -> list[asyncpg.Record]:
     return await pool.fetch(
-        "SELECT * FROM disputes WHERE tenant_id = $1 AND ($2::text IS NULL OR status = $2) ORDER BY opened_at",
-        tenant_id, status)
+        "SELECT * FROM disputes WHERE tenant_id = $1 AND ($2::text IS NULL OR status = $2)"
+        " AND ($3::text IS NULL OR customer_id = $3) ORDER BY opened_at", tenant_id, status, customer_id)
 
 
 async def arrangements(pool: asyncpg.Pool, table: str, tenant_id: str, status: str | None,

@@ -648,9 +648,10 @@ async def dispute_reasons(principal: Reader, request: Request,
 
 @router.get("/disputes", response_model=list[DisputeOut], tags=["disputes"])
 async def list_disputes(principal: Reader, request: Request,
-                        status: Annotated[str | None, Query(pattern="^(open|resolved)$")] = None) -> list[DisputeOut]:
+                        status: Annotated[str | None, Query(pattern="^(open|resolved)$")] = None,
+                        customer_id: Annotated[str | None, Query(max_length=200)] = None) -> list[DisputeOut]:
     """Disputes pause dunning: account-level ones (no invoice) pause every case of the customer."""
-    rows = await views.disputes(request.app.state.pool, principal.tenant_id, status)
+    rows = await views.disputes(request.app.state.pool, principal.tenant_id, status, customer_id)
     return [DisputeOut.of(r) for r in rows]
 
 

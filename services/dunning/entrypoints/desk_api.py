@@ -101,6 +101,23 @@ async def me(principal: Reader, request: Request) -> CollectorOut:
     return CollectorOut.of(row)
 
 
+class WhoAmI(BaseModel):
+    key_id: str
+    tenant_id: str
+    role: str = Field(description="admin (a manager), collector, analytics or billing-source")
+    collector: CollectorOut | None = Field(description="the collector the key signs in, if any")
+
+
+@router.get("/whoami", response_model=WhoAmI, tags=["desk"])
+async def whoami(principal: Annotated[Principal, Depends(require_role("collector", "analytics", "billing-source"))],
+                 request: Request) -> WhoAmI:
+    """Who the calling key is: its tenant and role, and the collector it signs in (the console's
+    sign-in asks this)."""
+    row = await _desk(request).collector_of(principal.tenant_id, principal.key_id)
+    return WhoAmI(key_id=principal.key_id, tenant_id=principal.tenant_id, role=principal.role,
+                  collector=CollectorOut.of(row) if row is not None else None)
+
+
 class OwnerIn(BaseModel):
     collector_id: str | None = Field(description="the collector whose portfolio the customer joins; null: none")
 
