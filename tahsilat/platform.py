@@ -1,5 +1,5 @@
 """Runs the whole platform on one machine: broker, one database per service, the four
-services (risk as API + faust stream worker), and the SMTP/SMS sinks. Used by `tahsilat up`,
+services (risk as API + faust stream worker), the console, and the SMTP/SMS sinks. Used by `tahsilat up`,
 `tahsilat demo` and the end-to-end tests.
 
 Once started, a supervisor thread restarts any of these processes that exits without being
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import subprocess
 import sys
 import threading
@@ -26,8 +27,8 @@ from tahsilat.embedded import Broker, StartupError, free_port, require_free, res
 from tahsilat.sinks import TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN
 
 SERVICES = ("invoicing", "dunning", "risk", "notifier")
-DEFAULT_PORTS = {"invoicing": 8001, "dunning": 8002, "risk": 8003, "notifier": 8004, "sinks": 8025, "smtp": 2525,
-                 "broker": 9092}
+DEFAULT_PORTS = {"invoicing": 8001, "dunning": 8002, "risk": 8003, "notifier": 8004, "console": 8005, "sinks": 8025,
+                 "smtp": 2525, "broker": 9092}
 
 
 RESTART_BACKOFF_BASE = 1.0  # seconds before the first restart of a crashed process
@@ -126,7 +127,7 @@ class Platform:
         self._stopped = False
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.ports = {k: (free_port() if o.free_ports else v) for k, v in DEFAULT_PORTS.items()}
-        for name in (*SERVICES, "sinks", "smtp"):
+        for name in (*SERVICES, "console", "sinks", "smtp"):
             require_free(self.ports[name], f"the {name} {'server' if name in ('sinks', 'smtp') else 'service'}")
 
         external = o.kafka_bootstrap or os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
@@ -144,6 +145,7 @@ class Platform:
         for service in SERVICES:
             self._spawn(service, ["-m", f"services.{service}", "serve"], self._service_env(service))
         self._spawn("risk-stream", ["-m", "services.risk", "stream"], self._service_env("risk"))
+        self._spawn("console", ["-m", "services.console", "serve"], self._console_env())
         self._wait_ready(timeout)
         if o.supervise:
             self._start_supervisor()
@@ -201,6 +203,18 @@ class Platform:
             env["CLOCK_FILE"] = str(o.clock_file)
         return env | o.extra_env
 
+    def _console_env(self) -> dict[str, str]:
+        """The console: pages over the three APIs; a session secret of this run (a restart of
+        `tahsilat up` signs everyone out)."""
+        o = self.options
+        self._session_secret = getattr(self, "_session_secret", None) or secrets.token_urlsafe(32)
+        env = {"DUNNING_URL": self.url("dunning"), "INVOICING_URL": self.url("invoicing"), "RISK_URL": self.url("risk"),
+               "SESSION_SECRET": self._session_secret, "HTTP_PORT": str(self.ports["console"]),
+               "HTTP_HOST": "127.0.0.1", "LOG_LEVEL": o.log_level, "LOG_FORMAT": "json"}
+        if o.clock_file:
+            env["CLOCK_FILE"] = str(o.clock_file)
+        return env
+
     def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> None:
         process = Process(name, [sys.executable, *args], env, self.log_dir / f"{name}.log")
         self._launch(process)
@@ -220,7 +234,8 @@ class Platform:
         process.restart_at = None
 
     def _wait_ready(self, timeout: float) -> None:
-        pending = {"sinks": f"{self.sinks_url}/health", **{s: f"{self.url(s)}/health/ready" for s in SERVICES}}
+        pending = {"sinks": f"{self.sinks_url}/health",
+                   **{s: f"{self.url(s)}/health/ready" for s in (*SERVICES, "console")}}
         deadline = time.monotonic() + timeout
         with httpx.Client(timeout=2) as client:
             while pending:
@@ -376,11 +391,12 @@ class Platform:
 
     def describe(self) -> dict[str, str]:
         return {
+            "console for collectors and managers": f"{self.url('console')}/",
             **{f"{s} API docs": f"{self.url(s)}/docs" for s in SERVICES},
             "captured emails and SMS": f"{self.sinks_url}/",
             "mailbox files": str(self.base_dir / "sinks" / "mailbox"),
             "SMS log": str(self.base_dir / "sinks" / "sms.jsonl"),
-            "metrics": ", ".join(f"{self.url(s)}/metrics" for s in SERVICES),
+            "metrics": ", ".join(f"{self.url(s)}/metrics" for s in (*SERVICES, "console")),
             "logs": str(self.log_dir),
             "Kafka": self.bootstrap,
             "PostgreSQL": redact_url(self.server_url),

@@ -34,7 +34,14 @@ COMPOSE_FILE = ROOT / "docker-compose.yml"
 INIT_SCRIPT = ROOT / "deploy" / "compose" / "init-databases.sh"
 DOCKERFILE = ROOT / "Dockerfile"
 
+# The services that keep a database of their own (and use Kafka), with their HTTP ports.
 SERVICES = {"invoicing": 8001, "dunning": 8002, "risk": 8003, "notifier": 8004}
+# The console: stateless pages over the APIs of these services; no database, no Kafka.
+CONSOLE = "console"
+CONSOLE_PORT = 8005
+CONSOLE_UPSTREAMS = {"DUNNING_URL": "dunning", "INVOICING_URL": "invoicing", "RISK_URL": "risk"}
+# Every process that serves HTTP, with its port.
+HTTP_PORTS = {**SERVICES, CONSOLE: CONSOLE_PORT}
 TOPICS = ["ar.invoicing.v1", "ar.dunning.v1", "ar.risk.v1", "ar.notifier.v1", "ar.ingest.v1", "ar.deadletter.v1"]
 
 # Deployment name -> (service, component, ROLES). risk-stream is the faust worker: no HTTP.
@@ -47,8 +54,10 @@ DEPLOYMENTS = {
     "risk-stream": ("risk", "stream", None),
     "notifier-api": ("notifier", "api", "api"),
     "notifier-worker": ("notifier", "worker", "worker,relay"),
+    "console-api": (CONSOLE, "api", None),
 }
 NO_HTTP = {"risk-stream"}
+NO_DATABASE = {"console-api"}
 
 # The oldest Kubernetes minor the manifests must work on, and the newest the installed
 # kubernetes-validate has schemas for.
@@ -58,6 +67,7 @@ NAME_LABEL = "app.kubernetes.io/name"
 COMPONENT_LABEL = "app.kubernetes.io/component"
 NAMESPACE = "tahsilat"
 SECRET_NAME = "tahsilat-db"
+CONSOLE_SECRET_NAME = "tahsilat-console"
 
 
 # --------------------------------------------------------------------------------------
@@ -103,7 +113,7 @@ def test_manifests_exist() -> None:
     assert K8S_DIR.is_dir(), K8S_DIR
     names = {p.name for p in _manifest_files()}
     for required in ("namespace.yaml", "configmap.yaml", "secret.example.yaml", "migrate-job.yaml",
-                     *(f"{s}.yaml" for s in SERVICES)):
+                     *(f"{s}.yaml" for s in HTTP_PORTS)):
         assert required in names, f"deploy/k8s/{required} is missing"
     assert DOCS, "no Kubernetes documents found"
 
@@ -171,9 +181,34 @@ def test_every_object_has_name_and_component_labels() -> None:
         assert labels.get(NAME_LABEL) and labels.get(COMPONENT_LABEL), f"{_doc_id(item)} lacks labels"
 
 
+def _selector_matches(selector: dict, labels: dict) -> bool:
+    """A Kubernetes label selector (matchLabels and matchExpressions) against a pod's labels."""
+    if not all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for expression in selector.get("matchExpressions", []):
+        key, operator, values = expression["key"], expression["operator"], expression.get("values", [])
+        matched = {
+            "In": key in labels and labels[key] in values,
+            "NotIn": key not in labels or labels[key] not in values,
+            "Exists": key in labels,
+            "DoesNotExist": key not in labels,
+        }[operator]
+        if not matched:
+            return False
+    return True
+
+
 def _selects(policy: dict, labels: dict) -> bool:
-    wanted = policy["spec"]["podSelector"].get("matchLabels", {})
-    return all(labels.get(k) == v for k, v in wanted.items())
+    return _selector_matches(policy["spec"]["podSelector"], labels)
+
+
+def test_selector_matching_understands_match_expressions() -> None:
+    """Control for the policy checks below: matchExpressions really narrow a selector."""
+    selector = {"matchLabels": {"a": "1"}, "matchExpressions": [{"key": "b", "operator": "In", "values": ["x"]}]}
+    assert _selector_matches(selector, {"a": "1", "b": "x"})
+    assert not _selector_matches(selector, {"a": "1", "b": "y"})
+    assert not _selector_matches(selector, {"a": "1"})
+    assert _selector_matches({"matchExpressions": [{"key": "b", "operator": "NotIn", "values": ["x"]}]}, {"a": "1"})
 
 
 def _pod_labels() -> dict[str, dict]:
@@ -190,6 +225,9 @@ def test_network_policies_deny_by_default_and_let_each_pod_reach_only_what_it_ne
         out = [p for p in policies.values() if "Egress" in p["spec"]["policyTypes"] and _selects(p, labels)
                and p["metadata"]["name"] != "default-deny"]
         ports = {port["port"] for p in out for rule in p["spec"]["egress"] for port in rule["ports"]}
+        if labels.get(NAME_LABEL) == CONSOLE:
+            _assert_console_egress(name, out)
+            continue
         assert {53, 5432, 9092} <= ports, f"{name} cannot reach DNS, PostgreSQL and Kafka: {ports}"
         talks_to_providers = labels.get(NAME_LABEL) == "notifier" and labels.get(COMPONENT_LABEL) == "worker"
         assert ({25, 587, 443} <= ports) == talks_to_providers, f"{name}: provider ports {ports}"
@@ -197,6 +235,35 @@ def test_network_policies_deny_by_default_and_let_each_pod_reach_only_what_it_ne
                      and any("from" not in rule for rule in p["spec"].get("ingress", []))
                      for p in policies.values())
         assert public == (labels.get(COMPONENT_LABEL) == "api"), f"{name}: open to anyone: {public}"
+
+
+def _assert_console_egress(name: str, policies: list[dict]) -> None:
+    """The console reaches DNS and the dunning, invoicing and risk API pods on their HTTP
+    ports, and nothing else: no database, no Kafka, nothing outside the namespace."""
+    rules = [rule for p in policies for rule in p["spec"]["egress"]]
+    assert rules, f"{name}: no egress at all"
+    api_pods = {s: _pod_labels()[f"{s}-api"] for s in CONSOLE_UPSTREAMS.values()}
+    reached: set[str] = set()
+    for rule in rules:
+        ports = {port["port"] for port in rule.get("ports", [])}
+        assert ports, f"{name}: an egress rule open on every port: {rule}"
+        if ports <= {53}:
+            continue  # DNS, to wherever the cluster's resolver is
+        peers = rule.get("to")
+        assert peers, f"{name}: egress on {ports} to anywhere: {rule}"
+        for peer in peers:
+            assert set(peer) == {"podSelector"}, f"{name}: egress beyond the namespace's pods: {peer}"
+            targets = [s for s, labels in api_pods.items() if _selector_matches(peer["podSelector"], labels)]
+            others = [n for n, labels in _pod_labels().items()
+                      if _selector_matches(peer["podSelector"], labels) and n not in {f"{s}-api" for s in targets}]
+            assert len(targets) == 1 and not others, f"{name}: egress to {targets + others}, not one service API"
+            (service,) = targets
+            assert ports == {SERVICES[service]}, f"{name}: {service} API on {ports}, not {SERVICES[service]}"
+            reached.add(service)
+    all_ports = {port["port"] for rule in rules for port in rule["ports"]}
+    assert not {5432, 9092, 9093, 9094} & all_ports, f"{name}: database or Kafka egress: {all_ports}"
+    assert 53 in all_ports, f"{name}: cannot resolve the Services' names"
+    assert reached == set(CONSOLE_UPSTREAMS.values()), f"{name}: reaches {reached}"
 
 
 def test_namespace_enforces_restricted_pod_security() -> None:
@@ -262,6 +329,30 @@ def _assert_database_from_secret(where: str, container: dict, service: str) -> N
     assert "tahsilat-config" in config_maps, f"{where}: does not read tahsilat-config"
 
 
+def _assert_console_env(where: str, container: dict) -> None:
+    """No database and no Kafka; the session secret from its Secret; the rest from ConfigMaps."""
+    env = _env(container)
+    assert "DATABASE_URL" not in env and "KAFKA_BOOTSTRAP_SERVERS" not in env, f"{where}: database or Kafka"
+    assert "value" not in env["SESSION_SECRET"], f"{where}: SESSION_SECRET is a literal, not a Secret"
+    ref = env["SESSION_SECRET"]["valueFrom"]["secretKeyRef"]
+    assert ref == {"name": CONSOLE_SECRET_NAME, "key": "session-secret"}, f"{where}: SESSION_SECRET from {ref}"
+    for name, entry in env.items():
+        if re.search(r"PASSWORD|SECRET|TOKEN", name):
+            assert "value" not in entry, f"{where}: {name} is a literal value"
+    config_maps = {s["configMapRef"]["name"] for s in container.get("envFrom", []) if "configMapRef" in s}
+    assert {"tahsilat-config", "console-config"} <= config_maps, f"{where}: reads {config_maps}"
+
+
+def test_only_the_console_keeps_no_database() -> None:
+    """Every Deployment but the console's reads its service's own database; the console none."""
+    assert CONSOLE not in SERVICES
+    assert NO_DATABASE == {n for n, (service, _, _) in DEPLOYMENTS.items() if service not in SERVICES}
+    (deployment,) = [d for d in _of_kind("Deployment").values() if d["metadata"]["labels"][NAME_LABEL] == CONSOLE]
+    assert deployment["spec"]["replicas"] >= 2, "the console runs more than one replica"
+    assert not [j for j in _of_kind("Job").values() if j["metadata"]["labels"][NAME_LABEL] == CONSOLE], \
+        "the console has nothing to migrate"
+
+
 @pytest.mark.parametrize("name", sorted(DEPLOYMENTS))
 def test_deployment_is_hardened_and_probed(name: str) -> None:
     deployment = _of_kind("Deployment")[name]
@@ -278,7 +369,10 @@ def test_deployment_is_hardened_and_probed(name: str) -> None:
     pod = _pod_spec(deployment)
     _assert_hardened(name, pod)
     (container,) = pod["containers"]
-    _assert_database_from_secret(name, container, service)
+    if name in NO_DATABASE:
+        _assert_console_env(name, container)
+    else:
+        _assert_database_from_secret(name, container, service)
     env = _env(container)
 
     if name in NO_HTTP:
@@ -293,9 +387,12 @@ def test_deployment_is_hardened_and_probed(name: str) -> None:
         assert any(data_dir == m or data_dir.startswith(m + "/") for m in mounts), f"{name}: {data_dir} not mounted"
         return
 
-    port = SERVICES[service]
+    port = HTTP_PORTS[service]
     assert container["command"] == ["python", "-m", f"services.{service}", "serve"]
-    assert env["ROLES"]["value"] == roles
+    if roles is None:
+        assert "ROLES" not in env, f"{name}: has no roles"
+    else:
+        assert env["ROLES"]["value"] == roles
     assert env["HTTP_PORT"]["value"] == str(port)
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"http": port}
@@ -320,6 +417,23 @@ def test_notifier_reads_its_own_config() -> None:
     assert {"SMTP_HOST", "SMTP_PORT", "SMS_URL", "PUBLIC_BASE_URL"} <= set(notifier_config)
 
 
+def test_console_reads_its_own_config() -> None:
+    """console-config points the console at the three service APIs' Services, by name and port."""
+    (container,) = _pod_spec(_of_kind("Deployment")["console-api"])["containers"]
+    assert "console-config" in {s["configMapRef"]["name"] for s in container["envFrom"]}
+    config = _of_kind("ConfigMap")["console-config"]["data"]
+    services = _of_kind("Service")
+    for key, service in CONSOLE_UPSTREAMS.items():
+        url = urlparse(config[key])
+        assert url.scheme == "http", f"{key}: {config[key]}"
+        host = url.hostname.split(".")
+        assert host[0] == f"{service}-api" and host[1:2] in ([], [NAMESPACE]), f"{key}: {config[key]}"
+        svc = services[f"{service}-api"]
+        assert url.port in {p["port"] for p in svc["spec"]["ports"]}, f"{key}: port {url.port}"
+        assert url.port == SERVICES[service]
+    assert config["COOKIE_SECURE"] == "true", "the console is served over TLS in the cluster"
+
+
 def test_configmap_holds_no_credentials() -> None:
     config = _of_kind("ConfigMap")["tahsilat-config"]["data"]
     for key in ("KAFKA_BOOTSTRAP_SERVERS", "TOPIC_PREFIX", "HTTP_HOST", "LOG_LEVEL", "LOG_FORMAT"):
@@ -328,7 +442,7 @@ def test_configmap_holds_no_credentials() -> None:
     assert config["LOG_FORMAT"] == "json"
     for data in (cm["data"] for cm in _of_kind("ConfigMap").values()):
         for key, value in data.items():
-            assert "DATABASE_URL" not in key and "PASSWORD" not in key, key
+            assert "DATABASE_URL" not in key and not re.search(r"PASSWORD|SECRET|TOKEN", key), key
             assert not re.search(r"://[^/@\s]+:[^/@\s]+@", value), f"{key} carries credentials"
 
 
@@ -343,6 +457,16 @@ def test_example_secret_has_a_placeholder_url_per_service_database() -> None:
         assert url.scheme in ("postgres", "postgresql")
         assert url.path == f"/{service}", f"{service} must use its own database"
         assert "CHANGE-ME" in url.password, "example values must be placeholders"
+
+
+def test_example_secret_has_a_placeholder_console_session_secret() -> None:
+    secret = _of_kind("Secret")[CONSOLE_SECRET_NAME]
+    assert secret["metadata"]["labels"][NAME_LABEL] == CONSOLE
+    data = secret["stringData"]
+    assert set(data) == {"session-secret"}
+    assert "CHANGE-ME" in data["session-secret"], "example values must be placeholders"
+    assert len(data["session-secret"]) >= 32
+    assert set(_of_kind("Secret")) == {SECRET_NAME, CONSOLE_SECRET_NAME}
 
 
 # --------------------------------------------------------------------------------------
@@ -467,7 +591,7 @@ def _mail_catcher(compose: dict) -> str:
 
 def test_compose_has_platform_and_infrastructure(compose: dict) -> None:
     services = compose["services"]
-    for name in (*SERVICES, "risk-stream", "kafka", "postgres", "sms-sink"):
+    for name in (*HTTP_PORTS, "risk-stream", "kafka", "postgres", "sms-sink"):
         assert name in services, f"compose service {name} is missing"
     _mail_catcher(compose)
     assert services["kafka"]["image"].startswith(("apache/kafka:", "bitnami/kafka:"))
@@ -534,6 +658,32 @@ def test_compose_service_uses_its_own_database_and_waits_for_dependencies(compos
         assert "/health/ready" in " ".join(map(str, svc["healthcheck"]["test"]))
 
 
+def test_compose_console_waits_for_the_apis_it_calls_and_nothing_else(compose: dict) -> None:
+    services = compose["services"]
+    svc = services[CONSOLE]
+    env = _service_env(svc)
+    assert svc["image"] == services["invoicing"]["image"], "the console runs from the platform image"
+    assert svc["command"] == ["python", "-m", "services.console", "serve"]
+    assert svc.get("restart") in ("always", "unless-stopped", "on-failure")
+    assert env["HTTP_PORT"] == str(CONSOLE_PORT) and env["HTTP_HOST"] == "0.0.0.0"
+    assert env["LOG_FORMAT"] == "json"
+    assert f"127.0.0.1:{CONSOLE_PORT}:{CONSOLE_PORT}" in [str(p) for p in svc["ports"]]
+    assert svc["healthcheck"] == services["invoicing"]["healthcheck"], "healthchecked like the other APIs"
+    assert "/health/ready" in " ".join(map(str, svc["healthcheck"]["test"]))
+    assert not {"DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS"} & set(env), "the console has no database, no Kafka"
+
+    for key, service in CONSOLE_UPSTREAMS.items():
+        url = urlparse(env[key])
+        assert url.scheme == "http" and url.hostname == service, f"{key}: {env[key]}"
+        assert str(url.port) == _service_env(services[service])["HTTP_PORT"], f"{key}: {env[key]}"
+    depends_on = svc["depends_on"]
+    assert set(depends_on) == set(CONSOLE_UPSTREAMS.values())
+    assert all(d["condition"] == "service_healthy" for d in depends_on.values())
+
+    # The session secret is a variable of the environment (with a local default), never only a literal.
+    assert re.fullmatch(r"\$\{[A-Z_]*SECRET[A-Z_]*:-[^}]{32,}\}", env["SESSION_SECRET"]), env["SESSION_SECRET"]
+
+
 def test_compose_each_service_database_is_distinct(compose: dict) -> None:
     databases = {name: urlparse(_service_env(compose["services"][name])["DATABASE_URL"]).path for name in SERVICES}
     assert len(set(databases.values())) == len(SERVICES), databases
@@ -576,11 +726,14 @@ def test_compose_creates_the_topics(compose: dict) -> None:
 # The settings the manifests give are accepted by the services' own settings classes
 # --------------------------------------------------------------------------------------
 def _settings_class(service: str) -> type:
+    from pydantic_settings import BaseSettings
+
     from shared.settings import ServiceSettings
 
     module = importlib.import_module(f"services.{service}.settings")
+    base = ServiceSettings if service in SERVICES else BaseSettings  # the console's has no database
     classes = [c for c in vars(module).values()
-               if isinstance(c, type) and issubclass(c, ServiceSettings) and c is not ServiceSettings]
+               if isinstance(c, type) and issubclass(c, base) and c.__module__ == module.__name__]
     assert len(classes) == 1, f"services.{service}.settings: expected one settings class, found {classes}"
     return classes[0]
 
@@ -596,7 +749,7 @@ def _interpolate(value: str) -> str:
     return re.sub(r"\$\{\w+(?::?-([^}]*))?\}", lambda m: m.group(1) or "", value)
 
 
-@pytest.mark.parametrize("name", [*sorted(SERVICES), "risk-stream", *(f"migrate-{s}" for s in sorted(SERVICES))])
+@pytest.mark.parametrize("name", [*sorted(HTTP_PORTS), "risk-stream", *(f"migrate-{s}" for s in sorted(SERVICES))])
 def test_compose_environment_is_accepted_by_the_service(compose: dict, name: str) -> None:
     service = name.removeprefix("migrate-").removesuffix("-stream")
     env = {k: _interpolate(v) for k, v in _service_env(compose["services"][name]).items()}
@@ -604,7 +757,7 @@ def test_compose_environment_is_accepted_by_the_service(compose: dict, name: str
     assert settings.service_name == service
     assert settings.http_host == "0.0.0.0"
     if "HTTP_PORT" in env:
-        assert settings.http_port == SERVICES[service]
+        assert settings.http_port == HTTP_PORTS[service]
 
 
 @pytest.mark.parametrize("name", sorted({*DEPLOYMENTS, *(f"{s}-migrate" for s in SERVICES)}))
@@ -613,7 +766,7 @@ def test_kubernetes_environment_is_accepted_by_the_service(name: str) -> None:
     service = workload["metadata"]["labels"][NAME_LABEL]
     (container,) = _pod_spec(workload)["containers"]
     config_maps = _of_kind("ConfigMap")
-    secret = _of_kind("Secret")[SECRET_NAME]["stringData"]
+    secrets = _of_kind("Secret")
     env: dict[str, str] = {}
     for source in container.get("envFrom", []):
         env.update(config_maps[source["configMapRef"]["name"]]["data"])
@@ -622,16 +775,20 @@ def test_kubernetes_environment_is_accepted_by_the_service(name: str) -> None:
             env[entry["name"]] = entry["value"]
         else:
             ref = entry["valueFrom"]["secretKeyRef"]
-            assert ref["name"] == SECRET_NAME
-            env[entry["name"]] = secret[ref["key"]]
+            assert ref["name"] == (CONSOLE_SECRET_NAME if service == CONSOLE else SECRET_NAME)
+            env[entry["name"]] = secrets[ref["name"]]["stringData"][ref["key"]]
     settings = _load_service_settings(service, env)
     assert settings.service_name == service
     assert settings.log_format == "json"
     if name in DEPLOYMENTS and name not in NO_HTTP:
         _, component, roles = DEPLOYMENTS[name]
-        assert settings.http_port == SERVICES[service]
-        assert all(settings.has_role(r) for r in roles.split(",")) and not settings.has_role("all")
-        assert settings.has_role("worker") is (component == "worker")
+        assert settings.http_port == HTTP_PORTS[service]
+        if roles is None:
+            assert service == CONSOLE
+            assert settings.cookie_secure is True
+        else:
+            assert all(settings.has_role(r) for r in roles.split(",")) and not settings.has_role("all")
+            assert settings.has_role("worker") is (component == "worker")
 
 
 # --------------------------------------------------------------------------------------

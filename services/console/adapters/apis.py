@@ -114,6 +114,7 @@ class PlatformApis:
                                    params={"from": statement_from.isoformat(), "to": today.isoformat()}),
             "risk": self.call("risk", "GET", f"{path}/risk", key, params={"language": language}, missing_ok=True),
             "credit": self.call("risk", "GET", f"{path}/credit", key, missing_ok=True),
+            "collectors": self.call("dunning", "GET", "/v1/collectors", key),
         }
         results = await asyncio.gather(*calls.values(), return_exceptions=True)
         out: dict[str, Any] = {"errors": []}

@@ -43,6 +43,13 @@ class Texts:
         return text.format(**{k: self.number(v) if isinstance(v, int) and not isinstance(v, bool) else v
                               for k, v in values.items()})
 
+    def named(self, prefix: str, name: str | None) -> str:
+        """The text of `prefix_name` (a status, a kind of contact), or the name itself in words."""
+        if not name:
+            return ""
+        key = f"{prefix}_{name}"
+        return self(key) if key in self._messages else name.replace("_", " ")
+
     def number(self, value: int | float | Decimal | str | None) -> str:
         if value is None or value == "":
             return ""

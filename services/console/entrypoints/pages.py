@@ -219,8 +219,9 @@ async def _customer_page(request: Request, session: Session, customer_id: str, t
     items = [dict(i, currency=c["currency"], case_id=c["case_id"]) for c in cases for i in c["items"]
              if i["open_minor"] > 0 and i["status"] == "open"]
     unreachable = sorted({e.service for e in data["errors"] if e.status == 0 or e.status >= 500})
+    names = {c["key_id"]: c["name"] for c in data["collectors"] or [] if c["key_id"]}  # who, in the contact log
     return render(request, "customer.html.j2", session, status=status, customer_id=customer_id, data=data, task=task,
-                  cases=cases, items=items, unreachable=unreachable, problems=problems or [], form=form or {},
+                  cases=cases, items=items, unreachable=unreachable, names=names, problems=problems or [], form=form or {},
                   flash=flash if flash in FLASHES else None)
 
 
