@@ -199,6 +199,8 @@ class Platform:
             "PUBLIC_BASE_URL": self.url(service),  # links in messages point at the service that answers them
             "STREAM_DATA_DIR": str(self.base_dir / "risk-stream"),
         }
+        if service == "dunning":  # the link in each notice opens the customer's page on the console
+            env["PORTAL_URL"] = f"{self.url('console')}/p"
         if o.clock_file:
             env["CLOCK_FILE"] = str(o.clock_file)
         return env | o.extra_env

@@ -14,7 +14,7 @@ from fastapi.templating import Jinja2Templates
 
 from services.console.adapters.apis import PlatformApis
 from services.console.domain.forms import FormError
-from services.console.entrypoints import pages
+from services.console.entrypoints import pages, portal
 from services.console.settings import ConsoleSettings
 from shared.clock import clock_from
 from shared.http import OpsGuard, SecurityHeaders, install_health
@@ -64,4 +64,5 @@ def build(settings: ConsoleSettings) -> FastAPI:
         return Response(STYLESHEET, media_type="text/css", headers={"Cache-Control": "public, max-age=3600"})
 
     app.include_router(pages.router)
+    app.include_router(portal.router)
     return app

@@ -8,8 +8,10 @@ from fastapi import FastAPI
 from services.dunning.adapters import policy_store
 from services.dunning.entrypoints.api import router
 from services.dunning.entrypoints.desk_api import router as desk_router
+from services.dunning.entrypoints.portal_api import router as portal_router
 from services.dunning.service_layer.desk import Desk
 from services.dunning.service_layer.handlers import Commands, Dunning
+from services.dunning.service_layer.portal import Portal
 from services.dunning.settings import DunningSettings
 from shared.clock import Clock
 from shared.host import ServiceHost
@@ -27,6 +29,10 @@ def build(settings: DunningSettings, clock: Clock | None = None) -> FastAPI:
         app.state.commands = Commands(dunning)
         desk = Desk(host.pool, host.clock, host.topics, dunning.arrangements)
         app.state.desk = desk
+        # the signed link in every notice opens the customer's page (PORTAL_URL: the console's /p)
+        portal = Portal(host.pool, host.clock, dunning.arrangements, dunning.book, settings.portal_url)
+        dunning.portal = portal
+        app.state.portal = portal
 
         async def load_policies() -> None:
             """The shipped policy files and the operator's (DUNNING_POLICY_DIR); a changed file
@@ -48,4 +54,5 @@ def build(settings: DunningSettings, clock: Clock | None = None) -> FastAPI:
     app = host.create_api("Tahsilat dunning", "Dunning cases, notices, charges and policies.", wire)
     app.include_router(router)
     app.include_router(desk_router)
+    app.include_router(portal_router)
     return app

@@ -18,5 +18,8 @@ class DunningSettings(ServiceSettings):
                                     description="longest a dispute pauses dunning when nobody resolves it")
     dispute_alert_days: int = Field(default=14, ge=1, le=365,
                                     description="a dispute open this long raises DisputeAgeing (once)")
+    portal_url: str | None = Field(default=None, pattern=r"^https?://\S+$", description=(
+        "where customers open their page: each notice links to <this>/<signed token> (the console's /p,"
+        " e.g. https://pay.example.com/p); unset: notices carry no portal link"))
     dunning_policy_dir: Path | None = Field(default=None, description="a directory of policy YAML files loaded at start, for"
                                                                " every tenant, besides the shipped ones")

@@ -1,11 +1,14 @@
 """The console in headless Chromium over the whole platform as separate processes: a collector
 signs in with the keyboard, works the top task of their worklist, takes a promise, and the
 promise pauses dunning; the manager's dashboard shows the promise; a Persian collector gets the
-pages right to left. Screenshots of each page go to test-artifacts/."""
+pages right to left; a Persian customer opens the portal from the link in a captured email and
+disputes an invoice, which dunning then leaves out. Screenshots of each page go to
+test-artifacts/."""
 from __future__ import annotations
 
+import re
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime, time, timedelta, timezone
 
 import httpx
 import pytest
@@ -177,3 +180,68 @@ async def test_a_collector_takes_a_promise_in_the_browser_that_pauses_dunning_an
 async def _at_least(coro, n):
     items = await coro
     return items if len(items) >= n else None
+
+
+async def test_a_persian_customer_disputes_an_invoice_from_the_link_in_their_email_and_dunning_pauses_it(
+        platform, browser, artifacts):
+    p, clock = platform
+    tenant = "portalco"
+    source = {"X-API-Key": await create_key(p.database_urls, tenant_id=tenant, role="billing-source",
+                                            source_name="erp")}
+    admin = {"X-API-Key": await create_key(p.database_urls, tenant_id=tenant, role="admin")}
+    dunning = p.url("dunning")
+    now = clock.now()
+    due = (now + timedelta(days=5)).date()
+    async with httpx.AsyncClient(timeout=30) as http:
+        r = await http.put(f"{dunning}/v1/portal-settings", headers=admin, json={"payment_instructions": {
+            "fa": "واریز به شبا IR06 0170 0000 0012 3456 7890 01 با ذکر شماره فاکتور"}})
+        assert r.status_code == 200, r.text
+        customer = {"id": "F1", "name": "شرکت آریا", "language": "fa", "timezone": "Asia/Tehran",
+                    "email": "f1@example.com"}
+        for number, amount in (("F-1", 200_000), ("F-2", 150_000)):
+            r = await http.post(f"{p.url('invoicing')}/v1/invoices", headers=source, json={
+                "external_id": number, "currency": "EUR", "amount_minor": amount, "customer": customer,
+                "issue_date": (due - timedelta(days=30)).isoformat(), "due_date": due.isoformat()})
+            assert r.status_code == 201, r.text
+
+        async def both_in_dunning():
+            r = await http.get(f"{dunning}/v1/cases", headers=admin, params={"customer_id": "F1"})
+            return r.json() and len(r.json()[0]["items"]) == 2
+
+        await wait_for(both_in_dunning, 60, 0.2, "both invoices in dunning")
+        clock.set(datetime.combine(due - timedelta(days=3), time(10), timezone.utc))  # the pre-due reminder
+        [mail] = await wait_for(lambda: emails_to(http, p, customer["email"]), 60, 0.2, "the Persian reminder")
+        assert "F-1" in mail["text"] and "F-2" in mail["text"]
+        link = re.search(r"https?://\S+/p/\S+", mail["text"]).group(0)
+        assert link.startswith(p.url("console"))
+
+        page = await browser.new_page()
+        try:
+            await page.goto(link)
+            assert await page.get_attribute("html", "dir") == "rtl" and await page.get_attribute("html", "lang") == "fa"
+            assert await page.title() == "حساب شما"
+            items = await page.inner_text("#items-EUR")
+            assert "F-1" in items and "F-2" in items and "۲٬۰۰۰٫۰۰" in items  # Persian digits
+            assert "IR06 0170" in await page.inner_text("#payment-instructions")
+            assert await unlabelled_fields(page) == []
+            await page.screenshot(path=artifacts / "portal-fa.png", full_page=True)
+            await page.select_option(".dispute-form select[name=dispute_invoice_id]", label="F-1")
+            await page.select_option(".dispute-form select[name=dispute_reason_code]", "not_received")
+            await page.fill(".dispute-form textarea[name=dispute_reason]", "کالای این فاکتور هنوز نرسیده است")
+            async with page.expect_navigation():
+                await page.click(".dispute-form button[type=submit]")
+            assert "اعتراض شما ثبت شد" in await page.inner_text("#portal-flash")
+            assert "مورد اعتراض" in await page.inner_text("#items-EUR")
+            await page.screenshot(path=artifacts / "portal-fa-disputed.png", full_page=True)
+        finally:
+            await page.close()
+
+        [dispute] = (await http.get(f"{dunning}/v1/disputes", headers=admin, params={"customer_id": "F1"})).json()
+        assert (dispute["origin"], dispute["reason_code"], dispute["status"]) == ("portal", "not_received", "open")
+
+        # on the due date the reminder lists F-2 only: the disputed invoice is paused
+        clock.set(datetime.combine(due, time(10), timezone.utc))
+        mails = await wait_for(lambda: _at_least(emails_to(http, p, customer["email"]), 2), 60, 0.2,
+                               "the due-date reminder")
+        [reminder] = [m for m in mails if m["subject"] != mail["subject"]]
+        assert "F-2" in reminder["text"] and "F-1" not in reminder["text"]

@@ -497,3 +497,13 @@ def test_golden_notices(template, language):
     _golden(GOLDEN / f"{template}.{language}.txt", f"Subject: {email.subject}\n\n{email.text}")
     _golden(GOLDEN / f"{template}.{language}.sms.txt",
             f"{sms.text}\n-- {sms.encoding}, {sms.segments} segment(s)\n")
+
+
+@pytest.mark.parametrize("language,label", [("en", "See what is open, pay, promise a date or dispute an invoice online"),
+                                            ("fa", "مشاهده اقلام باز")])
+def test_a_reminder_carries_the_customers_portal_link_in_their_language(language, label):
+    portal = "https://pay.example.test/p/abc.def"
+    email = render_email(notice([item()], links={"portal": portal}), language)
+    assert portal in email.text and label in email.text
+    hrefs = [html_lib.unescape(h) for h in re.findall(r'href="([^"]*)"', email.html)]
+    assert hrefs == [portal, UNSUB]

@@ -58,7 +58,7 @@ class PlatformApis:
         started = time.perf_counter()
         try:
             response = await self.client.request(method, self.base[service] + path, params=params, json=json,
-                                                 headers={"X-API-Key": key})
+                                                 headers={"X-API-Key": key} if key else {})
         except httpx.HTTPError as exc:
             UPSTREAM_ERRORS.labels(service, "0").inc()
             raise ApiError(0, service, [("", f"{service} cannot be reached ({type(exc).__name__})")]) from None
@@ -144,6 +144,16 @@ class PlatformApis:
         out = dict(zip(calls, results))
         out["aging"] = {d: out.pop(f"aging:{d.isoformat()}") for d in month_ends}
         return out
+
+    # -- the customer portal: the signed link is the credential, no key ---------------------------
+    async def portal(self, method: str, token: str, path: str = "", json: Any = None) -> Any:
+        return await self.call("dunning", method, f"/v1/portal/{quote(token, safe='')}{path}", "", json=json)
+
+    async def portal_pdf(self, token: str) -> bytes:
+        response = await self.client.get(f"{self.base['dunning']}/v1/portal/{quote(token, safe='')}/statement.pdf")
+        if response.status_code >= 400:
+            raise ApiError(response.status_code, "dunning", _problems(response))
+        return response.content
 
     # -- writes: the same calls a program would make -----------------------------------------
     async def outcome(self, key: str, task_id: str, body: dict) -> dict:

@@ -1,5 +1,6 @@
 """The legal case file: everything a lawyer needs about a case, gathered from the dunning
-database at the hand-over (JSON), and rendered as a PDF in the customer's language."""
+database at the hand-over (JSON), and rendered as a PDF in the customer's language; and the
+portal's statement of what is open, from the same data."""
 from __future__ import annotations
 
 import json
@@ -13,7 +14,7 @@ import asyncpg
 from babel.dates import format_date, format_datetime
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
-from shared.contract.money import format_money
+from shared.contract.money import format_money, format_money_native, native_digits
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 LANGUAGES = ("en", "tr", "cs", "fa")
@@ -139,3 +140,25 @@ def render_pdf(document: dict) -> bytes:
     from weasyprint import HTML  # pango is loaded only when a PDF is asked for
 
     return HTML(string=render_html(document)).write_pdf()
+
+
+def render_statement_pdf(customer_id: str, documents: list[dict], now: datetime) -> bytes:
+    """What a customer owes, per open case (currency): the portal's statement to download."""
+    from weasyprint import HTML
+
+    language = documents[0]["case"]["language"] if documents else "en"
+    language = language if language in LANGUAGES else "en"
+
+    def money(minor: int | None, currency: str) -> str:
+        return "" if minor is None else format_money_native(minor, currency, language)
+
+    def day(value: str | None) -> str:
+        return "" if not value else native_digits(
+            format_date(date.fromisoformat(value[:10]), format="medium", locale=language), language)
+
+    html = _env().get_template("statement.html.j2").render(
+        documents=documents, customer_id=customer_id, t=labels(language), language=language,
+        direction="rtl" if language in RTL else "ltr", money=money, day=day,
+        number=lambda n: native_digits(str(n), language), today=day(now.date().isoformat()))
+    return HTML(string=html).write_pdf()
+

@@ -306,7 +306,10 @@ def _notice_event_sql(payload, data: dict[str, str], where: str = "true") -> str
 _NOTIFICATION_REQUESTED = _notice_event_sql(NotificationRequested, {
     "customer_id": "x.customer_id", "notification_key": "x.notification_key", "case_id": "x.case_id::text",
     "step": "x.step", "channel": "x.channel", "template": "coalesce(x.template, x.step)", "items": "x.items",
-    "requested_at": "$2::text", "links": "'{}'::json", "balances": "'[]'::json", "offer": "NULL::json"},
+    "requested_at": "$2::text", "balances": "'[]'::json", "offer": "NULL::json",
+    # the customer's portal link ($17 customers, $18 their links JSON), else none
+    "links": "coalesce((SELECT l.links FROM unnest($17::text[], $18::json[]) AS l(cu, links)"
+             " WHERE l.cu = x.customer_id LIMIT 1), '{}'::json)"},
     where="channel IN (" + ", ".join(f"'{c}'" for c in NOTIFIER_CHANNELS) + ")")
 _STEP_EXECUTED = _notice_event_sql(DunningStepExecuted, {
     "customer_id": "x.customer_id", "case_id": "x.case_id::text", "invoice_id": "x.lead_invoice::text",
@@ -329,12 +332,14 @@ UNION ALL
 
 
 async def insert_notices(conn: asyncpg.Connection, tenant_id: str, rows: list[tuple], topic: str,
-                         now: datetime) -> None:
+                         now: datetime, links: dict[str, dict[str, str]] | None = None) -> None:
     """rows: one tenant's (notice, case, customer, sequence, step, channel, template, key,
     currency, items (a list), total, created_at, lead invoice). In one statement: the notices,
     then each one's NotificationRequested (messages only; all of them first, in case and notice
     order), then its DunningStepExecuted, into the outbox; the envelopes are built by PostgreSQL
-    from the rows (no per-notice Python: the claim's hot path)."""
+    from the rows (no per-notice Python: the claim's hot path). `links`: customer -> the links
+    their messages carry (the portal)."""
     if rows:
+        links = links or {}
         await conn.execute(_INSERT_NOTICES, tenant_id, iso_time(now), topic,
-                           *_cols([(*r[:9], json.dumps(r[9]), *r[10:]) for r in rows]))
+                           *_cols([(*r[:9], json.dumps(r[9]), *r[10:]) for r in rows]), list(links), list(links.values()))

@@ -128,6 +128,17 @@ class Settlement(BaseModel):
         return str(value)
 
 
+class SelfService(BaseModel):
+    """What a customer may arrange alone in the portal (a signed link in each notice). Without
+    this section they may only dispute there: promises and plans go through a collector."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    max_promise_days: int = Field(default=14, ge=1, le=365, description="a promised date at most this many days ahead")
+    max_instalments: int = Field(default=6, ge=2, le=60, description="a plan of at most this many instalments")
+    max_plan_days: int = Field(default=180, ge=1, le=730, description="its last instalment at most this many days ahead")
+    max_first_due_days: int = Field(default=30, ge=0, le=365, description="its first instalment at most this many days ahead")
+
+
 class PolicySpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -140,6 +151,7 @@ class PolicySpec(BaseModel):
         default="notice", description="a step's fee once per notice, or once per invoice the notice lists")
     charges: Charges | None = None
     settlement: Settlement | None = None
+    portal: SelfService | None = None
     steps: list[StepSpec] = Field(min_length=1)
 
     @model_validator(mode="after")

@@ -192,7 +192,7 @@ class Arrangements:
 
     async def open_dispute(self, tenant_id: str, *, customer_id: str, invoice_id: uuid.UUID | None,
                            currency: str | None, reason_code: str, description: str, opened_by: str,
-                           conn: asyncpg.Connection | None = None) -> asyncpg.Record:
+                           conn: asyncpg.Connection | None = None, origin: str = "collector") -> asyncpg.Record:
         """A dispute on one invoice or the whole account pauses what it covers (DisputeOpened)."""
         now = self.clock.now()
         async with self._transaction(conn) as conn:
@@ -210,12 +210,12 @@ class Arrangements:
             row = await conn.fetchrow(
                 "INSERT INTO disputes (tenant_id, dispute_id, customer_id, origin, reason, invoice_id, opened_at,"
                 " pause_until, reason_code, currency, disputed_minor, opened_by)"
-                " VALUES ($1, $2, $3, 'collector', $4, $5, $6, $7, $8, $9, $10, $11) RETURNING *",
+                " VALUES ($1, $2, $3, $12, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING *",
                 tenant_id, dispute_id, customer_id, description, invoice_id, now, now + self.dispute_pause, reason_code,
-                currency, disputed, opened_by)
+                currency, disputed, opened_by, origin)
             await repo.refresh_customer(conn, tenant_id, customer_id, now)
             await add_events(conn, self.topics.dunning, [self._event(DisputeOpened(
-                customer_id=customer_id, dispute_id=str(dispute_id), origin="collector", reason=description,
+                customer_id=customer_id, dispute_id=str(dispute_id), origin=origin, reason=description,
                 invoice_ids=[str(invoice_id)] if invoice_id else [], opened_at=now, reason_code=reason_code),
                 tenant_id, str(dispute_id), now)])
             return row

@@ -47,6 +47,7 @@ class Dunning:
         self.book = book or PolicyBook()
         self.arrangements = Arrangements(pool, clock, topics, self.dispute_pause, timedelta(days=dispute_alert_days),
                                          self.book)
+        self.portal = None  # the customer portal (bootstrap): its signed link goes into each notice
 
     def handlers(self) -> dict[str, Handler]:
         """Set-based handlers for what arrives in volume; one at a time for the rare kinds."""
@@ -442,7 +443,9 @@ class Dunning:
         tasks = []
         for tenant_id in sorted({n[0] for n in notices}):
             mine = [n[1:] for n in notices if n[0] == tenant_id]
-            await repo.insert_notices(conn, tenant_id, mine, self.topics.dunning, now)
+            links = (await self.portal.notice_links(conn, tenant_id, {n[2] for n in mine}, now)
+                     if self.portal is not None else {})
+            await repo.insert_notices(conn, tenant_id, mine, self.topics.dunning, now, links)
             tasks += await task_repo.from_steps(conn, tenant_id, [n[0] for n in mine
                                                                   if n[5] not in repo.NOTIFIER_CHANNELS], now)
             # the desk's rules (high amount, high risk, unanswered notices) on the messages sent

@@ -1,0 +1,92 @@
+"""The customer portal's rules: the signed link each notice carries (bound to one tenant and
+customer, ending at a time), and what a customer may arrange on their own within the limits of
+the policy (a promise no later than, a plan of at most so many instalments over so many days)."""
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
+
+
+@dataclass(frozen=True)
+class PortalSubject:
+    tenant_id: str
+    customer_id: str
+    expires_at: datetime
+
+
+class PortalLinkError(Exception):
+    """Why a link opens nothing: "invalid" (malformed, forged, for another key) or "expired"."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _mac(key: bytes, payload: str) -> str:
+    return _b64(hmac.new(key, b"portal:" + payload.encode(), hashlib.sha256).digest()[:18])
+
+
+def sign_link(key: bytes, tenant_id: str, customer_id: str, expires_at: datetime) -> str:
+    payload = _b64(json.dumps([tenant_id, customer_id, int(expires_at.timestamp())], separators=(",", ":"),
+                              ensure_ascii=False).encode())
+    return f"{payload}.{_mac(key, payload)}"
+
+
+def verify_link(key: bytes, token: str, now: datetime) -> PortalSubject:
+    payload, dot, mac = token.partition(".")
+    if not dot or len(token) > 2000 or not hmac.compare_digest(mac.encode(), _mac(key, payload).encode()):
+        raise PortalLinkError("invalid")
+    try:
+        tenant_id, customer_id, expires = json.loads(_unb64(payload))
+        expires_at = datetime.fromtimestamp(int(expires), timezone.utc)
+    except (ValueError, TypeError, OverflowError):
+        raise PortalLinkError("invalid") from None
+    if now >= expires_at:
+        raise PortalLinkError("expired")
+    return PortalSubject(str(tenant_id), str(customer_id), expires_at)
+
+
+def link_expiry(now: datetime, days: int) -> datetime:
+    """Links live whole days: those of one day's notices share their end (and their token)."""
+    day = now.astimezone(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+    return day + timedelta(days=days + 1)
+
+
+class SelfServiceError(ValueError):
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field, self.reason = field, reason
+
+
+def check_promise(promised: date, today: date, max_days: int) -> None:
+    if promised < today:
+        raise SelfServiceError("promised_date", "must not be in the past")
+    if promised > today + timedelta(days=max_days):
+        raise SelfServiceError("promised_date", f"at most {max_days} days from today ({today + timedelta(days=max_days)})")
+
+
+def check_plan(count: int, first_due: date, every_days: int, today: date, *, max_instalments: int,
+               max_days: int, max_first_due_days: int) -> None:
+    if count < 2:
+        raise SelfServiceError("count", "a plan has at least 2 instalments")
+    if count > max_instalments:
+        raise SelfServiceError("count", f"at most {max_instalments} instalments")
+    if first_due < today:
+        raise SelfServiceError("first_due", "must not be in the past")
+    if first_due > today + timedelta(days=max_first_due_days):
+        raise SelfServiceError("first_due", f"at most {max_first_due_days} days from today")
+    last = first_due + timedelta(days=every_days * (count - 1))
+    if last > today + timedelta(days=max_days):
+        raise SelfServiceError("count", f"the last instalment ({last}) would fall more than {max_days} days from today")
