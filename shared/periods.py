@@ -36,4 +36,15 @@ def parse_period(text: str) -> tuple[date, date]:
     raise PeriodError("give a month (2026-03), a quarter (2026-Q1), a year (2026) or days (2026-03-01..2026-03-15)")
 
 
-__all__ = ["PeriodError", "parse_period"]
+def month_ends(last: date, count: int = 6) -> list[date]:
+    """The points of a trend: the last day of each of the `count - 1` months before `last`'s,
+    then `last` itself, oldest first."""
+    ends: list[date] = []
+    first = last.replace(day=1)
+    for _ in range(count - 1):
+        ends.append(first - timedelta(days=1))
+        first = ends[-1].replace(day=1)
+    return [*reversed(ends), last]
+
+
+__all__ = ["PeriodError", "month_ends", "parse_period"]

@@ -564,19 +564,26 @@ def report_dso(
         console.print("no receivables and no sales")
 
 
-async def _receivables(pool, tenant: str, first, end) -> dict:
-    """Per currency: CEI of the period and DSO (3 months, countback) at its last day."""
+async def _receivables(pool, tenant: str, first, end) -> tuple[dict, dict]:
+    """Per currency: CEI of the period and DSO (3 months, countback) at its last day; and the
+    aging trend: per currency, the open amount per bucket at each of the six month ends up to it."""
     from datetime import timedelta
 
-    from services.invoicing.service_layer.reports import cei_report, dso_report
+    from services.invoicing.service_layer.reports import aging_report, cei_report, dso_report
+    from shared.periods import month_ends
 
     last = end - timedelta(days=1)
     cei = await cei_report(pool, tenant, first, last)
     dso = await dso_report(pool, tenant, last)
-    return {cur: {**{k: v for k, v in vars(cei[cur]).items() if k != "cei_percent"},
-                  "cei_percent": str(cei[cur].cei_percent) if cei[cur].cei_percent is not None else None,
-                  "dso_days": round(dso.by_currency[cur].dso_days, 2) if cur in dso.by_currency else 0.0}
-            for cur in cei}
+    receivables = {cur: {**{k: v for k, v in vars(cei[cur]).items() if k != "cei_percent"},
+                         "cei_percent": str(cei[cur].cei_percent) if cei[cur].cei_percent is not None else None,
+                         "dso_days": round(dso.by_currency[cur].dso_days, 2) if cur in dso.by_currency else 0.0}
+                   for cur in cei}
+    agings = {day.isoformat(): await aging_report(pool, tenant, day) for day in month_ends(last)}
+    zero = {name: 0 for name in next(iter(agings.values())).buckets} | {"total": 0}
+    currencies = sorted({cur for a in agings.values() for cur in a.by_currency})
+    trend = {cur: {day: a.by_currency.get(cur, zero) for day, a in agings.items()} for cur in currencies}
+    return receivables, trend
 
 
 @report_app.command("collections")
@@ -605,7 +612,8 @@ def report_collections(
         raise typer.Exit(2) from None
     report = _service_query("dunning", db_prefix, lambda pool: collections_report(pool, tenant, first, end),
                             service_pool=True)
-    report["receivables"] = _service_query("invoicing", db_prefix, lambda pool: _receivables(pool, tenant, first, end))
+    report["receivables"], report["aging_trend"] = _service_query(
+        "invoicing", db_prefix, lambda pool: _receivables(pool, tenant, first, end))
     if as_json:
         typer.echo(json.dumps(report, indent=2))
         return
@@ -614,6 +622,13 @@ def report_collections(
         writer.writerow(["section", "name", "currency", "metric", "value"])
         for row in report_rows(report):
             writer.writerow([spreadsheet_cell(c) for c in row])
+        for cur, line in sorted(report["receivables"].items()):
+            for metric, value in line.items():
+                writer.writerow(["receivables", "all", cur, metric, value])
+        for cur, days in sorted(report["aging_trend"].items()):
+            for day, buckets in days.items():
+                for bucket, value in buckets.items():
+                    writer.writerow(["aging", day, cur, spreadsheet_cell(bucket), value])
         return
 
     def money(per_currency: dict) -> str:
@@ -628,6 +643,15 @@ def report_collections(
                   _money(line["closing_minor"], cur), _money(line["closing_current_minor"], cur),
                   line["cei_percent"] or "-", f"{line['dso_days']:.1f}")
     console.print(t)
+    for cur, days in sorted(report["aging_trend"].items()):
+        t = Table(title=f"aging at each month end ({cur})")
+        buckets = next(iter(days.values()))
+        t.add_column("as of")
+        for bucket in buckets:
+            t.add_column(bucket, justify="right")
+        for day, values in days.items():
+            t.add_row(day, *(_money(v, cur) for v in values.values()))
+        console.print(t)
     t = Table(title="dunning steps: paid within 7 days")
     for column in ("step", "channel", "notices", "listed", "collected in 7 days", "%"):
         t.add_column(column, justify="left" if column in ("step", "channel") else "right")

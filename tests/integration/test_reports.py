@@ -117,6 +117,17 @@ async def test_cei_of_march_by_hand(reporting):
     r = await reader.get("/v1/reports/cei", params={"period": "the spring"})
     assert r.status_code == 422 and r.json()["problems"][0]["field"] == "period"
 
+    # the collections report's receivables: the same CEI, and the aging at each month end up to March
+    from tahsilat.cli import _receivables
+
+    receivables, trend = await _receivables(_app.state.pool, "t1", date(2026, 3, 1), date(2026, 4, 1))
+    assert receivables["EUR"]["cei_percent"] == "37.0"
+    assert list(trend["EUR"]) == ["2025-10-31", "2025-11-30", "2025-12-31", "2026-01-31", "2026-02-28", "2026-03-31"]
+    for day in ("2026-02-28", "2026-03-31"):
+        aging = (await reader.get("/v1/reports/aging", params={"as_of": day})).json()["by_currency"]["EUR"]
+        assert trend["EUR"][day] == aging, day
+    assert trend["EUR"]["2026-03-31"]["current"] == 80_000  # C, due 9 April
+
 
 
 async def test_aging_as_of_past_dates_by_hand(reporting):

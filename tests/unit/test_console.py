@@ -13,7 +13,7 @@ from services.console.adapters.i18n import MESSAGES, Texts
 from services.console.domain import forms
 from services.console.domain.forms import FormError
 from services.console.domain.session import LANGUAGES, Sealer, Session
-from services.console.entrypoints.pages import month_ends
+from shared.periods import month_ends
 
 SECRET = "x" * 40
 

@@ -21,6 +21,7 @@ from services.console.domain.forms import FormError
 from services.console.domain.session import LANGUAGES, Sealer, Session
 from shared.contract.money import currency_exponent
 from shared.logging import get_logger
+from shared.periods import month_ends
 
 log = get_logger(__name__)
 router = APIRouter()
@@ -300,17 +301,6 @@ for _action in ("outcome", "promise", "plan", "dispute", "resolve", "hold", "rel
 
 
 # -- the manager's dashboard ----------------------------------------------------------------------
-
-def month_ends(today: date, count: int = 6) -> list[date]:
-    """The last day of each of the `count - 1` months before today's, then today."""
-    ends: list[date] = []
-    first = today.replace(day=1)
-    for _ in range(count - 1):
-        first_prev = (first - timedelta(days=1)).replace(day=1)
-        ends.append(first - timedelta(days=1))
-        first = first_prev
-    return [*reversed(ends), today]
-
 
 @router.get("/dashboard", response_class=HTMLResponse)
 async def dashboard(request: Request, session: Signed,
