@@ -569,8 +569,7 @@ async def _receivables(pool, tenant: str, first, end) -> tuple[dict, dict]:
     aging trend: per currency, the open amount per bucket at each of the six month ends up to it."""
     from datetime import timedelta
 
-    from services.invoicing.service_layer.reports import aging_report, cei_report, dso_report
-    from shared.periods import month_ends
+    from services.invoicing.service_layer.reports import aging_trend, cei_report, dso_report
 
     last = end - timedelta(days=1)
     cei = await cei_report(pool, tenant, first, last)
@@ -579,11 +578,7 @@ async def _receivables(pool, tenant: str, first, end) -> tuple[dict, dict]:
                          "cei_percent": str(cei[cur].cei_percent) if cei[cur].cei_percent is not None else None,
                          "dso_days": round(dso.by_currency[cur].dso_days, 2) if cur in dso.by_currency else 0.0}
                    for cur in cei}
-    agings = {day.isoformat(): await aging_report(pool, tenant, day) for day in month_ends(last)}
-    zero = {name: 0 for name in next(iter(agings.values())).buckets} | {"total": 0}
-    currencies = sorted({cur for a in agings.values() for cur in a.by_currency})
-    trend = {cur: {day: a.by_currency.get(cur, zero) for day, a in agings.items()} for cur in currencies}
-    return receivables, trend
+    return receivables, await aging_trend(pool, tenant, last)
 
 
 @report_app.command("collections")

@@ -127,6 +127,12 @@ async def test_cei_of_march_by_hand(reporting):
         aging = (await reader.get("/v1/reports/aging", params={"as_of": day})).json()["by_currency"]["EUR"]
         assert trend["EUR"][day] == aging, day
     assert trend["EUR"]["2026-03-31"]["current"] == 80_000  # C, due 9 April
+    assert trend["EUR"]["2025-12-31"] == ZERO  # nothing invoiced yet: zeros, not a gap
+    r = await reader.get("/v1/reports/aging-trend", params={"as_of": "2026-03-31"})
+    assert r.status_code == 200, r.text
+    assert r.json()["days"] == list(trend["EUR"]) and r.json()["by_currency"] == trend
+    r = await reader.get("/v1/reports/aging-trend", params={"as_of": "2026-03-31", "points": 1})
+    assert r.status_code == 422 and r.json()["problems"][0]["field"] == "points"
 
 
 

@@ -128,22 +128,18 @@ class PlatformApis:
                 out[name] = result
         return out
 
-    async def dashboard(self, key: str, period: str, month_ends: list[date]) -> dict:
+    async def dashboard(self, key: str, period: str, as_of: date) -> dict:
         calls = {
             "collections": self.call("dunning", "GET", "/v1/reports/collections", key, params={"period": period}),
             "cei": self.call("invoicing", "GET", "/v1/reports/cei", key, params={"period": period}),
-            "dso": self.call("invoicing", "GET", "/v1/reports/dso", key,
-                             params={"as_of": month_ends[-1].isoformat(), "months": 3}),
-            **{f"aging:{d.isoformat()}": self.call("invoicing", "GET", "/v1/reports/aging", key,
-                                                   params={"as_of": d.isoformat()}) for d in month_ends},
+            "dso": self.call("invoicing", "GET", "/v1/reports/dso", key, params={"as_of": as_of.isoformat(), "months": 3}),
+            "trend": self.call("invoicing", "GET", "/v1/reports/aging-trend", key, params={"as_of": as_of.isoformat()}),
         }
         results = await asyncio.gather(*calls.values(), return_exceptions=True)
         for result in results:
             if isinstance(result, BaseException):
                 raise result
-        out = dict(zip(calls, results))
-        out["aging"] = {d: out.pop(f"aging:{d.isoformat()}") for d in month_ends}
-        return out
+        return dict(zip(calls, results))
 
     # -- the customer portal: the signed link is the credential, no key ---------------------------
     async def portal(self, method: str, token: str, path: str = "", json: Any = None) -> Any:

@@ -21,7 +21,6 @@ from services.console.domain.forms import FormError
 from services.console.domain.session import LANGUAGES, Sealer, Session
 from shared.contract.money import currency_exponent
 from shared.logging import get_logger
-from shared.periods import month_ends
 
 log = get_logger(__name__)
 router = APIRouter()
@@ -307,36 +306,36 @@ async def dashboard(request: Request, session: Signed,
                     period: Annotated[str | None, Query(max_length=40)] = None) -> HTMLResponse:
     today = _today(request)
     period = (period or "").strip() or today.strftime("%Y-%m")
-    ends = month_ends(today)
     t = Texts(session.language, session.timezone)
     try:
-        data = await _apis(request).dashboard(session.key, period, ends)
+        data = await _apis(request).dashboard(session.key, period, today)
     except ApiError as e:
         _after_api_error(e)
         return render(request, "dashboard.html.j2", session, status=_error_status(e), problems=_problems(e),
                       period=period, data=None, charts={})
     return render(request, "dashboard.html.j2", session, period=period, data=data, problems=[],
-                  charts=_charts(t, data, ends))
+                  charts=_charts(t, data))
 
 
 def _bucket(t: Texts, name: str) -> str:
     return t("bucket_current") if name == "current" else t("bucket_days", range=t.digits(name))
 
 
-def _charts(t: Texts, data: dict, ends: list[date]) -> dict[str, Any]:
+def _charts(t: Texts, data: dict) -> dict[str, Any]:
     """Per currency: the aging trend (stacked by bucket) and what each step collected, in major
     units on the chart and to the cent in its table."""
     out: dict[str, Any] = {"aging": [], "steps": []}
-    agings = data["aging"]
-    buckets = agings[ends[-1]]["buckets"]
-    for currency in sorted({c for a in agings.values() for c in a["by_currency"]}):
+    trend = data["trend"]
+    days = [date.fromisoformat(d) for d in trend["days"]]
+    buckets = trend["buckets"]
+    for currency, by_day in trend["by_currency"].items():
         scale = 10 ** currency_exponent(currency)
-        minor = {d: [agings[d]["by_currency"].get(currency, {}).get(b, 0) for b in buckets] for d in ends}
-        svg = bars([t.day(d) for d in ends],
-                   {_bucket(t, b): [minor[d][n] / scale for d in ends] for n, b in enumerate(buckets)},
+        minor = {d: [by_day[d.isoformat()].get(b, 0) for b in buckets] for d in days}
+        svg = bars([t.day(d) for d in days],
+                   {_bucket(t, b): [minor[d][n] / scale for d in days] for n, b in enumerate(buckets)},
                    lambda v, c=currency, k=scale: t.money(round(v * k), c), stacked=True)
         out["aging"].append({"currency": currency, "svg": svg, "columns": [_bucket(t, b) for b in buckets],
-                             "rows": [(d, minor[d]) for d in ends]})
+                             "rows": [(d, minor[d]) for d in days]})
     steps = data["collections"]["steps"]
     for currency in sorted({c for s in steps for c in s["listed_minor"]}):
         scale = 10 ** currency_exponent(currency)

@@ -27,7 +27,7 @@ from shared.auth import Principal, require_role
 from shared.contract.money import CurrencyCode, to_major, validate_currency
 from shared.contract.text import unsafe_character
 from shared.http import DomainError, raw_json_body
-from shared.periods import PeriodError, parse_period
+from shared.periods import PeriodError, month_ends, parse_period
 
 router = APIRouter(prefix="/v1")
 Writer = Annotated[Principal, Depends(require_role("billing-source"))]
@@ -339,6 +339,28 @@ async def aging(
                                         billing_source=principal.source_name)
     return AgingReport(as_of=result.as_of, buckets=result.buckets, by_currency=result.by_currency,
                        by_customer=result.by_customer)
+
+
+class AgingTrend(BaseModel):
+    days: list[date] = Field(description="the month ends before as_of's month, then as_of, oldest first")
+    buckets: list[str]
+    by_currency: dict[str, dict[date, dict[str, int]]] = Field(
+        description="currency -> day -> bucket -> open amount (minor units), zeros before a currency had any")
+
+
+@router.get("/reports/aging-trend", response_model=AgingTrend, tags=["reports"])
+async def aging_trend(
+    principal: Reader, request: Request,
+    as_of: Annotated[BusinessDate | None, Query(description="the last point; default: today")] = None,
+    points: Annotated[int, Query(ge=2, le=36, description="how many points: month ends, then as_of")] = 6,
+    buckets: Annotated[str, Query(description="upper bounds in days past due")] = "0,30,60,90",
+) -> AgingTrend:
+    """The aging at each month end up to a day: how overdue receivables are moving."""
+    as_of = as_of or request.app.state.host.clock.now().date()
+    spec = _buckets(buckets)
+    trend = await reports.aging_trend(request.app.state.pool, principal.tenant_id, as_of, points, spec,
+                                      billing_source=principal.source_name)
+    return AgingTrend(days=month_ends(as_of, points), buckets=[name for name, _, _ in spec], by_currency=trend)
 
 
 def _buckets(spec: str):

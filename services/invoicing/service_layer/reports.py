@@ -24,6 +24,7 @@ from services.invoicing.domain.reports import (
     Buckets, CurrencyStatement, LedgerLine, OpenItem, age_by_currency, age_by_customer, build_statement,
     collection_effectiveness, dso_countback, monthly_periods,
 )
+from shared.periods import month_ends
 
 Db = asyncpg.Connection | asyncpg.Pool
 
@@ -108,6 +109,17 @@ async def aging_report(db: Db, tenant_id: str, as_of: date, buckets: Buckets = D
         by_currency=age_by_currency(items, as_of, buckets),
         by_customer=age_by_customer(items, as_of, buckets) if by_customer else None,
     )
+
+
+async def aging_trend(db: Db, tenant_id: str, last: date, points: int = 6, buckets: Buckets = DEFAULT_AGING_BUCKETS,
+                      billing_source: str | None = None) -> dict[str, dict[str, dict[str, int]]]:
+    """currency -> day -> bucket -> open amount, at the last day of each of the `points - 1`
+    months before `last`'s and at `last`: zeros where a currency had nothing open yet."""
+    agings = {day.isoformat(): await aging_report(db, tenant_id, day, buckets, billing_source=billing_source)
+              for day in month_ends(last, points)}
+    zero = {name: 0 for name, _, _ in buckets} | {"total": 0}
+    currencies = sorted({cur for a in agings.values() for cur in a.by_currency})
+    return {cur: {day: a.by_currency.get(cur, zero) for day, a in agings.items()} for cur in currencies}
 
 
 # --------------------------------------------------------------------------- DSO
