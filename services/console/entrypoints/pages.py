@@ -72,7 +72,7 @@ def render(request: Request, template: str, session: Session | None, *, status: 
 
 def _problems(error: ApiError | FormError) -> list[tuple[str, str]]:
     if isinstance(error, FormError):
-        return [(error.field, error.reason)]
+        return [(error.field, "error_form" if error.field == "form_token" else error.reason)]
     return error.problems or [("", f"{error.service} answered {error.status}")]
 
 
