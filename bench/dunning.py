@@ -49,6 +49,7 @@ from services.dunning.adapters import policy_store
 from services.dunning.bootstrap import MIGRATIONS
 from services.dunning.domain.policy import parse_policy, plan_item
 from services.dunning.service_layer.handlers import Dunning
+from services.dunning.service_layer.portal import Portal
 from shared.clock import ManualClock
 from shared.contract import Topics
 from shared.db import create_pool, drop_database, ensure_database, migrate, with_database
@@ -229,7 +230,10 @@ async def engine_loop(url: str, batch: int, start_at: float | None = None, loops
     is due, with `loops` claim loops at once (STEP_CONCURRENCY)."""
     pool = await create_pool(url, max_size=loops + 1)  # as the service has it (JSON columns decoded)
     try:
-        dunning = Dunning(pool, ManualClock(NOW), Topics("bench."))
+        clock = ManualClock(NOW)
+        dunning = Dunning(pool, clock, Topics("bench."))
+        # as the service runs it with PORTAL_URL set: each notice carries the customer's signed link
+        dunning.portal = Portal(pool, clock, dunning.arrangements, dunning.book, "https://pay.example.com/p")
         if start_at is not None:
             await asyncio.sleep(max(0.0, start_at - time.time()))
 

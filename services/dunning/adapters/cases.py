@@ -307,9 +307,8 @@ _NOTIFICATION_REQUESTED = _notice_event_sql(NotificationRequested, {
     "customer_id": "x.customer_id", "notification_key": "x.notification_key", "case_id": "x.case_id::text",
     "step": "x.step", "channel": "x.channel", "template": "coalesce(x.template, x.step)", "items": "x.items",
     "requested_at": "$2::text", "balances": "'[]'::json", "offer": "NULL::json",
-    # the customer's portal link ($17 customers, $18 their links JSON), else none
-    "links": "coalesce((SELECT l.links FROM unnest($17::text[], $18::json[]) AS l(cu, links)"
-             " WHERE l.cu = x.customer_id LIMIT 1), '{}'::json)"},
+    # the customer's links ($17: customer -> links, one JSON object: a keyed lookup per notice)
+    "links": "coalesce(($17::jsonb -> x.customer_id)::json, '{}'::json)"},
     where="channel IN (" + ", ".join(f"'{c}'" for c in NOTIFIER_CHANNELS) + ")")
 _STEP_EXECUTED = _notice_event_sql(DunningStepExecuted, {
     "customer_id": "x.customer_id", "case_id": "x.case_id::text", "invoice_id": "x.lead_invoice::text",
@@ -340,6 +339,5 @@ async def insert_notices(conn: asyncpg.Connection, tenant_id: str, rows: list[tu
     from the rows (no per-notice Python: the claim's hot path). `links`: customer -> the links
     their messages carry (the portal)."""
     if rows:
-        links = links or {}
         await conn.execute(_INSERT_NOTICES, tenant_id, iso_time(now), topic,
-                           *_cols([(*r[:9], json.dumps(r[9]), *r[10:]) for r in rows]), list(links), list(links.values()))
+                           *_cols([(*r[:9], json.dumps(r[9]), *r[10:]) for r in rows]), links or {})

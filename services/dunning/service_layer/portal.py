@@ -5,6 +5,7 @@ customer as who did it, within what the policy of their oldest open invoice allo
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Iterable
 from datetime import date, datetime
@@ -25,6 +26,7 @@ from shared.clock import Clock
 from shared.http import DomainError
 
 CUSTOMER = "customer"  # who did it, in the events and the contact log
+LINK_DAYS_TTL = 60.0  # seconds a tenant's link_days is kept for the notices (a change shows within a minute)
 
 
 class Portal:
@@ -33,6 +35,7 @@ class Portal:
         self.pool, self.clock, self.arrangements, self.book = pool, clock, arrangements, book
         self.base_url = base_url.rstrip("/") if base_url else None
         self._key: bytes | None = None
+        self._link_days: dict[str, tuple[float, int]] = {}  # tenant -> (read at, days): the claim's hot path
 
     async def key(self) -> bytes:
         if self._key is None:
@@ -54,7 +57,10 @@ class Portal:
         """customer -> the `links` of their notices: {"portal": url}; none without a portal."""
         if self.base_url is None:
             return {}
-        expires = link_expiry(now, await store.link_days(conn, tenant_id))
+        cached = self._link_days.get(tenant_id)
+        if cached is None or time.monotonic() - cached[0] > LINK_DAYS_TTL:
+            cached = self._link_days[tenant_id] = (time.monotonic(), await store.link_days(conn, tenant_id))
+        expires = link_expiry(now, cached[1])
         key = await self.key()
         return {c: {"portal": self.url(sign_link(key, tenant_id, c, expires))} for c in set(customers)}
 
