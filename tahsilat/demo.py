@@ -165,6 +165,31 @@ async def settle(client: httpx.AsyncClient, platform: Platform, quiet_polls: int
     raise TimeoutError("the pipeline did not settle")
 
 
+DEMO_COLLECTORS = (("ayse", "Ayşe Yılmaz", "tr", "Europe/Istanbul"), ("jane", "Jane Doe", "en", "Europe/London"))
+
+
+async def _collectors(platform: Platform, admin_key: str) -> dict[str, str]:
+    """Two collectors with keys of their own, and desk rules that give them calls to make: the
+    console (sign in with their key) then shows their worklists."""
+    from tahsilat.keys import create_key
+
+    keys = {}
+    async with httpx.AsyncClient(base_url=platform.url("dunning"), timeout=30,
+                                 headers={"X-API-Key": admin_key}) as dunning:
+        for collector_id, name, language, zone in DEMO_COLLECTORS:
+            key = await create_key(platform.database_urls, tenant_id=TENANT, role="collector", label=f"demo {name}")
+            r = await dunning.put(f"/v1/collectors/{collector_id}", json={
+                "name": name, "key_id": key.split("_")[1], "language": language, "timezone": zone,
+                "work_start": "00:00", "work_end": "23:59", "work_days": [1, 2, 3, 4, 5, 6, 7], "capacity": 60})
+            r.raise_for_status()
+            keys[name] = key
+        r = await dunning.put("/v1/desk/settings", json={
+            "assignment": "round_robin", "high_amount": {"EUR": "3000.00", "USD": "3000.00", "TRY": "100000.00"},
+            "unanswered_notices": 3})
+        r.raise_for_status()
+    return keys
+
+
 async def run_demo(platform: Platform, clock: FileClock, console: Console, *, customers: int = 300,
                    invoices_per_customer: int = 10) -> dict:
     from tahsilat.keys import create_key
@@ -176,6 +201,7 @@ async def run_demo(platform: Platform, clock: FileClock, console: Console, *, cu
                                 records=("invoices", "payments"))
             for s, _ in SOURCES}
     admin_key = await create_key(platform.database_urls, tenant_id=TENANT, role="admin", label="demo admin")
+    collector_keys = await _collectors(platform, admin_key)
 
     first = min(date.fromisoformat(i["issue_date"]) for i in seed.invoices)
     rounds = []
@@ -208,8 +234,12 @@ async def run_demo(platform: Platform, clock: FileClock, console: Console, *, cu
                 progress.advance(t_days)
         aging = (await client.get("/v1/reports/aging", headers={"X-API-Key": admin_key})).json()
     summary = await summarize(platform, aging)
+    async with httpx.AsyncClient(timeout=10) as c:
+        collectors = (await c.get(f"{platform.url('dunning')}/v1/collectors", headers={"X-API-Key": admin_key})).json()
+    summary["worklists"] = {c["name"]: c["open_tasks"] for c in collectors}
     summary["seconds"] = time.monotonic() - started
     summary["admin_key"] = admin_key
+    summary["collector_keys"] = collector_keys
     summary["source_keys"] = keys
     return summary
 
@@ -273,9 +303,16 @@ def print_summary(console: Console, summary: dict, platform: Platform) -> None:
     for currency, row in sorted(aging["by_currency"].items()):
         t.add_row(currency, *(f"{to_major(row[b], currency):,}" for b in [*aging["buckets"], "total"]))
     console.print(t)
+    if summary.get("worklists"):
+        console.print("Collectors' worklists: " + ", ".join(f"{name} {n} open tasks"
+                                                           for name, n in summary["worklists"].items()))
     t = Table(title="Where to look", show_header=False)
+    t.add_column("what")
+    t.add_column("where", overflow="fold")  # keys in full, wrapped rather than cut
     for k, v in platform.describe().items():
         t.add_row(k, v)
     t.add_row("admin API key (tenant demo)", summary["admin_key"])
+    for name, key in summary.get("collector_keys", {}).items():
+        t.add_row(f"collector {name}: console key", key)
     console.print(t)
     console.print(f"Demo took {summary['seconds']:.0f} s.")
