@@ -142,3 +142,33 @@ def test_the_names_shown_through_a_prefix_all_have_texts():
               | {f"kind_{k}" for k in forms.CONTACT_KINDS} | {f"flash_{f}" for f in FLASHES}
               | {f"rule_{r}" for r in rules})
     assert needed <= english.keys(), needed - english.keys()
+
+
+def _luminance(hex_colour: str) -> float:
+    r, g, b = (int(hex_colour[i:i + 2], 16) / 255 for i in (1, 3, 5))
+    linear = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in (r, g, b)]
+    return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+
+def contrast(foreground: str, background: str) -> float:
+    lighter, darker = sorted((_luminance(foreground), _luminance(background)), reverse=True)
+    return (lighter + 0.05) / (darker + 0.05)
+
+
+def test_the_stylesheets_text_colours_meet_wcag_aa_contrast():
+    """Every text colour the console's stylesheet puts on a background, at least 4.5:1."""
+    css = (Path(MESSAGES).parent / "static" / "console.css").read_text()
+    var = dict(re.findall(r"--([a-z]+):\s*(#[0-9a-fA-F]{6})", css))
+    pairs = {
+        "body text": (var["ink"], var["bg"]), "text on cards and tables": (var["ink"], "#ffffff"),
+        "muted text": (var["muted"], var["bg"]), "muted text on cards": (var["muted"], "#ffffff"),
+        "links": (var["accent"], "#ffffff"), "links on the page": (var["accent"], var["bg"]),
+        "header": ("#ffffff", "#102a43"), "primary button": ("#ffffff", var["accent"]),
+        "problems": ("#7f1d1d", "#fdecea"), "confirmation": ("#14532d", "#e3f9e5"),
+        "grade A": ("#ffffff", var["good"]), "grade B": ("#ffffff", "#3f6212"), "grade C": ("#ffffff", "#92400e"),
+        "grade D and holds": ("#ffffff", var["bad"]), "table headers": (var["ink"], "#e4e7eb"),
+    }
+    for colour in ("#7f1d1d", "#fdecea", "#14532d", "#e3f9e5", "#102a43", "#3f6212", "#92400e", "#e4e7eb"):
+        assert colour in css, colour  # the pairs above are the stylesheet's own
+    low = {name: round(contrast(*pair), 2) for name, pair in pairs.items() if contrast(*pair) < 4.5}
+    assert low == {}, low
