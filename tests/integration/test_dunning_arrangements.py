@@ -258,6 +258,9 @@ async def test_the_legal_step_ends_automatic_dunning_and_hands_over_a_case_file(
         clock.set(at(day))
         await wait_for(lambda: _n(requested(kafka_bootstrap, topics), 1 if day.day == 18 else 2), message=f"{day}")
     assert (await http.get(f"/v1/cases/{case['case_id']}/case-file")).status_code == 404  # not yet
+    r = await http.post("/v1/customers/C1/contact-log", json={"kind": "call", "outcome": "no_answer",
+                                                              "note": "rang the accounts office twice"})
+    assert r.status_code == 201, r.text
     clock.set(at(date(2026, 4, 10)))
     escalated = await wait_for(lambda: _n(events_of(kafka_bootstrap, topics, "CaseEscalatedToLegal"), 1),
                                message="the hand-over")
@@ -267,7 +270,10 @@ async def test_the_legal_step_ends_automatic_dunning_and_hands_over_a_case_file(
     assert [n["step"] for n in document["notices"]] == ["overdue_7", "final_14"]
     assert [p["status"] for p in document["promises"]] == ["broken"]
     assert [(p["payment_ref"], p["amount_minor"]) for p in document["statement"]["payments"]] == [("P1", 10_000)]
-    assert {e["type"] for e in document["contact_log"]} >= {"notice", "payment", "promise"}
+    assert {e["type"] for e in document["contact_log"]} >= {"notice", "payment", "promise", "call"}
+    # what the collector logged is in the file the lawyer gets
+    assert [e["what"] for e in document["contact_log"] if e["type"] == "call"] == [
+        "no_answer – rang the accounts office twice"]
     # the case is out of automatic dunning: no more notices, its steps cancelled
     found = await _case_of(http, INV_A)
     assert (found["status"], found["next_due_at"]) == ("legal", None)

@@ -17,6 +17,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoes
 from shared.contract.money import format_money, format_money_native, native_digits
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+CONVERSATIONS = ("call", "visit", "email_in", "letter_in", "note", "correction")
 LANGUAGES = ("en", "tr", "cs", "fa")
 RTL = {"fa"}
 
@@ -63,6 +64,10 @@ async def build(conn: asyncpg.Connection, tenant_id: str, case_id: uuid.UUID, no
     disputes = await conn.fetch(
         "SELECT * FROM disputes WHERE tenant_id = $1 AND customer_id = $2 AND (invoice_id IS NULL OR"
         " invoice_id = ANY($3::uuid[])) ORDER BY opened_at", tenant_id, case["customer_id"], ids)
+    # what people said and wrote: the calls, visits, letters and notes of the contact log
+    conversations = await conn.fetch(
+        "SELECT at, kind, note, detail FROM contact_log WHERE tenant_id = $1 AND customer_id = $2"
+        " AND kind = ANY($3::text[]) ORDER BY at, entry_id", tenant_id, case["customer_id"], list(CONVERSATIONS))
     today = now.date()
     open_items = [i for i in items if i["status"] == "open"]
     fees = sum(c["amount_minor"] for c in charges if c["kind"] != "interest")
@@ -81,7 +86,10 @@ async def build(conn: asyncpg.Connection, tenant_id: str, case_id: uuid.UUID, no
            + [{"at": _plain(d["opened_at"]), "type": "dispute", "what": f"{d['reason_code']}: {d['status']}"
                + (f" ({d['outcome']})" if d["outcome"] else ""), "amount_minor": d["disputed_minor"]} for d in disputes]
            + [{"at": _plain(c["assessed_at"]), "type": c["kind"], "what": c["charge_id"],
-               "amount_minor": c["amount_minor"]} for c in charges])
+               "amount_minor": c["amount_minor"]} for c in charges]
+           + [{"at": _plain(c["at"]), "type": c["kind"],
+               "what": " – ".join(x for x in ((c["detail"] or {}).get("outcome"), c["note"]) if x),
+               "amount_minor": None} for c in conversations])
     return {
         "case": {"case_id": str(case_id), "customer_id": case["customer_id"], "currency": case["currency"],
                  "opened_at": _plain(case["opened_at"]), "escalated_at": now.isoformat(),
