@@ -162,3 +162,37 @@ async def test_a_collector_works_a_task_from_the_worklist_and_every_action_is_th
     log = (await http.get("/v1/customers/C2/contact-log")).json()
     assert any(e["kind"] == "call" and e["note"] == "left a message" for e in log)
     await eda.aclose()
+
+
+async def test_a_manager_assigns_tasks_by_hand_and_a_collector_takes_one_from_the_queue(dunning, console):
+    app, http, clock, topics, producer = dunning
+    url, _ = console
+    manager, people = await _people(app, http, ("eda", {}), ("ali", {}),
+                                    settings={"assignment": "manual", "high_amount": {"EUR": "100.00"},
+                                              "unanswered_notices": 0})
+    await _invoices(dunning, {"C1": 50_000, "C2": 40_000})
+    clock.set(datetime(2026, 3, 11, 10, tzinfo=UTC))
+    tasks = by_customer(await wait_for(lambda: _n(tasks_of(http), 2), message="two tasks in the queue"))
+    assert {t["assigned_to"] for t in tasks.values()} == {None}  # manual: the team's queue
+
+    boss = await sign_in(url, manager.headers["X-API-Key"])
+    page = await boss.get("/worklist")  # a manager who is no collector: the queue, with a collector to pick per task
+    assert page.status_code == 200 and 'name="collector_id"' in page.text and "Ali" in page.text
+    r = await boss.post(f"/tasks/{tasks['C1']['task_id']}/assign", data={
+        "form_token": form_token(page.text), "collector_id": "ali", "back": "/worklist?queue=1"})
+    assert (r.status_code, r.headers["location"]) == (303, "/worklist?queue=1&done=assigned")
+    assert (await http.get("/v1/tasks", params={"customer_id": "C1"})).json()[0]["assigned_to"] == "ali"
+    r = await boss.post(f"/tasks/{tasks['C1']['task_id']}/assign", data={"form_token": "forged", "collector_id": "eda"})
+    assert r.status_code == 422  # no form token of this sign-in: nothing moves
+    assert (await http.get("/v1/tasks", params={"customer_id": "C1"})).json()[0]["assigned_to"] == "ali"
+
+    eda = await sign_in(url, people["eda"].headers["X-API-Key"])
+    queue = await eda.get("/worklist?queue=1")
+    assert ">C2<" in queue.text and ">C1<" not in queue.text
+    r = await eda.post(f"/tasks/{tasks['C2']['task_id']}/take", data={"form_token": form_token(queue.text)})
+    assert r.status_code == 303 and r.headers["location"].endswith("done=taken")
+    mine = await eda.get("/worklist")
+    assert ">C2<" in mine.text and "The task is yours." not in mine.text
+    assert (await http.get("/v1/tasks", params={"customer_id": "C2"})).json()[0]["assigned_to"] == "eda"
+    for b in (boss, eda):
+        await b.aclose()

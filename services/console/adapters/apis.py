@@ -155,8 +155,10 @@ class PlatformApis:
     async def outcome(self, key: str, task_id: str, body: dict) -> dict:
         return await self.call("dunning", "POST", f"/v1/tasks/{task_id}/outcome", key, json=body)
 
-    async def take(self, key: str, task_id: str, collector_id: str) -> dict:
-        return await self.call("dunning", "POST", f"/v1/tasks/{task_id}/assign", key,
+    async def assign(self, key: str, task_id: str, collector_id: str | None) -> dict:
+        """To a collector (a collector takes one from the queue; a manager gives it to anyone), or
+        back to the queue (None)."""
+        return await self.call("dunning", "POST", f"/v1/tasks/{quote(task_id, safe='')}/assign", key,
                                json={"collector_id": collector_id})
 
     async def promise(self, key: str, case_id: str, body: dict) -> dict:

@@ -27,7 +27,7 @@ router = APIRouter()
 COOKIE = "tahsilat_console"
 PAGE_SECONDS = Histogram("tahsilat_console_page_seconds", "Console pages, from request to rendered HTML", ["page"],
                          buckets=(0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1, 2.5, 5))
-FLASHES = {"outcome", "promise", "plan", "dispute", "resolved", "hold", "release", "note", "taken"}
+FLASHES = {"outcome", "promise", "plan", "dispute", "resolved", "hold", "release", "note", "taken", "assigned"}
 
 
 class SignInNeeded(Exception):
@@ -64,7 +64,7 @@ def render(request: Request, template: str, session: Session | None, *, status: 
     form_token = _state(request).sealer.form_token(session) if session else ""
     response = _state(request).templates.TemplateResponse(request, template, {
         "t": t, "session": session, "form_token": form_token, "now": _state(request).clock.now(), "flash": None,
-        "problems": [], "active": None, **context},
+        "problems": [], "active": None, "back": "/worklist", **context},
         status_code=status)
     PAGE_SECONDS.labels(template.removesuffix(".html.j2")).observe(time.perf_counter() - started)
     return response
@@ -178,24 +178,43 @@ async def worklist(request: Request, session: Signed, queue: bool = False,
     now = _state(request).clock.now()
     for task in tasks:
         task["due_now"] = datetime.fromisoformat(task["due_at"]) <= now
+    back = "/worklist?" + urlencode({"queue": "1"} if queue else {"collector": collector} if collector else {})
     return render(request, "worklist.html.j2", session, tasks=tasks, queue=queue, collectors=collectors,
-                  collector=collector, whose=names.get(collector or "", collector), problems=[],
+                  collector=collector, whose=names.get(collector or "", collector), problems=[], back=back.rstrip("?"),
                   flash=done if done in FLASHES else None)
 
 
 @router.post("/tasks/{task_id}/take")
 async def take(request: Request, task_id: str, session: Signed) -> Response:
+    """A collector takes a task from the queue."""
+    return await _assign(request, session, task_id, taking=True)
+
+
+@router.post("/tasks/{task_id}/assign")
+async def assign(request: Request, task_id: str, session: Signed) -> Response:
+    """A manager gives a task to a collector, or back to the queue."""
+    return await _assign(request, session, task_id, taking=False)
+
+
+async def _assign(request: Request, session: Session, task_id: str, *, taking: bool) -> Response:
+    back = "/worklist?queue=1"
     try:
-        await _guard(request, session)
-        if not session.collector_id:
-            raise FormError("task", "only a collector takes tasks")
-        await _apis(request).take(session.key, task_id, session.collector_id)
+        form = await _guard(request, session)
+        back = form.get("back") if (form.get("back") or "").startswith("/worklist") else back
+        if taking:
+            if not session.collector_id:
+                raise FormError("task", "only a collector takes tasks")
+            to: str | None = session.collector_id
+        else:
+            to = (form.get("collector_id") or "").strip() or None
+        await _apis(request).assign(session.key, task_id, to)
     except (ApiError, FormError) as e:
         if isinstance(e, ApiError):
             _after_api_error(e)
         return render(request, "worklist.html.j2", session, status=_error_status(e), problems=_problems(e), tasks=[],
                       queue=True, collectors=[], collector=None, flash=None)
-    return RedirectResponse("/worklist?done=taken", status_code=303)
+    sep = "&" if "?" in back else "?"
+    return RedirectResponse(f"{back}{sep}done={'taken' if taking else 'assigned'}", status_code=303)
 
 
 # -- the customer page and its actions ------------------------------------------------------------
