@@ -4,6 +4,7 @@ same use cases and events a collector's action makes, within the policy's limits
 portal pages over the same dunning, by HTTP as a browser posts them."""
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from datetime import datetime, timedelta, timezone
@@ -109,9 +110,12 @@ async def test_the_customers_promise_dispute_and_plan_are_the_collectors_events_
     assert (await http.get("/v1/promises")).json() == []
 
     # a dispute of one invoice: the same DisputeOpened a collector's makes, origin portal, and it pauses that invoice
-    r = await anon.post(f"/v1/portal/{token}/disputes", json={"invoice_id": INV_2, "reason_code": "not_received",
-                                                               "description": "the second delivery never came"})
-    assert r.status_code == 201, r.text
+    # sent twice at once (a double click): one dispute, the other told it is already disputed
+    first, again = await asyncio.gather(*(anon.post(f"/v1/portal/{token}/disputes", json={
+        "invoice_id": INV_2, "reason_code": "not_received", "description": "the second delivery never came"})
+        for _ in range(2)))
+    assert sorted((first.status_code, again.status_code)) == [201, 409], (first.text, again.text)
+    assert "already disputed" in (again if again.status_code == 409 else first).text
     [dispute] = (await http.get("/v1/disputes", params={"customer_id": "C1"})).json()
     assert (dispute["origin"], dispute["opened_by"], dispute["invoice_id"], dispute["status"]) == (
         "portal", "customer", INV_2, "open")

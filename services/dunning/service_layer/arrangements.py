@@ -196,6 +196,15 @@ class Arrangements:
         """A dispute on one invoice or the whole account pauses what it covers (DisputeOpened)."""
         now = self.clock.now()
         async with self._transaction(conn) as conn:
+            # one customer's disputes one at a time: a form sent twice (a double click) opens one
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1 || ':' || $2, 7))",
+                               tenant_id, customer_id)
+            already = await conn.fetchval(
+                "SELECT dispute_id FROM disputes WHERE tenant_id = $1 AND customer_id = $2 AND status = 'open'"
+                " AND invoice_id IS NOT DISTINCT FROM $3", tenant_id, customer_id, invoice_id)
+            if already is not None:
+                raise DomainError("invoice_id" if invoice_id else "customer_id",
+                                  f"already disputed: dispute {already} is open", 409)
             disputed = None
             if invoice_id is not None:
                 item = await conn.fetchrow(
