@@ -59,3 +59,27 @@ async def api_key(app: FastAPI, tenant_id: str, role: str, source_name: str | No
 
 def client(base_url: str, token: str | None = None) -> httpx.AsyncClient:
     return httpx.AsyncClient(base_url=base_url, headers={"X-API-Key": token} if token else {}, timeout=30)
+
+
+def module_platform(kafka_bootstrap: str, pg_server: str, tmp_path_factory, name: str, start, partitions: int = 3):
+    """The whole platform as processes for one e2e module (its own topics and databases, the
+    movable clock at `start`), stopped and its databases dropped afterwards: yields (platform, clock)."""
+    import asyncio
+    import uuid
+
+    from shared.clock import FileClock
+    from tahsilat.platform import Platform, PlatformOptions
+
+    base = tmp_path_factory.mktemp(name)
+    clock_file = base / "clock.json"
+    FileClock(clock_file).set(start)
+    run = uuid.uuid4().hex[:8]
+    p = Platform(PlatformOptions(base_dir=base, topic_prefix=f"{name}{run}.", db_prefix=f"{name}_{run}", fresh=True,
+                                 free_ports=True, clock_file=clock_file, partitions=partitions, poll_interval=0.2,
+                                 kafka_bootstrap=kafka_bootstrap, database_url=pg_server))
+    p.start()
+    try:
+        yield p, FileClock(clock_file)
+    finally:
+        p.stop()
+        asyncio.run(p.drop_databases())

@@ -17,11 +17,9 @@ import pytest
 from aiokafka.partitioner import murmur2
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
-from shared.clock import FileClock
 from shared.contract import REGISTRY, Envelope
 from tahsilat.keys import create_key
-from tahsilat.platform import Platform, PlatformOptions
-from tests.support import wait_for
+from tests.support import module_platform, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -32,17 +30,7 @@ KNOWN_TYPES = {event_type for (event_type, _version), _model in REGISTRY.items()
 
 @pytest.fixture(scope="module")
 def platform(kafka_bootstrap, pg_server, tmp_path_factory):
-    base = tmp_path_factory.mktemp("analytics")
-    clock_file = base / "clock.json"
-    FileClock(clock_file).set(START)
-    run = uuid.uuid4().hex[:8]
-    p = Platform(PlatformOptions(base_dir=base, topic_prefix=f"an{run}.", db_prefix=f"an_{run}", fresh=True,
-                                 free_ports=True, clock_file=clock_file, partitions=3, poll_interval=0.2,
-                                 kafka_bootstrap=kafka_bootstrap, database_url=pg_server))
-    p.start()
-    yield p, FileClock(clock_file)
-    p.stop()
-    asyncio.run(p.drop_databases())
+    yield from module_platform(kafka_bootstrap, pg_server, tmp_path_factory, "an", START, partitions=3)
 
 
 @dataclass(frozen=True)

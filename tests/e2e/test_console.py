@@ -7,16 +7,13 @@ test-artifacts/."""
 from __future__ import annotations
 
 import re
-import uuid
 from datetime import datetime, time, timedelta, timezone
 
 import httpx
 import pytest
 
-from shared.clock import FileClock
 from tahsilat.keys import create_key
-from tahsilat.platform import Platform, PlatformOptions
-from tests.support import wait_for
+from tests.support import module_platform, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -26,19 +23,7 @@ TENANT = "konsol"
 
 @pytest.fixture(scope="module")
 def platform(kafka_bootstrap, pg_server, tmp_path_factory):
-    base = tmp_path_factory.mktemp("console")
-    clock_file = base / "clock.json"
-    FileClock(clock_file).set(START)
-    run = uuid.uuid4().hex[:8]
-    p = Platform(PlatformOptions(base_dir=base, topic_prefix=f"con{run}.", db_prefix=f"con_{run}", fresh=True,
-                                 free_ports=True, clock_file=clock_file, partitions=2, poll_interval=0.2,
-                                 kafka_bootstrap=kafka_bootstrap, database_url=pg_server))
-    p.start()
-    yield p, FileClock(clock_file)
-    p.stop()
-    import asyncio
-
-    asyncio.run(p.drop_databases())
+    yield from module_platform(kafka_bootstrap, pg_server, tmp_path_factory, "con", START, partitions=2)
 
 
 async def emails_to(http: httpx.AsyncClient, p, address: str) -> list[dict]:

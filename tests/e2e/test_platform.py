@@ -14,11 +14,9 @@ from datetime import datetime, timedelta, timezone
 import httpx
 import pytest
 
-from shared.clock import FileClock
 from tahsilat.keys import create_key
-from tahsilat.platform import Platform, PlatformOptions
 from tahsilat.streams import read_events
-from tests.support import wait_for
+from tests.support import module_platform, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -27,19 +25,7 @@ START = datetime(2026, 3, 1, 10, 0, tzinfo=timezone.utc)
 
 @pytest.fixture(scope="module")
 def platform(kafka_bootstrap, pg_server, tmp_path_factory):
-    base = tmp_path_factory.mktemp("platform")
-    clock_file = base / "clock.json"
-    FileClock(clock_file).set(START)
-    run = uuid.uuid4().hex[:8]
-    p = Platform(PlatformOptions(base_dir=base, topic_prefix=f"e2e{run}.", db_prefix=f"e2e_{run}", fresh=True,
-                                 free_ports=True, clock_file=clock_file, partitions=3, poll_interval=0.2,
-                                 kafka_bootstrap=kafka_bootstrap, database_url=pg_server))
-    p.start()
-    yield p, FileClock(clock_file)
-    p.stop()
-    import asyncio
-
-    asyncio.run(p.drop_databases())
+    yield from module_platform(kafka_bootstrap, pg_server, tmp_path_factory, "e2e", START, partitions=3)
 
 
 def customer(cid: str, language: str, tz: str) -> dict:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import date, datetime
 from urllib.parse import quote
 from zoneinfo import ZoneInfo
@@ -116,17 +116,8 @@ class Portal:
     async def promise(self, token: str, case_id: uuid.UUID, promised_date: date) -> asyncpg.Record:
         who = await self.subject(token)
         async with self.pool.acquire() as conn, conn.transaction():
-            rows, customer = await self._case(conn, who, case_id)
-            limits = await self._limits(conn, rows)
-            if limits is None:
-                raise DomainError("case_id", "promises for this account are taken by phone: please call us", 409)
-            try:
-                check_promise(promised_date, self._today(customer), limits.max_promise_days)
-            except SelfServiceError as e:
-                raise DomainError(e.field, e.reason) from None
-            free = [r for r in rows if not (r["promised"] or r["in_plan"] or r["disputed"])]
-            if not free:
-                raise DomainError("case_id", "everything open here is already promised, in a plan or disputed", 409)
+            free = await self._free_items(conn, who, case_id, "promises", lambda limits, today: check_promise(
+                promised_date, today, limits.max_promise_days))
             return await self.arrangements.record_promise(
                 who.tenant_id, case_id, amount_minor=sum(r["open_minor"] for r in free), promised_date=promised_date,
                 channel="portal", taken_by=CUSTOMER, invoice_ids=[r["invoice_id"] for r in free], grace_days=3,
@@ -150,21 +141,12 @@ class Portal:
                    every_days: int) -> asyncpg.Record:
         who = await self.subject(token)
         async with self.pool.acquire() as conn, conn.transaction():
-            rows, customer = await self._case(conn, who, case_id)
-            limits = await self._limits(conn, rows)
-            if limits is None:
-                raise DomainError("case_id", "payment plans for this account are agreed by phone: please call us", 409)
-            try:
-                check_plan(count, first_due, every_days, self._today(customer), max_instalments=limits.max_instalments,
-                           max_days=limits.max_plan_days, max_first_due_days=limits.max_first_due_days)
-            except SelfServiceError as e:
-                raise DomainError(e.field, e.reason) from None
-            free = [r["invoice_id"] for r in rows if not (r["promised"] or r["in_plan"] or r["disputed"])]
-            if not free:
-                raise DomainError("case_id", "everything open here is already promised, in a plan or disputed", 409)
+            free = await self._free_items(conn, who, case_id, "payment plans", lambda limits, today: check_plan(
+                count, first_due, every_days, today, max_instalments=limits.max_instalments,
+                max_days=limits.max_plan_days, max_first_due_days=limits.max_first_due_days))
             return await self.arrangements.agree_plan(
                 who.tenant_id, case_id, instalments=None, count=count, first_due=first_due, every_days=every_days,
-                invoice_ids=free, grace_days=3, agreed_by=CUSTOMER, conn=conn)
+                invoice_ids=[r["invoice_id"] for r in free], grace_days=3, agreed_by=CUSTOMER, conn=conn)
 
     # -- settings (managers) ----------------------------------------------------------------------
     async def settings(self, tenant_id: str) -> dict:
@@ -180,6 +162,23 @@ class Portal:
         if not rows:  # not theirs, closed, or nothing open
             raise DomainError("case_id", "nothing is open under this case on your account", 404)
         return rows, await store.customer(conn, who.tenant_id, who.customer_id)
+
+    async def _free_items(self, conn: asyncpg.Connection, who: PortalSubject, case_id: uuid.UUID, what: str,
+                          check: Callable[[SelfService, date], None]) -> list[asyncpg.Record]:
+        """The case's open items nothing holds yet (no promise, plan or dispute), once the policy
+        lets the customer arrange `what` alone and `check` passes its limits for their today."""
+        rows, customer = await self._case(conn, who, case_id)
+        limits = await self._limits(conn, rows)
+        if limits is None:
+            raise DomainError("case_id", f"{what} for this account are agreed by phone: please call us", 409)
+        try:
+            check(limits, self._today(customer))
+        except SelfServiceError as e:
+            raise DomainError(e.field, e.reason) from None
+        free = [r for r in rows if not (r["promised"] or r["in_plan"] or r["disputed"])]
+        if not free:
+            raise DomainError("case_id", "everything open here is already promised, in a plan or disputed", 409)
+        return free
 
     async def _limits(self, conn: asyncpg.Connection, rows: list[asyncpg.Record]) -> SelfService | None:
         """The portal section of the policy of the case's oldest open invoice."""
