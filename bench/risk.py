@@ -1,9 +1,10 @@
-"""The risk stream processor (`python -m services.risk stream`, the faust worker) against a raw
+"""The risk service's consumers (the behaviour consumer of `python -m services.risk serve` in the
+worker role, and the faust early-warning stream, `python -m services.risk stream`) against a raw
 aiokafka consume loop on the same broker and the same records, in the same run.
 
     .venv/bin/python -m bench.risk [--customers 5000] [--yardstick-runs 3] [--drain-timeout 1800]
 
-Quick check (about a minute): `--quick` (= `--customers 800`). `--worker-log PATH` keeps the worker's log.
+Quick check (about a minute): `--quick` (= `--customers 800`). `--worker-log PATH` keeps the two processes' log.
 
 The data: a payment history of `--customers` customers over the last ~14 months, built with the
 contract models and `new_envelope` as the services publish them, one tenant, keyed by
@@ -26,26 +27,25 @@ keeps each customer's order.
    Ceiling (a second yardstick): the same loop, and per batch one INSERT of the whole batch's
    inbox rows (the inbox claim every consumer makes, `shared.inbox.claim_ids`) in its own
    transaction into a migrated database: the least any consumer with an inbox does here.
-2. Risk: a fresh migrated risk database and the faust worker as its own process (its topic prefix
-   that of the produced topics, a fresh STREAM_DATA_DIR), reading from the beginning. faust
-   commits offsets every few seconds, so the honest measure of events through the agents and
-   the store is the inbox: timed per agent (consumer name in the inbox, e.g. risk.behaviour; any
-   other agent found there is timed too) from its first inbox row (its first batch's
-   transaction start) until the first poll of the inbox (every 0.2 s) that saw its final count
-   (risk.behaviour's count leaves out the events it has staged and not yet folded in order):
-   every event for an agent that handles every type (risk.behaviour), else the count it has
-   once the worker's group has committed every offset (faust commits a record's offset only
-   when every agent has acknowledged it, after its batch's transaction). All agents together:
-   from the first row of any until the last is done.
+2. Risk: a fresh migrated risk database and the two processes, started together (their topic
+   prefix that of the produced topics, a fresh STREAM_DATA_DIR), reading from the beginning. faust
+   commits offsets every few seconds, so the honest measure of events through the consumers and
+   the store is the inbox: timed per consumer (its name in the inbox: risk.behaviour,
+   risk.warnings) from its first inbox row (its first batch's transaction start) until the first
+   poll of the inbox (every 0.2 s) that saw its final count (risk.behaviour's count leaves out the
+   events it has staged and not yet folded in order): every event for a consumer that handles
+   every type (risk.behaviour), else the count it has once both groups have committed every
+   offset (each commits after its batch's transaction). All together: from the first row of any
+   until the last is done.
    PostgreSQL here may run with autovacuum off; then the bench ANALYZEs the risk database every
    5 s while the worker drains, as autovacuum would in production.
 
-The goal: the risk worker >= 0.10 of the yardstick (which does no database work at all); for
+The goal: each risk consumer >= 0.10 of the yardstick (which does no database work at all); for
 reference also bench.pipeline's goal for every consumer, >= 5,000 events/s.
 
 Prints the figures (and the store's counts: risk_invoices rows, customer_risk rows per grade,
 risk_assessments rows, RiskAssessed and other events in the outbox; dead letters; what the
-worker's log says above info) and PASS or BELOW TARGET; never fails on a figure. The worker and
+processes' log says above info) and PASS or BELOW TARGET; never fails on a figure. The worker and
 the broker are stopped, the databases dropped and the temporary directory removed at the end,
 also on Ctrl-C or an error."""
 from __future__ import annotations
@@ -84,7 +84,7 @@ from shared.db import drop_database, ensure_database, migrate, with_database
 from shared.inbox import claim_ids
 from shared.kafka import create_producer, ensure_topics
 from shared.logging import configure_logging
-from tahsilat.embedded import Broker, resolve_postgres, stop_process
+from tahsilat.embedded import Broker, free_port, resolve_postgres, stop_process
 
 REPO = Path(__file__).resolve().parent.parent
 TENANT = "bench"
@@ -329,23 +329,33 @@ class Drain:
 
 
 class Worker:
-    """`python -m services.risk stream` with its own database, topic prefix and data dir."""
+    """The risk service's two consumers as the platform runs them, each its own process with this
+    run's database and topic prefix: the risk service in the worker role (`serve`, ROLES
+    worker,relay: the behaviour consumer, and the relay publishing what it raises) and the faust
+    stream (`stream`: the early warnings)."""
+
+    NAMES = ("risk-worker", "risk-stream")
 
     def __init__(self, url: str, bootstrap: str, prefix: str, work: Path) -> None:
-        self.log = work / "risk-stream.log"
+        self.log = work / "risk.log"  # both processes, interleaved
         self.env = {**os.environ, "DATABASE_URL": url, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "TOPIC_PREFIX": prefix,
                     "KAFKA_PARTITIONS": str(PARTITIONS), "STREAM_DATA_DIR": str(work / "stream"),
-                    "LOG_FORMAT": "console", "LOG_LEVEL": "info"}
-        self.proc: subprocess.Popen | None = None
+                    "ROLES": "worker,relay", "HTTP_PORT": str(free_port()), "LOG_FORMAT": "console",
+                    "LOG_LEVEL": "info"}
+        self.procs: dict[str, subprocess.Popen] = {}
 
     def start(self) -> None:
         with self.log.open("ab") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "services.risk", "stream"], env=self.env, cwd=REPO,
-                                         stdout=out, stderr=subprocess.STDOUT)
+            for name, command in zip(self.NAMES, ("serve", "stream")):
+                self.procs[name] = subprocess.Popen([sys.executable, "-m", "services.risk", command], env=self.env,
+                                                    cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
 
     def stop(self) -> None:
-        if self.proc is not None:
-            stop_process(self.proc)
+        for proc in self.procs.values():
+            stop_process(proc)
+
+    def exited(self) -> dict[str, int]:
+        return {name: p.returncode for name, p in self.procs.items() if p.poll() is not None}
 
     def tail(self, lines: int = 30) -> str:
         try:
@@ -385,8 +395,8 @@ async def analyze_loop(pool: asyncpg.Pool, every: float = 5.0) -> None:
         await pool.execute("ANALYZE")
 
 
-async def drain(worker: Worker, pool: asyncpg.Pool, bootstrap: str, group: str, ends: dict[TopicPartition, int],
-                total: int, timeout: float, meter: Meter) -> Drain:
+async def drain(worker: Worker, pool: asyncpg.Pool, bootstrap: str, groups: list[str],
+                ends: dict[TopicPartition, int], total: int, timeout: float, meter: Meter) -> Drain:
     """Start the worker and poll its inbox every 0.2 s until every agent is done (see the module
     docstring) or `timeout` seconds have passed."""
     samples: list[tuple[float, dict[str, int]]] = []
@@ -394,10 +404,11 @@ async def drain(worker: Worker, pool: asyncpg.Pool, bootstrap: str, group: str, 
     analyze = None
     if await pool.fetchval("SHOW autovacuum") == "off":
         analyze = asyncio.create_task(analyze_loop(pool))
-    async with CommittedOffsets(bootstrap, group, list(ends)) as offsets:
+    async with contextlib.AsyncExitStack() as stack:
+        readers = [await stack.enter_async_context(CommittedOffsets(bootstrap, g, list(ends))) for g in groups]
         launched = time.time()
         worker.start()
-        meter.procs["risk-stream"] = worker.proc
+        meter.procs.update(worker.procs)
         meter.start()  # restarted at its first batch
         deadline = time.monotonic() + timeout
         committed = 0
@@ -407,7 +418,7 @@ async def drain(worker: Worker, pool: asyncpg.Pool, bootstrap: str, group: str, 
         try:
             with progress_display() as progress:
                 tasks: dict[str, int] = {}
-                join = progress.add_task("risk-stream: starting, joining the group", total=None)
+                join = progress.add_task("risk: starting, joining the groups", total=None)
                 while True:
                     now = time.time()
                     # risk.behaviour stages a batch, then folds it in event order: done is folded
@@ -422,22 +433,22 @@ async def drain(worker: Worker, pool: asyncpg.Pool, bootstrap: str, group: str, 
                                 progress.remove_task(join)
                                 join = None
                                 meter.start()
-                            tasks[name] = progress.add_task(f"risk-stream: {name} inbox", total=total)
+                            tasks[name] = progress.add_task(f"risk: {name} inbox", total=total)
                         progress.update(tasks[name], completed=n)
                     if cpu is None and counts and all(n >= total for n in counts.values()):
                         cpu = meter.stop()  # what it used to handle them, not the wait for its commit below
                     if counts and time.monotonic() - last_commit_check > 0.5:
                         last_commit_check = time.monotonic()
-                        committed = await offsets.total()
-                        # Every agent has handled every record it takes: faust commits an offset once all
-                        # the agents have acknowledged its record, after their batch's transaction (each
-                        # agent's "done" is the first poll that saw its final count, not this moment).
+                        committed = min([await r.total() for r in readers])
+                        # Every consumer has handled every record it takes: each commits an offset after
+                        # its batch's transaction (each one's "done" is the first poll that saw its final
+                        # count, not this moment).
                         stable = [c for t, c in samples if t >= now - 1.0]
                         if committed >= target and all(c == counts for c in stable):
                             finished = True
                             break
-                    if worker.proc.poll() is not None:
-                        raise RuntimeError(f"the risk worker exited with {worker.proc.returncode}; its log ends:\n"
+                    if worker.exited():
+                        raise RuntimeError(f"a risk process exited: {worker.exited()}; the log ends:\n"
                                            f"{worker.tail()}")
                     if time.monotonic() > deadline:
                         console.print(f"[yellow]    out of time after {timeout:.0f} s: {counts}[/yellow]")
@@ -464,7 +475,7 @@ async def drain(worker: Worker, pool: asyncpg.Pool, bootstrap: str, group: str, 
             "SELECT event_type, count(*) AS n FROM inbox WHERE consumer = $1 GROUP BY 1 ORDER BY 1", name)}
         agents.append(a)
     if committed < target:
-        console.print(f"[yellow]    the worker's group had committed {committed:,} of {target:,} offsets"
+        console.print(f"[yellow]    the risk groups had committed (the least of the two) {committed:,} of {target:,} offsets"
                       f" {committed_at - launched:.0f} s after launch[/yellow]")
     return Drain(agents, finished, launched, committed, target, cpu)
 
@@ -577,7 +588,8 @@ async def run(args: argparse.Namespace, work: Path, broker: Broker) -> None:
         console.print(f"    PostgreSQL autovacuum: {await pool.fetchval('SHOW autovacuum')} (when off, the bench"
                       " ANALYZEs the risk database every 5 s in its stead)")
         worker = Worker(risk_url, bootstrap, prefix, work)
-        d = await drain(worker, pool, bootstrap, f"{prefix}risk-stream", ends, total, args.drain_timeout, meter)
+        d = await drain(worker, pool, bootstrap, [f"{prefix}risk.behaviour", f"{prefix}risk-stream"], ends, total,
+                        args.drain_timeout, meter)
         console.print(f"    from its first batch until done, {d.cpu}")
         for a in d.agents:
             console.print(f"    {a.consumer}: {a.events:,} events from its first batch ({a.first - d.launched:.1f} s"

@@ -18,7 +18,7 @@ from shared.contract import Topics
 from shared.db import create_pool, migrate
 from shared.http import OpsGuard, SecurityHeaders, install_error_handlers, install_health, install_outbox_admin
 from shared.inbox import prune_inbox
-from shared.kafka import ConsumerConfig, DeadLetters, EventConsumer, ensure_topics, start_producer
+from shared.kafka import BatchProcessor, ConsumerConfig, DeadLetters, EventConsumer, ensure_topics, start_producer
 from shared.logging import configure_logging, get_logger
 from shared.metrics import INBOX_PRUNED, TASK_RESTARTS, TIMERS_FIRED
 from shared.outbox import OutboxRelay
@@ -30,6 +30,8 @@ log = get_logger(__name__)
 
 TimerFn = Callable[[], Awaitable[int]]
 NextDue = Callable[[], Awaitable[datetime | None]]
+Around = Callable[[EventProcessor, EventConsumer], BatchProcessor]
+"""Wraps a consumer's processor in one that also sees the consumer (where its partitions stand)."""
 
 
 class ServiceHost:
@@ -43,7 +45,8 @@ class ServiceHost:
         self.producer = None
         self.relay: OutboxRelay | None = None
         self.consumers: list[EventConsumer] = []
-        self._consumer_specs: list[tuple[str, list[str], Mapping[str, Handler] | RawHandler]] = []
+        self._consumer_specs: list[tuple[str, list[str], Mapping[str, Handler] | RawHandler, str | None,
+                                         Around | None]] = []
         self._timers: list[tuple[str, float, TimerFn, str | None, NextDue | None]] = []
         self._tasks: list[asyncio.Task] = []
         self._down: dict[str, str] = {}  # supervised task -> why it is down, until it is restarted
@@ -52,14 +55,16 @@ class ServiceHost:
         self._checks: dict[str, Callable[[], Awaitable[bool]]] = {}
 
     # -- composition -------------------------------------------------------------------
-    def consume(self, name: str, topics: list[str], handlers: Mapping[str, Handler]) -> None:
-        """Register a consumer group `<prefix><service>.<name>` (worker role) whose poll batches go
-        through an EventProcessor: one transaction each, set-based handlers per event type."""
-        self._consumer_specs.append((name, topics, handlers))
+    def consume(self, name: str, topics: list[str], handlers: Mapping[str, Handler], *, group: str | None = None,
+                around: Around | None = None) -> None:
+        """Register a consumer group (worker role), `<prefix><service>.<name>` unless `group` names
+        another, whose poll batches go through an EventProcessor: one transaction each, set-based
+        handlers per event type; `around` wraps that processor (see `Around`)."""
+        self._consumer_specs.append((name, topics, handlers, group, around))
 
     def consume_raw(self, name: str, topics: list[str], handler: RawHandler) -> None:
         """Register a consumer group whose handler takes raw records a batch at a time."""
-        self._consumer_specs.append((name, topics, handler))
+        self._consumer_specs.append((name, topics, handler, None, None))
 
     def every(self, name: str, fn: TimerFn, interval: float | None = None, *, wake_on: str | None = None,
               next_due: NextDue | None = None) -> None:
@@ -107,7 +112,7 @@ class ServiceHost:
             self.relay = OutboxRelay(self.pool, self.producer, service=self.name, poll_interval=s.poll_interval_seconds)
             self._spawn("outbox-relay", self.relay.run)
         if s.has_role("worker"):
-            for name, topics, handlers in self._consumer_specs:
+            for name, topics, handlers, group, around in self._consumer_specs:
                 consumer_name = f"{self.name}.{name}"
                 processor = (self.processor(name, handlers) if isinstance(handlers, Mapping) else RawBatchProcessor(
                     service=self.name, name=consumer_name, handler=handlers,
@@ -116,7 +121,7 @@ class ServiceHost:
                     topics=topics, processor=processor, service=self.name,
                     config=ConsumerConfig(
                         bootstrap=s.kafka_bootstrap_servers,
-                        group_id=f"{s.topic_prefix}{self.name}.{name}",
+                        group_id=group or f"{s.topic_prefix}{self.name}.{name}",
                         session_timeout_ms=s.kafka_session_timeout_ms,
                         heartbeat_interval_ms=s.kafka_heartbeat_interval_ms,
                         fetch_max_wait_ms=s.kafka_fetch_max_wait_ms,
@@ -124,6 +129,8 @@ class ServiceHost:
                         security=s.kafka,
                     ),
                 )
+                if around is not None:
+                    consumer.processor = around(processor, consumer)
                 self.consumers.append(consumer)
                 self._spawn(f"consumer:{name}", consumer.run)
             for name, interval, fn, wake_on, next_due in self._timers:

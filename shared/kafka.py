@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import (
     CommitFailedError, IllegalStateError, KafkaConnectionError, KafkaError, TopicAlreadyExistsError,
@@ -144,6 +145,31 @@ class BatchProcessor(Protocol):
     async def process_batch(self, records: Sequence[Any]) -> None: ...
 
 
+Partition = tuple[str, int]  # (topic, partition)
+
+
+class _CommittedOffsets(ConsumerRebalanceListener):
+    """Keeps the group's committed offset of each partition the member holds: read from the
+    coordinator when a partition is assigned, then moved by the member's own commits."""
+
+    def __init__(self) -> None:
+        self.consumer: AIOKafkaConsumer | None = None
+        self.offsets: dict[TopicPartition, int | None] = {}
+
+    async def on_partitions_revoked(self, revoked) -> None:
+        for tp in revoked:
+            self.offsets.pop(tp, None)
+
+    async def on_partitions_assigned(self, assigned) -> None:
+        for tp in assigned:
+            try:
+                self.offsets[tp] = await self.consumer.committed(tp)
+            except KafkaError as exc:  # unknown for now: the first commit sets it
+                log.warning("could not read a committed offset", topic=tp.topic, partition=tp.partition,
+                            error=repr(exc))
+                self.offsets[tp] = None
+
+
 class EventConsumer:
     """An aiokafka consumer-group member. Each poll batch goes through `processor` as a whole;
     offsets are committed only after it is done (so after its transactions committed). A refused
@@ -160,11 +186,22 @@ class EventConsumer:
         self.config = config
         self.sizer = BatchSizer(maximum=config.max_batch)
         self.ready = asyncio.Event()
+        self._consumer: AIOKafkaConsumer | None = None
+        self._committed = _CommittedOffsets()
+
+    def positions(self) -> dict[Partition, tuple[int | None, int | None]]:
+        """Each partition the member holds: (its log end offset as last fetched, None before
+        the first fetch; the group's committed offset, None if unknown). Every record before the
+        committed offset has been processed, by this member or an earlier one."""
+        consumer = self._consumer
+        if consumer is None:
+            return {}
+        return {(tp.topic, tp.partition): (consumer.highwater(tp), self._committed.offsets.get(tp))
+                for tp in consumer.assignment()}
 
     async def run(self) -> None:
         cfg = self.config
         consumer = AIOKafkaConsumer(
-            *self.topics,
             bootstrap_servers=cfg.bootstrap,
             **cfg.security.aiokafka_options(),
             group_id=cfg.group_id,
@@ -175,7 +212,11 @@ class EventConsumer:
             fetch_max_wait_ms=cfg.fetch_max_wait_ms,
             max_partition_fetch_bytes=8 * 1024 * 1024,
         )
+        self._committed = _CommittedOffsets()
+        self._committed.consumer = consumer
+        consumer.subscribe(self.topics, listener=self._committed)
         await consumer.start()
+        self._consumer = consumer
         try:
             while True:
                 batches = await consumer.getmany(timeout_ms=cfg.poll_timeout_ms, max_records=self.sizer.size)
@@ -191,6 +232,7 @@ class EventConsumer:
                 await self._commit(consumer, {tp: rs[-1].offset + 1 for tp, rs in batches.items()})
         finally:
             self.ready.clear()
+            self._consumer = None
             await finish_within(consumer.stop(), 10, f"consumer {self.name} stop")
 
     async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
@@ -199,6 +241,7 @@ class EventConsumer:
         if mine:
             try:
                 await consumer.commit(mine)
+                self._committed.offsets.update(mine)
             except (CommitFailedError, IllegalStateError, KafkaError) as exc:
                 CONSUMER_COMMIT_FAILURES.labels(self.service, self.name).inc()
                 log.warning("offset commit refused (rebalance); the records will come again", consumer=self.name,
@@ -211,6 +254,6 @@ class EventConsumer:
 
 
 __all__ = [
-    "BatchProcessor", "BatchSizer", "BrokerUnavailable", "ConsumerConfig", "DeadLetters", "EventConsumer",
+    "BatchProcessor", "BatchSizer", "BrokerUnavailable", "ConsumerConfig", "DeadLetters", "EventConsumer", "Partition",
     "TopicPartition", "create_producer", "ensure_topics", "start_producer",
 ]

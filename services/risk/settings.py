@@ -10,5 +10,10 @@ class RiskSettings(ServiceSettings):
     http_port: int = 8003
     stream_data_dir: str = Field(default="/tmp/tahsilat-risk-stream", description="faust's local state (a cache only)")
     stream_group: str | None = Field(
-        default=None, description="the stream's consumer group (faust app id); default `<topic prefix>risk-stream`."
-        " A new group over an empty risk database rebuilds the store from the start of the topics")
+        default=None, description="the early-warning stream's consumer group (faust app id); default"
+        " `<topic prefix>risk-stream`. A new group over an empty risk database rebuilds the warnings from the start"
+        " of the topics")
+    behaviour_group: str | None = Field(
+        default=None, description="the behaviour consumer's group (books, scores, credit; worker role); default"
+        " `<topic prefix>risk.behaviour`. A new group over an empty risk database rebuilds the store from the start"
+        " of the topics")

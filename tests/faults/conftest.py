@@ -67,6 +67,7 @@ def pytest_terminal_summary(terminalreporter) -> None:
     columns = [
         ("scenario", lambda f: f.scenario), ("faults", lambda f: f.faults), ("restarts", lambda f: f.restarts),
         ("invoices", lambda f: f.invoices), ("no case", lambda f: f.cases_missing),
+        ("not in risk", lambda f: f.risk_books_missing),
         ("steps", lambda f: f.steps_executed), ("step≠1 request", lambda f: f.steps_without_one_request),
         ("request w/o step", lambda f: f.requests_without_step), ("redelivered", lambda f: f.redeliveries),
         ("sent", lambda f: f.notifications_sent), ("sink msgs", lambda f: f.sink_messages),

@@ -172,6 +172,9 @@ async def settled(platform: Platform, clock: FileClock) -> dict[str, int]:
                 out["cases missing"] = issued - await conn.fetchval("SELECT count(*) FROM case_items")
                 out["cases due"] = await conn.fetchval(
                     "SELECT count(*) FROM cases WHERE status = 'open' AND next_due_at <= $1", now)
+            if service == "risk":  # every invoice folded into its customer's book, nothing staged or held
+                out["risk books missing"] = issued - await conn.fetchval("SELECT count(*) FROM risk_invoices")
+                out["risk events waiting"] = await conn.fetchval("SELECT count(*) FROM risk_pending_events")
             if service == "notifier":
                 out["notices due"] = await conn.fetchval(
                     "SELECT count(*) FROM notifications WHERE status IN ('pending', 'sending') AND send_after <= $1",
@@ -221,6 +224,7 @@ class Findings:
     extra_messages: int = 0
     crash_window_duplicates: int = 0
     order_violations: int = 0
+    risk_books_missing: int = 0  # issued invoices the risk behaviour consumer has not folded
     dead_letters: int = 0
     faults: int = 0
     restarts: int = 0
@@ -229,7 +233,8 @@ class Findings:
     @property
     def ok(self) -> bool:
         return not (self.cases_missing or self.steps_without_one_request or self.requests_without_step
-                    or self.missing_messages or self.extra_messages or self.order_violations or self.dead_letters)
+                    or self.missing_messages or self.extra_messages or self.order_violations or self.dead_letters
+                    or self.risk_books_missing)
 
 
 def _envelopes(records) -> list[Envelope]:
@@ -258,6 +263,14 @@ async def check(platform: Platform, scenario: str) -> Findings:
     f.cases_missing = len(issued - in_cases)
     if f.cases_missing:
         f.problems.append(f"no case for {sorted(issued - in_cases)[:3]}")
+    conn = await _db(platform, "risk")
+    try:
+        in_books = {r["invoice_id"] for r in await conn.fetch("SELECT invoice_id FROM risk_invoices")}
+    finally:
+        await conn.close()
+    f.risk_books_missing = len(issued - in_books)
+    if f.risk_books_missing:
+        f.problems.append(f"not in risk's books: {sorted(issued - in_books)[:3]}")
 
     # one NotificationRequested per notice; a case's notices go out in the order they were made
     offsets = {n["notification_key"]: (n["sequence"], 0) for n in notices}

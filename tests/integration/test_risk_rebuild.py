@@ -1,7 +1,7 @@
-"""Rebuilding the risk store from the topics: the faust stream worker as a real process on a
-real broker. A first worker folds the events as they are published (live); a second one, with a
-new consumer group over an empty database, reads the three topics from the beginning, in
-whatever interleaving the broker and faust give it. Both stores, and every RiskAssessed event
+"""Rebuilding the risk store from the topics: the risk worker (the behaviour consumer, `serve`
+with ROLES=worker) as a real process on a real broker. A first worker folds the events as they
+are published (live); a second one, with a new consumer group over an empty database, reads the
+three topics from the beginning, in whatever interleaving the broker and aiokafka give it. Both stores, and every RiskAssessed event
 (ids and times included), are the same, and the same as the events folded in time order."""
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from services.risk.bootstrap import MIGRATIONS
 from shared.contract import Topics
 from shared.db import create_pool, drop_database, ensure_database, migrate, with_database
 from shared.kafka import ensure_topics, start_producer
-from tahsilat.embedded import stop_process
+from tahsilat.embedded import free_port, stop_process
 from tests.integration.test_risk_replay import apply_records, snapshot, three_topics
 from tests.support import wait_for
 
@@ -42,23 +42,23 @@ async def stores(pg_server: str) -> AsyncIterator[list[str]]:
             await drop_database(pg_server, name)
 
 
-def start_worker(database: str, kafka_bootstrap: str, topic_prefix: str, group: str, data_dir: Path,
-                 log_path: Path) -> subprocess.Popen:
+def start_worker(database: str, kafka_bootstrap: str, topic_prefix: str, group: str, log_path: Path
+                 ) -> subprocess.Popen:
     env = {
         **os.environ,
         "DATABASE_URL": database, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "TOPIC_PREFIX": topic_prefix,
         "KAFKA_PARTITIONS": str(PARTITIONS), "KAFKA_SESSION_TIMEOUT_MS": "2000", "KAFKA_HEARTBEAT_INTERVAL_MS": "500",
-        "STREAM_DATA_DIR": str(data_dir), "STREAM_GROUP": group, "LOG_FORMAT": "console",
+        "ROLES": "worker", "HTTP_PORT": str(free_port()), "BEHAVIOUR_GROUP": group, "LOG_FORMAT": "console",
     }
     with log_path.open("wb") as log:
-        return subprocess.Popen([sys.executable, "-m", "services.risk", "stream"], env=env, cwd=REPO,
+        return subprocess.Popen([sys.executable, "-m", "services.risk", "serve"], env=env, cwd=REPO,
                                 stdout=log, stderr=subprocess.STDOUT)
 
 
 async def folded_everything(url: str, worker: subprocess.Popen, records: int) -> dict | None:
     """The store once the worker has staged every record and folded every staged event."""
     if worker.poll() is not None:
-        raise AssertionError(f"the stream worker exited with {worker.returncode}")
+        raise AssertionError(f"the risk worker exited with {worker.returncode}")
     pool = await create_pool(url, max_size=1)
     try:
         async with pool.acquire() as conn:
@@ -103,7 +103,7 @@ async def test_the_store_rebuilt_from_the_topics_gives_the_same_scores_and_risk_
 
     names = {"invoicing": topics.invoicing, "dunning": topics.dunning, "notifier": topics.notifier}
     logs = [tmp_path / "live.log", tmp_path / "rebuild.log"]
-    live = start_worker(stores[0], kafka_bootstrap, topic_prefix, f"{topic_prefix}risk-stream", tmp_path / "a", logs[0])
+    live = start_worker(stores[0], kafka_bootstrap, topic_prefix, f"{topic_prefix}risk.behaviour", logs[0])
     producer = await start_producer(kafka_bootstrap)
     try:
         for r in records:  # as they happen: in time order, each on its own topic and partition
@@ -111,8 +111,7 @@ async def test_the_store_rebuilt_from_the_topics_gives_the_same_scores_and_risk_
         as_live = await final_store(stores[0], live, len(records), in_time_order, "the live worker folded every event")
         await asyncio.to_thread(stop_process, live)
 
-        rebuild = start_worker(stores[1], kafka_bootstrap, topic_prefix, f"{topic_prefix}risk-rebuild",
-                               tmp_path / "b", logs[1])
+        rebuild = start_worker(stores[1], kafka_bootstrap, topic_prefix, f"{topic_prefix}risk-rebuild", logs[1])
         try:
             rebuilt = await final_store(stores[1], rebuild, len(records), in_time_order,
                                         "the rebuild folded every event")

@@ -115,14 +115,16 @@ EXPOSURE_MIN_GAP = Decimal("1000.00")
 # reversal at most 30 days before it warns; the warning's window starts at the earliest of those
 # reversals and lasts 30 days, and further reversals in that same stretch add no warning.
 REVERSAL_WITHIN = timedelta(days=30)
-REVERSAL_VIEW = WindowSpec(timedelta(days=30), DAY)  # the stream's live count (not decided on)
+# The stream's live count (not decided on), stepping weekly: a fact is written to the changelog
+# once per window it falls in, 5 times rather than 30 with a daily step.
+REVERSAL_VIEW = WindowSpec(timedelta(days=30), timedelta(days=7))
 
 # orders_after_broken_promise: an invoice issued after a promise to pay was broken and at most
 # 30 days after it (the customer orders more while it does not pay what it promised). Exact,
 # and evaluated from both sides - the invoice and the broken promise arrive on different topics
 # in either order. One warning per broken promise: its window is the 30 days after it.
 PROMISE_FOLLOW_UP = timedelta(days=30)
-PROMISE_VIEW = WindowSpec(timedelta(days=30), DAY)  # the stream's live count (not decided on)
+PROMISE_VIEW = WindowSpec(timedelta(days=30), timedelta(days=7))  # the live count, as REVERSAL_VIEW
 
 # contacts_bouncing: two or more notices that bounced or drew a complaint in one tumbling
 # 14-day window: the contact data is going bad (one bounce is a typo or a full mailbox).

@@ -1,5 +1,5 @@
-"""Early warnings in the risk stream processor: a second faust agent on the risk app's source topic
-(same consumer group), with its own inbox consumer name, and faust windowed tables.
+"""Early warnings in the risk stream processor: a faust agent on the invoicing, dunning and
+notifier topics, with its own inbox consumer name, and faust windowed tables.
 
 Per batch, in ONE database transaction (the shared EventProcessor: inbox, set-based handlers,
 dead-lettering), each new fact is recorded in risk_signal_observations and every decision is
@@ -238,11 +238,12 @@ _UNREADABLE = ("unreadable envelope", "invalid ")
 
 def own_failures(dead_letter: DeadLetter) -> DeadLetter:
     """Dead-letter only what failed in this agent's handlers. A record that cannot be read fails
-    the same way in the behaviour agent, which consumes the same records and handles every event
-    type this one does (a unit test holds them together): it dead-letters that record, once."""
+    the same way in the behaviour consumer (the service process), which consumes the same records
+    and handles every event type this one does (a unit test holds them together): it
+    dead-letters that record, once."""
     async def send(record: Any, reason: str) -> None:
         if reason.startswith(_UNREADABLE):
-            log.info("unreadable record left to the behaviour agent's dead letter", reason=reason)
+            log.info("unreadable record left to the behaviour consumer's dead letter", reason=reason)
             return
         await dead_letter(record, reason)
 
@@ -272,7 +273,9 @@ def register(app: faust.App, source: Any, settings: RiskSettings) -> StreamView:
                 try:
                     await processor.process_batch([e.message for e in events])
                 except BaseException:
-                    # as the behaviour agent: an interrupted batch is never committed, it comes again
+                    # faust acknowledges a taken batch even when its processing is interrupted (a
+                    # stop): mark the messages done without acknowledging them, so their offsets are
+                    # never committed and they come again.
                     for e in events:
                         e.message.acked = True
                     raise
