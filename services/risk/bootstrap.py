@@ -12,7 +12,7 @@ from fastapi import FastAPI
 
 from services.risk.entrypoints.api import router
 from services.risk.service_layer.handlers import Risk
-from services.risk.service_layer.ordering import OrderedRisk, staging_handlers
+from services.risk.service_layer.ordering import OrderedRisk, Parsed, staging_handlers
 from services.risk.settings import RiskSettings
 from shared.clock import Clock
 from shared.contract import Topics
@@ -47,9 +47,10 @@ def wire_behaviour(host: ServiceHost, app: FastAPI) -> None:
     topics = host.topics
     risk = Risk(host.clock, topics)
     running: list[OrderedRisk] = []
+    parsed: Parsed = {}
 
     def ordered(processor: EventProcessor, consumer: EventConsumer) -> OrderedRisk:
-        running[:] = [OrderedRisk(risk, host.pool, processor, positions=consumer.positions)]
+        running[:] = [OrderedRisk(risk, host.pool, processor, positions=consumer.positions, parsed=parsed)]
         return running[0]
 
     async def fold_waiting() -> int:
@@ -61,7 +62,7 @@ def wire_behaviour(host: ServiceHost, app: FastAPI) -> None:
         return 0  # once a minute, whatever it folded
 
     # invoicing: the invoices and payments; dunning: promises, plans, disputes; notifier: bounces, opt-outs
-    host.consume("behaviour", [topics.invoicing, topics.dunning, topics.notifier], staging_handlers(),
+    host.consume("behaviour", [topics.invoicing, topics.dunning, topics.notifier], staging_handlers(parsed),
                  group=settings.behaviour_group, around=ordered)
     host.every("risk-fold-waiting", fold_waiting, 1.0)
     host.every("risk-retry-held", retry_held, 60.0)

@@ -40,7 +40,7 @@ async def save_latest(conn: asyncpg.Connection, latest: dict[Key, tuple[Assessme
            segment = EXCLUDED.segment, factors = EXCLUDED.factors, assessed_at = EXCLUDED.assessed_at""",
         [k[0] for k in keys], [k[1] for k in keys], [latest[k][0].score for k in keys],
         [latest[k][0].grade for k in keys], [latest[k][0].segment for k in keys],
-        [json.dumps([f.model_dump(mode="json") for f in latest[k][0].factors]) for k in keys],
+        [json.dumps(latest[k][0].factors_json()) for k in keys],
         [latest[k][1] for k in keys])
 
 

@@ -8,7 +8,8 @@ Credit limits are deliberately not a factor: people change them outside the even
 score resting on them would differ when the store is rebuilt from the topics."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from datetime import datetime, timedelta
 from typing import Literal
 
@@ -113,7 +114,21 @@ class Assessment:
     score: int
     grade: Grade
     segment: Segment
-    factors: tuple[RiskFactor, ...]
+    # (name, value, points, params) of each factor: said in words only when someone reads them
+    # (a customer's latest assessment, a RiskAssessed), not for every event folded.
+    raw_factors: tuple[tuple[str, float, int, dict], ...] = field(default=(), compare=False)
+    language: str = field(default="en", compare=False)
+
+    @cached_property
+    def factors(self) -> tuple[RiskFactor, ...]:
+        return tuple(_factor(name, value, points, self.language, **params)
+                     for name, value, points, params in self.raw_factors)
+
+    def factors_json(self) -> list[dict]:
+        """The factors as `RiskFactor.model_dump(mode="json")` gives them, without the models."""
+        return [{"name": name, "value": float(value), "points": points,
+                 "explanation": explain(name, params, self.language), "params": params}
+                for name, value, points, params in self.raw_factors]
 
 
 def _factor(name: str, value: float, points: int, language: str = "en", **params: int | float | str) -> RiskFactor:
@@ -162,16 +177,16 @@ def assess(book: CustomerBook, as_of: datetime, card: Scorecard | None = None, l
     open_ = [i for i in invoices if i.status == "open" and i.open_minor > 0]
     overdue = [(i, (as_of.date() - i.due_date).days) for i in open_ if as_of.date() > i.due_date]
     f = book.facts
-    factors: list[RiskFactor] = []
+    factors: list[tuple[str, float, int, dict]] = []
 
     def add(name: str, value: float, **params: int | float | str) -> None:
         cfg = card.factors.get(name)  # type: ignore[call-overload]
         if cfg is None:
             return
-        factors.append(_factor(name, value, cfg.points(value), language, **params))
+        factors.append((name, value, cfg.points(value), params))
 
     if not settled and not overdue:
-        factors.append(_factor("no_history", len(invoices), card.new_customer_points, language, invoices=len(invoices)))
+        factors.append(("no_history", len(invoices), card.new_customer_points, {"invoices": len(invoices)}))
     if settled:
         late = sum(1 for i in settled if (i.days_late or 0) > card.grace_days)
         add("late_share", round(late / len(settled), 3), late=late, settled=len(settled))
@@ -204,9 +219,9 @@ def assess(book: CustomerBook, as_of: datetime, card: Scorecard | None = None, l
         avg = lambda xs: sum(max(i.days_late or 0, 0) for i in xs) / len(xs)  # noqa: E731
         change = round(avg(recent_quarter) - avg(settled), 1)
         add("trend", change, change=change, quarter=round(avg(recent_quarter), 1), year=round(avg(settled), 1))
-    score = max(0, min(100, sum(x.points for x in factors)))
+    score = max(0, min(100, sum(points for _, _, points, _ in factors)))
     grade = card.grade_of(score)
-    return Assessment(score, grade, card.segments[grade], tuple(factors))
+    return Assessment(score, grade, card.segments[grade], tuple(factors), language)
 
 
 def explained(factors: list[RiskFactor], language: str) -> list[RiskFactor]:

@@ -47,16 +47,25 @@ Positions = Callable[[], Mapping[Partition, tuple[int | None, int | None]]]
 """The consumer's view of its source partitions: (log end offset or None, committed offset or None)."""
 
 
-def staging_handlers() -> dict[str, Handler]:
+Parsed = dict[tuple[str, int, int], Event]
+"""Events as staged, by (topic, partition, offset), so that folding them in this process need
+not parse their envelopes again (a cache: what is not in it is parsed from the staged row)."""
+PARSED_KEPT = 50_000  # at most; beyond it the cache starts again (events of revoked partitions...)
+
+
+def staging_handlers(parsed: Parsed | None = None) -> dict[str, Handler]:
+    async def stage(conn: asyncpg.Connection, events: list[Event]) -> None:
+        """The batch's handler: keep each event with where it came from, to fold in order later."""
+        await pending.stage(conn, [
+            Staged(e.record.topic, e.record.partition, e.record.offset, e.envelope.tenant_id, e.payload.customer_id,
+                   e.envelope.time, _text(e.record.value))
+            for e in events])
+        if parsed is not None:
+            if len(parsed) > PARSED_KEPT:
+                parsed.clear()
+            parsed.update(((e.record.topic, e.record.partition, e.record.offset), e) for e in events)
+
     return {kind: stage for kind in EVENT_TYPES}
-
-
-async def stage(conn: asyncpg.Connection, events: list[Event]) -> None:
-    """The batch's handler: keep each event with where it came from, to fold in order later."""
-    await pending.stage(conn, [
-        Staged(e.record.topic, e.record.partition, e.record.offset, e.envelope.tenant_id, e.payload.customer_id,
-               e.envelope.time, _text(e.record.value))
-        for e in events])
 
 
 def _text(value: bytes | str) -> str:
@@ -70,9 +79,10 @@ class OrderedRisk:
     everything staged is folded at once, still in sort order."""
 
     def __init__(self, risk: Risk, pool: asyncpg.Pool, processor: EventProcessor, *,
-                 positions: Positions | None = None, fold_limit: int = 2000) -> None:
+                 positions: Positions | None = None, fold_limit: int = 2000, parsed: Parsed | None = None) -> None:
         self.risk, self.pool, self.processor = risk, pool, processor
         self.positions, self.fold_limit = positions, fold_limit
+        self.parsed: Parsed = parsed if parsed is not None else {}  # filled by staging_handlers(parsed)
         self._advancing = asyncio.Lock()  # a batch's advance and the timer's take turns in this process
 
     async def process_batch(self, records: Sequence[Any]) -> None:
@@ -125,7 +135,7 @@ class OrderedRisk:
     async def _fold(self, conn: asyncpg.Connection, rows: list[Due]) -> list[Due]:
         """Fold `rows` (in order); returns those folded. A failure is narrowed down to its
         customer and event, which is kept with the reason, holding back that customer only."""
-        events = [_event(r) for r in rows]
+        events = [self.parsed.pop((r.topic, r.partition, r.offset), None) or _event(r) for r in rows]
         try:
             async with conn.transaction():
                 await self.risk.fold(conn, events)
