@@ -5,6 +5,7 @@ aiokafka consume loop on the same broker and the same records, in the same run.
     .venv/bin/python -m bench.risk [--customers 5000] [--yardstick-runs 3] [--drain-timeout 1800]
 
 Quick check (about a minute): `--quick` (= `--customers 800`). `--worker-log PATH` keeps the two processes' log.
+`--only behaviour` or `--only warnings` runs that consumer's process alone, with the machine to itself.
 
 The data: a payment history of `--customers` customers over the last ~14 months, built with the
 contract models and `new_envelope` as the services publish them, one tenant, keyed by
@@ -334,9 +335,12 @@ class Worker:
     worker,relay: the behaviour consumer, and the relay publishing what it raises) and the faust
     stream (`stream`: the early warnings)."""
 
-    NAMES = ("risk-worker", "risk-stream")
+    COMMANDS = {"risk-worker": "serve", "risk-stream": "stream"}
+    GROUPS = {"risk-worker": "risk.behaviour", "risk-stream": "risk-stream"}  # after the topic prefix
 
-    def __init__(self, url: str, bootstrap: str, prefix: str, work: Path) -> None:
+    def __init__(self, url: str, bootstrap: str, prefix: str, work: Path,
+                 names: tuple[str, ...] = ("risk-worker", "risk-stream")) -> None:
+        self.names = names
         self.log = work / "risk.log"  # both processes, interleaved
         self.env = {**os.environ, "DATABASE_URL": url, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "TOPIC_PREFIX": prefix,
                     "KAFKA_PARTITIONS": str(PARTITIONS), "STREAM_DATA_DIR": str(work / "stream"),
@@ -346,8 +350,9 @@ class Worker:
 
     def start(self) -> None:
         with self.log.open("ab") as out:
-            for name, command in zip(self.NAMES, ("serve", "stream")):
-                self.procs[name] = subprocess.Popen([sys.executable, "-m", "services.risk", command], env=self.env,
+            for name in self.names:
+                self.procs[name] = subprocess.Popen([sys.executable, "-m", "services.risk", self.COMMANDS[name]],
+                                                    env=self.env,
                                                     cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
 
     def stop(self) -> None:
@@ -578,8 +583,11 @@ async def run(args: argparse.Namespace, work: Path, broker: Broker) -> None:
         await drop_database(server, ceiling_db)
 
         # -- the risk worker
-        console.print("[bold]3[/bold] risk: `python -m services.risk stream` (faust) on a fresh migrated database,"
-                      " from the beginning of the three topics …")
+        names = {"both": ("risk-worker", "risk-stream"), "behaviour": ("risk-worker",),
+                 "warnings": ("risk-stream",)}[args.only]
+        console.print(f"[bold]3[/bold] risk: {' and '.join(names)} (`python -m services.risk serve` in the worker"
+                      " role; `... stream`, faust) on a fresh migrated database, from the beginning of the three"
+                      " topics …")
         await ensure_database(server, risk_db)
         risk_url = with_database(server, risk_db)
         await migrate(risk_url, MIGRATIONS)
@@ -587,8 +595,8 @@ async def run(args: argparse.Namespace, work: Path, broker: Broker) -> None:
         pools.append(pool)
         console.print(f"    PostgreSQL autovacuum: {await pool.fetchval('SHOW autovacuum')} (when off, the bench"
                       " ANALYZEs the risk database every 5 s in its stead)")
-        worker = Worker(risk_url, bootstrap, prefix, work)
-        d = await drain(worker, pool, bootstrap, [f"{prefix}risk.behaviour", f"{prefix}risk-stream"], ends, total,
+        worker = Worker(risk_url, bootstrap, prefix, work, names)
+        d = await drain(worker, pool, bootstrap, [prefix + Worker.GROUPS[n] for n in names], ends, total,
                         args.drain_timeout, meter)
         console.print(f"    from its first batch until done, {d.cpu}")
         for a in d.agents:
@@ -614,22 +622,22 @@ async def run(args: argparse.Namespace, work: Path, broker: Broker) -> None:
         for a in d.agents:
             finished = d.finished and (a.events >= total or d.committed >= d.records)
             ok = finished and a.rate / yard >= GOAL_RATIO
-            table.add_row(f"risk-stream: {a.consumer}" + ("" if finished else " (out of time)"), f"{a.events:,}",
+            table.add_row(f"risk: {a.consumer}" + ("" if finished else " (out of time)"), f"{a.events:,}",
                           f"{a.seconds:.2f}", f"{a.rate:,.0f}", f"{a.rate / yard:.3f}", f">= {GOAL_RATIO:.2f}",
                           verdict(ok))
         if len(d.agents) > 1:
             rate = total / d.seconds
-            table.add_row("risk-stream: every agent done", f"{total:,}", f"{d.seconds:.2f}", f"{rate:,.0f}",
+            table.add_row("risk: every consumer done", f"{total:,}", f"{d.seconds:.2f}", f"{rate:,.0f}",
                           f"{rate / yard:.3f}", f">= {GOAL_RATIO:.2f}", verdict(d.finished and rate / yard >= GOAL_RATIO))
         console.print(table)
         slowest = min((a.rate for a in d.agents), default=0.0)
         console.print(f"for reference, bench.pipeline's goal for every consumer, >= {GOAL_RATE:,} events/s:"
                       f" {slowest:,.0f}/s {verdict(d.finished and slowest >= GOAL_RATE)}; risk / ceiling"
                       f" {slowest / ceiling:.3f}")
-        console.print("s: yardstick and ceiling from the first batch to the last commit; risk-stream from the start of"
+        console.print("s: yardstick and ceiling from the first batch to the last commit; risk from the start of"
                       " its first batch's transaction (the first inbox row) until the first poll (every 0.2 s) that"
-                      " saw its final count in the inbox; faust's offset commits (every ~2.8 s) come later and are"
-                      " not counted.")
+                      " saw its final count in the inbox; the offset commits (faust's every ~2.8 s) come later and"
+                      " are not counted.")
         console.print(f"store: risk_invoices {counts['risk_invoices']:,} ("
                       + ", ".join(f"{k} {v:,}" for k, v in counts["risk_invoices by status"].items())
                       + f"; InvoiceIssued {types.get('InvoiceIssued', 0):,}); risk_customers {counts['risk_customers']:,};"
@@ -664,6 +672,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--customers", type=int, default=5_000, help="about 18 events each")
     parser.add_argument("--quick", action="store_true", help="a run of about a minute: --customers 800")
     parser.add_argument("--yardstick-runs", type=int, default=3)
+    parser.add_argument("--only", choices=("both", "behaviour", "warnings"), default="both",
+                        help="run one consumer's process alone (default: both, as the platform runs them)")
     parser.add_argument("--worker-log", type=Path, help="keep a copy of the risk worker's log here")
     parser.add_argument("--drain-timeout", type=float, default=1800,
                         help="seconds the worker gets to handle every event; then its rate so far is reported")

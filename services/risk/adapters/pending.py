@@ -52,19 +52,22 @@ async def assign_sort_times(conn: asyncpg.Connection) -> None:
         "INSERT INTO risk_stream_partitions (topic, partition)"
         " SELECT DISTINCT topic, partition FROM risk_pending_events WHERE sort_time IS NULL"
         " ON CONFLICT DO NOTHING")
+    # Only the rows staged since the last call are read (a partial index holds them), not every
+    # event still waiting for its turn.
     await conn.execute(
         "WITH ordered AS ("
         '  SELECT e.topic, e.partition, e."offset", GREATEST(p.max_time, max(e.event_time) OVER ('
         '    PARTITION BY e.topic, e.partition ORDER BY e."offset")) AS sort_time'
         "  FROM risk_pending_events e JOIN risk_stream_partitions p USING (topic, partition)"
-        "  WHERE e.sort_time IS NULL)"
-        " UPDATE risk_pending_events e SET sort_time = o.sort_time FROM ordered o"
-        ' WHERE e.topic = o.topic AND e.partition = o.partition AND e."offset" = o."offset"')
-    await conn.execute(
-        "UPDATE risk_stream_partitions p SET max_time = GREATEST(p.max_time, s.max_time),"
+        "  WHERE e.sort_time IS NULL),"
+        " assigned AS ("
+        "  UPDATE risk_pending_events e SET sort_time = o.sort_time FROM ordered o"
+        '  WHERE e.sort_time IS NULL AND e.topic = o.topic AND e.partition = o.partition AND e."offset" = o."offset"'
+        '  RETURNING e.topic, e.partition, e."offset", e.sort_time)'
+        " UPDATE risk_stream_partitions p SET max_time = GREATEST(p.max_time, s.max_time),"
         "   next_offset = GREATEST(p.next_offset, s.next_offset)"
         ' FROM (SELECT topic, partition, max(sort_time) AS max_time, max("offset") + 1 AS next_offset'
-        "       FROM risk_pending_events GROUP BY topic, partition) s"
+        "       FROM assigned GROUP BY topic, partition) s"
         " WHERE p.topic = s.topic AND p.partition = s.partition")
 
 
@@ -91,16 +94,18 @@ async def due(conn: asyncpg.Connection, limit: int, *, everything_staged: bool =
     sorts before them. `everything_staged` (no consumer to ask: a test driving the handlers, a
     batch replayed by hand) lets every staged event through. A customer with an event that
     failed waits whole unless `retry_failed`."""
+    # The watermark first, so that the fold order's index can stop at it: the events beyond it
+    # (a rebuild stages far ahead of what it may fold) are never read.
+    watermark = None if everything_staged else await conn.fetchval(
+        "SELECT min(max_time) FROM risk_stream_partitions WHERE highwater IS NULL OR next_offset < highwater")
     rows = await conn.fetch(
-        "WITH watermark AS (SELECT min(max_time) AS at FROM risk_stream_partitions"
-        "                   WHERE highwater IS NULL OR next_offset < highwater)"
-        ' SELECT e.topic, e.partition, e."offset", e.tenant_id, e.customer_id, e.envelope'
-        " FROM risk_pending_events e, watermark w"
-        " WHERE e.sort_time IS NOT NULL AND ($2 OR w.at IS NULL OR e.sort_time < w.at)"
+        'SELECT e.topic, e.partition, e."offset", e.tenant_id, e.customer_id, e.envelope'
+        " FROM risk_pending_events e"
+        " WHERE e.sort_time IS NOT NULL AND e.sort_time < coalesce($2::timestamptz, 'infinity')"
         "   AND ($3 OR NOT EXISTS (SELECT 1 FROM risk_pending_events f WHERE f.failed IS NOT NULL"
         "                         AND f.tenant_id = e.tenant_id AND f.customer_id = e.customer_id))"
         ' ORDER BY e.sort_time, e.topic, e.partition, e."offset" LIMIT $1',
-        limit, everything_staged, retry_failed)
+        limit, watermark, retry_failed)
     return [Due(r["topic"], r["partition"], r["offset"], r["tenant_id"], r["customer_id"], r["envelope"])
             for r in rows]
 

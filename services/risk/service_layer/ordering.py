@@ -20,6 +20,7 @@ and holds back its customer's later events only; it is retried every minute
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -42,6 +43,7 @@ EVENTS_HELD = Gauge("tahsilat_risk_events_held", "Risk events whose fold failed 
 
 # One advance at a time across workers: sort times and the watermark are computed over every partition.
 _ADVANCE_LOCK = 0x5249534B  # "RISK"
+COUNT_EVERY = 5.0  # seconds between counts of the waiting events (the gauges), while folds run full
 
 Positions = Callable[[], Mapping[Partition, tuple[int | None, int | None]]]
 """The consumer's view of its source partitions: (log end offset or None, committed offset or None)."""
@@ -84,6 +86,7 @@ class OrderedRisk:
         self.positions, self.fold_limit = positions, fold_limit
         self.parsed: Parsed = parsed if parsed is not None else {}  # filled by staging_handlers(parsed)
         self._advancing = asyncio.Lock()  # a batch's advance and the timer's take turns in this process
+        self._counted_at = float("-inf")
 
     async def process_batch(self, records: Sequence[Any]) -> None:
         await self.processor.process_batch(records)
@@ -127,9 +130,13 @@ class OrderedRisk:
                                      retry_failed=retry_failed)
             folded = await self._fold(conn, rows) if rows else []
             await pending.done(conn, folded)
-            waiting, held = await pending.counts(conn)
-        EVENTS_WAITING.set(waiting)
-        EVENTS_HELD.set(held)
+            counted = time.monotonic() - self._counted_at > COUNT_EVERY or len(folded) < self.fold_limit
+            if counted:  # a count reads every waiting event: not after each of a rebuild's batches
+                waiting, held = await pending.counts(conn)
+        if counted:
+            self._counted_at = time.monotonic()
+            EVENTS_WAITING.set(waiting)
+            EVENTS_HELD.set(held)
         return len(folded)  # below the limit (some held back, or no more due): the loop stops
 
     async def _fold(self, conn: asyncpg.Connection, rows: list[Due]) -> list[Due]:
