@@ -52,22 +52,19 @@ async def assign_sort_times(conn: asyncpg.Connection) -> None:
         "INSERT INTO risk_stream_partitions (topic, partition)"
         " SELECT DISTINCT topic, partition FROM risk_pending_events WHERE sort_time IS NULL"
         " ON CONFLICT DO NOTHING")
-    # Only the rows staged since the last call are read (a partial index holds them), not every
-    # event still waiting for its turn.
     await conn.execute(
         "WITH ordered AS ("
         '  SELECT e.topic, e.partition, e."offset", GREATEST(p.max_time, max(e.event_time) OVER ('
         '    PARTITION BY e.topic, e.partition ORDER BY e."offset")) AS sort_time'
         "  FROM risk_pending_events e JOIN risk_stream_partitions p USING (topic, partition)"
-        "  WHERE e.sort_time IS NULL),"
-        " assigned AS ("
-        "  UPDATE risk_pending_events e SET sort_time = o.sort_time FROM ordered o"
-        '  WHERE e.sort_time IS NULL AND e.topic = o.topic AND e.partition = o.partition AND e."offset" = o."offset"'
-        '  RETURNING e.topic, e.partition, e."offset", e.sort_time)'
-        " UPDATE risk_stream_partitions p SET max_time = GREATEST(p.max_time, s.max_time),"
+        "  WHERE e.sort_time IS NULL)"
+        " UPDATE risk_pending_events e SET sort_time = o.sort_time FROM ordered o"
+        ' WHERE e.topic = o.topic AND e.partition = o.partition AND e."offset" = o."offset"')
+    await conn.execute(
+        "UPDATE risk_stream_partitions p SET max_time = GREATEST(p.max_time, s.max_time),"
         "   next_offset = GREATEST(p.next_offset, s.next_offset)"
         ' FROM (SELECT topic, partition, max(sort_time) AS max_time, max("offset") + 1 AS next_offset'
-        "       FROM assigned GROUP BY topic, partition) s"
+        "       FROM risk_pending_events GROUP BY topic, partition) s"
         " WHERE p.topic = s.topic AND p.partition = s.partition")
 
 

@@ -43,7 +43,7 @@ EVENTS_HELD = Gauge("tahsilat_risk_events_held", "Risk events whose fold failed 
 
 # One advance at a time across workers: sort times and the watermark are computed over every partition.
 _ADVANCE_LOCK = 0x5249534B  # "RISK"
-COUNT_EVERY = 5.0  # seconds between counts of the waiting events (the gauges), while folds run full
+COUNT_EVERY = 5.0  # seconds between counts of the waiting events (the gauges)
 
 Positions = Callable[[], Mapping[Partition, tuple[int | None, int | None]]]
 """The consumer's view of its source partitions: (log end offset or None, committed offset or None)."""
@@ -130,8 +130,8 @@ class OrderedRisk:
                                      retry_failed=retry_failed)
             folded = await self._fold(conn, rows) if rows else []
             await pending.done(conn, folded)
-            counted = time.monotonic() - self._counted_at > COUNT_EVERY or len(folded) < self.fold_limit
-            if counted:  # a count reads every waiting event: not after each of a rebuild's batches
+            counted = time.monotonic() - self._counted_at > COUNT_EVERY
+            if counted:  # a count reads every waiting event: not after every batch
                 waiting, held = await pending.counts(conn)
         if counted:
             self._counted_at = time.monotonic()
