@@ -16,6 +16,7 @@ import pytest
 
 from services.risk.bootstrap import MIGRATIONS
 from services.risk.service_layer.handlers import Risk
+from services.risk.service_layer import ordering
 from services.risk.service_layer.ordering import OrderedRisk, staging_handlers
 from shared.clock import ManualClock
 from shared.contract import (
@@ -129,8 +130,8 @@ async def apply(url: str, batches: list[list[bytes]]) -> dict:
     return await apply_records(url, fed)
 
 
-async def apply_records(url: str, batches: list[list[Record]], log_ends: dict[tuple[str, int], int] | None = None
-                        ) -> dict:
+async def apply_records(url: str, batches: list[list[Record]], log_ends: dict[tuple[str, int], int] | None = None,
+                        parsed: dict | None = None) -> dict:
     """Feed `batches` through the behaviour consumer's path; `log_ends` plays the consumer's
     view of the partitions (every record already on the broker, as in a rebuild), None: no
     consumer behind the records (each batch folds at once)."""
@@ -142,8 +143,8 @@ async def apply_records(url: str, batches: list[list[Record]], log_ends: dict[tu
     positions = None if log_ends is None else (lambda: {tp: (end, None) for tp, end in log_ends.items()})
     try:
         processor = OrderedRisk(Risk(ManualClock(START), Topics("")), pool, EventProcessor(
-            service="risk", name="risk.replay", pool=pool, dead_letter=no_dead_letters, handlers=staging_handlers()),
-            positions=positions)
+            service="risk", name="risk.replay", pool=pool, dead_letter=no_dead_letters,
+            handlers=staging_handlers(parsed)), positions=positions, parsed=parsed)
         for batch in batches:
             await processor.process_batch(batch)
         async with pool.acquire() as conn:
@@ -244,6 +245,19 @@ def shuffled(records: list[Record], size: int) -> list[list[Record]]:
         if not queues[tp]:
             del queues[tp]
     return [flat[i:i + size] for i in range(0, len(flat), size)]
+
+
+async def test_the_parse_cache_changes_nothing_and_forgets_what_another_worker_folded(stores, monkeypatch):
+    events = history()
+    batches = [[Record(v, offset=i + j) for j, v in enumerate(events[i:i + 4])] for i in range(0, len(events), 4)]
+    without = await apply_records(stores[0], batches)
+    monkeypatch.setattr(ordering, "PARSED_KEPT", 6)
+    # events another worker staged and folded (nothing of them waits in this store): never popped here
+    stale = {("replay", 0, 10_000 + i): None for i in range(6)}
+    parsed = dict(stale)
+    with_cache = await apply_records(stores[1], batches, parsed=parsed)
+    assert with_cache == without
+    assert not set(parsed) & set(stale) and len(parsed) <= 6
 
 
 async def test_a_rebuild_gives_the_same_events_however_the_consumer_interleaves_the_three_topics(stores):

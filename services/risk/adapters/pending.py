@@ -107,6 +107,12 @@ async def due(conn: asyncpg.Connection, limit: int, *, everything_staged: bool =
             for r in rows]
 
 
+async def first_waiting(conn: asyncpg.Connection) -> dict[Partition, int]:
+    """Each partition's lowest offset still staged: everything before it has been folded."""
+    return {(r["topic"], r["partition"]): r["first"] for r in await conn.fetch(
+        'SELECT topic, partition, min("offset") AS first FROM risk_pending_events GROUP BY topic, partition')}
+
+
 async def counts(conn: asyncpg.Connection) -> tuple[int, int]:
     """(events waiting, events whose fold failed)."""
     r = await conn.fetchrow("SELECT count(*) AS waiting, count(failed) AS held FROM risk_pending_events")

@@ -91,8 +91,13 @@ def _number(value: int | float | str, language: str) -> str:
 
 
 def explain(name: str, params: Mapping[str, int | float | str], language: str = "en") -> str:
+    return _explained(name, tuple(params.items()), language)
+
+
+@lru_cache(maxsize=16384)  # a factor's few numbers repeat: most explanations were said before
+def _explained(name: str, params: tuple[tuple[str, int | float | str], ...], language: str) -> str:
     texts = TEXTS.get(name)
     if texts is None:
         return name.replace("_", " ")
     language = language if language in LANGUAGES else "en"
-    return texts[language].format(**{k: _number(v, language) for k, v in params.items()})
+    return texts[language].format(**{k: _number(v, language) for k, v in params})

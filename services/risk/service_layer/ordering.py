@@ -52,7 +52,7 @@ Positions = Callable[[], Mapping[Partition, tuple[int | None, int | None]]]
 Parsed = dict[tuple[str, int, int], Event]
 """Events as staged, by (topic, partition, offset), so that folding them in this process need
 not parse their envelopes again (a cache: what is not in it is parsed from the staged row)."""
-PARSED_KEPT = 50_000  # at most; beyond it the cache starts again (events of revoked partitions...)
+PARSED_KEPT = 50_000  # at most; when full, what another worker folded meanwhile is taken out
 
 
 def staging_handlers(parsed: Parsed | None = None) -> dict[str, Handler]:
@@ -62,10 +62,9 @@ def staging_handlers(parsed: Parsed | None = None) -> dict[str, Handler]:
             Staged(e.record.topic, e.record.partition, e.record.offset, e.envelope.tenant_id, e.payload.customer_id,
                    e.envelope.time, _text(e.record.value))
             for e in events])
-        if parsed is not None:
-            if len(parsed) > PARSED_KEPT:
-                parsed.clear()
-            parsed.update(((e.record.topic, e.record.partition, e.record.offset), e) for e in events)
+        if parsed is not None:  # when full, the new ones wait: events fold roughly in the order staged
+            for e in events[:max(0, PARSED_KEPT - len(parsed))]:
+                parsed[(e.record.topic, e.record.partition, e.record.offset)] = e
 
     return {kind: stage for kind in EVENT_TYPES}
 
@@ -130,6 +129,8 @@ class OrderedRisk:
                                      retry_failed=retry_failed)
             folded = await self._fold(conn, rows) if rows else []
             await pending.done(conn, folded)
+            if len(self.parsed) >= PARSED_KEPT:
+                await self._forget_folded(conn)
             counted = time.monotonic() - self._counted_at > COUNT_EVERY
             if counted:  # a count reads every waiting event: not after every batch
                 waiting, held = await pending.counts(conn)
@@ -138,6 +139,13 @@ class OrderedRisk:
             EVENTS_WAITING.set(waiting)
             EVENTS_HELD.set(held)
         return len(folded)  # below the limit (some held back, or no more due): the loop stops
+
+    async def _forget_folded(self, conn: asyncpg.Connection) -> None:
+        """Take out of the parse cache the events folded by another worker (or before a rebalance):
+        a partition folds in offset order, so those before its first waiting event."""
+        first = await pending.first_waiting(conn)
+        for key in [k for k in self.parsed if k[2] < first.get(k[:2], k[2] + 1)]:
+            del self.parsed[key]
 
     async def _fold(self, conn: asyncpg.Connection, rows: list[Due]) -> list[Due]:
         """Fold `rows` (in order); returns those folded. A failure is narrowed down to its
