@@ -19,7 +19,7 @@ Quick check: `--invoices 20000 --customers 2000 --seconds 10`.
    - each consumer alone (`Platform.restart`), timed from when it can work (dunning, notifier:
      GET /health/ready is 200, i.e. its consumer holds partitions; risk, whose readiness also
      needs risk-stream: its first inbox transaction) until its group's committed offsets cover
-     every record of the topic (risk.behaviour: it commits after folding each batch in order);
+     every record of the topic (risk.behaviour: and has folded every event it staged);
      the start of its last batch's transaction (the inbox) is printed as well. A consumer still
      draining after --drain-timeout is reported with the rate it had until then;
    - all three together, on a second set of invoices (for new customers) ingested while they were
@@ -94,13 +94,16 @@ class Consumer:
     inbox: str  # its consumer name in the inbox
     service: str  # whose database
     handles: str  # what it does with the invoicing topic's records
+    waiting: str | None = None  # SQL counting records it took (offsets committed) but has not finished
 
 
 CONSUMERS = (
     Consumer("dunning", "dunning.events", "dunning.events", "dunning",
              "opens a case with its steps per InvoiceIssued, keeps CustomerUpserted's timezone"),
     Consumer("risk", "risk.behaviour", "risk.behaviour", "risk",
-             "folds InvoiceIssued into payment behaviour, may publish RiskAssessed; ignores CustomerUpserted"),
+             "folds InvoiceIssued into payment behaviour, may publish RiskAssessed; ignores CustomerUpserted",
+             # a batch's events wait, staged, until no partition can deliver an earlier one
+             "SELECT count(*) FROM risk_pending_events"),
     Consumer("notifier", "notifier.requests", "notifier.requests", "notifier",
              "keeps CustomerUpserted as contacts; parses and ignores InvoiceIssued"),
 )
@@ -464,6 +467,8 @@ async def drain(platform: Platform, pools: dict[str, asyncpg.Pool], consumers: l
                                 c.inbox, since)
                             d.first_tx = first.timestamp() if first is not None else None
                         d.committed = await readers[c.process].total() - baseline[c.process]
+                        if c.waiting:
+                            d.committed = max(0, d.committed - await pools[c.service].fetchval(c.waiting))
                         progress.update(tasks[c.process], completed=d.committed)
                         if d.finished or out_of_time:
                             d.ended = time.time()
