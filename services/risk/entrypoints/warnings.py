@@ -266,6 +266,10 @@ def register(app: faust.App, source: Any, settings: RiskSettings) -> StreamView:
             dead_letter=own_failures(DeadLetters(producer, topics.dead_letter, service=settings.service_name,
                                                  consumer=CONSUMER)),
         )
+        # A batch's table changes put a changelog record per window into faust's producer buffer;
+        # past 100 faust stops the stream until they are flushed one at a time. A batch's worth
+        # is fine: the producer batches them (producer_linger).
+        app.producer.buffer.max_messages = 20 * settings.consumer_max_batch
         log.info("early-warning agent started")
         try:
             async for events in stream.take_events(settings.consumer_max_batch, within=0.02):
