@@ -194,6 +194,8 @@ async def test_each_outcome_does_what_it_says_in_one_go_and_is_logged(dunning, k
     clock.set(at(date(2026, 3, 17), 12))
     await wait_for(lambda: app.state.pool.fetchval(
         "SELECT count(*) = 0 FROM cases WHERE status = 'open' AND next_due_at <= $1", clock.now()), message="settled")
+    # the steps are done, but their notices may still sit in the outbox
+    await wait_for(lambda: app.state.pool.fetchval("SELECT count(*) = 0 FROM outbox"), message="all published")
     sent = await requested(kafka_bootstrap, topics)
     assert sorted(e.data["customer_id"] for e in sent if e.data["step"].startswith("overdue_7")) == ["C4", "C4"]
 
