@@ -212,7 +212,7 @@ def _twilio_message(record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-async def _send_status_callback(record: dict[str, Any], auth_token: str) -> None:
+async def _send_status_callback(record: dict[str, Any], auth_token: str, client: httpx.AsyncClient) -> None:
     """Report the message's fate to its StatusCallback as Twilio does: a signed form POST. Retried on
     connection errors only (an answer, whatever its status, is an answer)."""
     to = record["to"]
@@ -232,20 +232,19 @@ async def _send_status_callback(record: dict[str, Any], auth_token: str) -> None
     record["callback"] = outcome
     delay = 0.1
     await asyncio.sleep(delay)  # after the API reply, as the real thing: status arrives later
-    async with httpx.AsyncClient(timeout=5) as client:
-        for attempt in range(1, CALLBACK_ATTEMPTS + 1):
-            outcome["attempts"] = attempt
-            try:
-                response = await client.post(url, data=params, headers=headers)
-            except httpx.TransportError as exc:
-                outcome["error"] = repr(exc)
-                if attempt < CALLBACK_ATTEMPTS:
-                    await asyncio.sleep(delay)
-                    delay *= 2
-                continue
-            outcome.pop("error", None)
-            outcome["answered"] = response.status_code
-            return
+    for attempt in range(1, CALLBACK_ATTEMPTS + 1):
+        outcome["attempts"] = attempt
+        try:
+            response = await client.post(url, data=params, headers=headers)
+        except httpx.TransportError as exc:
+            outcome["error"] = repr(exc)
+            if attempt < CALLBACK_ATTEMPTS:
+                await asyncio.sleep(delay)
+                delay *= 2
+            continue
+        outcome.pop("error", None)
+        outcome["answered"] = response.status_code
+        return
 
 
 def _render_page(store: SinkStore) -> str:
@@ -281,10 +280,14 @@ def _render_page(store: SinkStore) -> str:
 def create_app(store: SinkStore, *, twilio_account_sid: str = TWILIO_ACCOUNT_SID,
                twilio_auth_token: str = TWILIO_AUTH_TOKEN) -> FastAPI:
     """The HTTP side: the SMS provider APIs and a webhook receiver, plus read access to everything
-    received. Status callbacks run as tasks in `app.state.background` (cancel them on shutdown)."""
+    received. Status callbacks run as tasks in `app.state.background` (cancel them on shutdown,
+    then close `app.state.callbacks`)."""
     app = FastAPI(title="Tahsilat sinks")
     background: set[asyncio.Task[None]] = set()
     app.state.background = background
+    # one client for every callback: a new one per SMS built an SSL context each time, which made
+    # the sink, not the notifier, what limited a load test
+    app.state.callbacks = None
 
     @app.get("/health")
     async def health() -> dict[str, str]:
@@ -321,7 +324,9 @@ def create_app(store: SinkStore, *, twilio_account_sid: str = TWILIO_ACCOUNT_SID
             "provider": "twilio", "sid": f"SM{uuid.uuid4().hex}", "account_sid": account_sid, "from": sender,
             "messaging_service_sid": service, "status_callback": callback})
         if new and callback:
-            task = asyncio.create_task(_send_status_callback(record, twilio_auth_token))
+            if app.state.callbacks is None:
+                app.state.callbacks = httpx.AsyncClient(timeout=5)
+            task = asyncio.create_task(_send_status_callback(record, twilio_auth_token, app.state.callbacks))
             background.add(task)
             task.add_done_callback(background.discard)
         return JSONResponse(status_code=201, content=_twilio_message(record))
@@ -416,6 +421,8 @@ async def run_sinks(host: str, smtp_port: int, http_port: int, directory: Path |
         for task in list(app.state.background):  # status callbacks still retrying
             task.cancel()
         await asyncio.gather(*list(app.state.background), return_exceptions=True)
+        if app.state.callbacks is not None:
+            await app.state.callbacks.aclose()
         smtp.close()
         for proto in list(sessions):
             if proto.transport is not None:
