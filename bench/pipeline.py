@@ -22,6 +22,12 @@ Quick check: `--invoices 20000 --customers 2000 --seconds 10`.
      every record of the topic (risk.behaviour: and has folded every event it staged);
      the start of its last batch's transaction (the inbox) is printed as well. A consumer still
      draining after --drain-timeout is reported with the rate it had until then;
+   - after each: its write-set ceiling. The rows it left in its database (the tables that grew)
+     are COPYed into a freshly migrated copy of that database, one transaction per 5,000 records,
+     with no reads, no foreign-key checks or triggers, no topic to read: the least writing that set
+     costs here. Its ratio to the yardstick is the most any consumer writing that set could reach,
+     so it says whether the 0.5 goal is within this machine; the consumer's ratio to it is how
+     close it comes (`--no-ceiling` skips it);
    - all three together, on a second set of invoices (for new customers) ingested while they were
      stopped: each catches up on the same backlog while sharing the two cores.
    The goals: >= 5,000 events/s through each consumer, and >= 0.5 of the yardstick.
@@ -72,8 +78,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from bench.ingest import post_invoices
+from services.dunning.bootstrap import MIGRATIONS as DUNNING_MIGRATIONS
+from services.notifier.bootstrap import MIGRATIONS as NOTIFIER_MIGRATIONS
+from services.risk.bootstrap import MIGRATIONS as RISK_MIGRATIONS
 from shared.clock import FileClock
-from shared.db import drop_database, ensure_database, with_database
+from shared.db import drop_database, ensure_database, migrate, with_database
 from shared.logging import configure_logging
 from tahsilat.keys import create_key
 from tahsilat.platform import Platform, PlatformOptions
@@ -599,6 +608,82 @@ async def yardstick_once(bootstrap: str, topic: str, pool: asyncpg.Pool, table: 
     return seconds
 
 
+# -- the write-set ceiling ---------------------------------------------------------------------------
+
+MIGRATIONS = {"dunning": DUNNING_MIGRATIONS, "risk": RISK_MIGRATIONS, "notifier": NOTIFIER_MIGRATIONS}
+CEILING_BATCH = 5000  # records a transaction: the yardstick's poll batch
+
+
+async def row_counts(pool: asyncpg.Pool) -> dict[str, int]:
+    tables = [r["relname"] for r in await pool.fetch(
+        "SELECT relname FROM pg_stat_user_tables WHERE schemaname = 'public' AND relname <> 'schema_migrations'")]
+    return {t: await pool.fetchval(f"SELECT count(*) FROM {_ident(t)}") for t in tables}
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+@dataclass
+class Ceiling:
+    tables: dict[str, int]  # rows written, by table
+    transactions: int
+    seconds: float  # the COPYs
+    records: int
+
+    @property
+    def rate(self) -> float:
+        return self.records / self.seconds
+
+    def with_topic(self, yard_rate: float) -> float:
+        """Records/s if reading the topic (what the yardstick spends a record) came on top."""
+        return self.records / (self.seconds + self.records / yard_rate)
+
+
+async def write_set_ceiling(server: str, service: str, source: asyncpg.Pool, grew: list[str], records: int,
+                            db_name: str) -> Ceiling:
+    """What the consumer left in its database, written again into a freshly migrated copy of it
+    with binary COPY and nothing else: its rows split evenly over one transaction per
+    CEILING_BATCH records. No reads, no decisions, no foreign-key checks or triggers
+    (session_replication_role = replica), so an upper bound on what any consumer writing that set
+    could do here. Rows it wrote and deleted again (outbox rows the relay published) are not in it."""
+    url = with_database(server, db_name)
+    await ensure_database(server, db_name)
+    await migrate(url, MIGRATIONS[service])
+    rows = {}
+    for t in grew:
+        columns = [r["column_name"] for r in await source.fetch(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = 'public' AND table_name = $1"
+            " AND is_generated = 'NEVER' ORDER BY ordinal_position", t)]
+        rows[t] = (columns, await source.fetch(f"SELECT {', '.join(map(_ident, columns))} FROM {_ident(t)}"))
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute("SET session_replication_role = replica")
+        await conn.execute(f"TRUNCATE {', '.join(map(_ident, grew))}")  # what the migrations seeded
+        k = max(1, math.ceil(records / CEILING_BATCH))
+        started = time.perf_counter()
+        for i in range(k):
+            async with conn.transaction():
+                for t, (columns, all_rows) in rows.items():
+                    part = all_rows[len(all_rows) * i // k: len(all_rows) * (i + 1) // k]
+                    if part:
+                        await conn.copy_records_to_table(t, records=[tuple(r) for r in part], columns=columns)
+        seconds = time.perf_counter() - started
+    finally:
+        await conn.close()
+        await drop_database(server, db_name)
+    return Ceiling({t: len(r) for t, (_, r) in rows.items()}, k, seconds, records)
+
+
+def describe_ceiling(c: Ceiling, d: Drain, yard_rate: float) -> str:
+    tables = ", ".join(f"{t} {n:,}" for t, n in sorted(c.tables.items(), key=lambda kv: -kv[1]))
+    bound = c.with_topic(yard_rate)
+    return (f"    ceiling: its write set ({sum(c.tables.values()):,} rows: {tables}) by COPY alone in"
+            f" {c.transactions} transactions: {c.seconds:.2f} s = {c.rate:,.0f} records/s ({c.rate / yard_rate:.3f}"
+            f" of the yardstick); {d.name} / it: {d.rate / c.rate:.3f}. With the yardstick's whole time per record"
+            f" added (reading the topic, and its own inserts): {bound:,.0f}/s; {d.name} / that: {d.rate / bound:.3f}")
+
+
 async def throughput(args: argparse.Namespace, work: Path, summary: dict) -> None:
     platform = new_platform(work, "throughput")
     yard_db = f"{platform.options.db_prefix}_yardstick"
@@ -650,11 +735,18 @@ async def throughput(args: argparse.Namespace, work: Path, summary: dict) -> Non
         alone = []
         for c in CONSUMERS:
             console.print(f"    {c.process}: {c.handles} …")
+            before = await row_counts(pools[c.service])
             meter.start()
             [d] = await drain(platform, pools, [c], ends, "alone", args.drain_timeout)
             console.print(describe_drain(d, yard_rate) + f"; {load()}")
             console.print(f"    {meter.stop()}")
             console.print(f"    {await table_reads(pools, (c.service,))}")
+            if args.ceiling and d.finished:
+                grew = [t for t, n in (await row_counts(pools[c.service])).items() if n > before.get(t, 0)]
+                ceiling = await write_set_ceiling(server, c.service, pools[c.service], grew, d.records,
+                                                  f"{platform.options.db_prefix}_ceiling")
+                console.print(describe_ceiling(ceiling, d, yard_rate))
+                summary.setdefault("ceilings", {})[c.process] = ceiling
             await stop_processes(platform, [c.process])
             alone.append(d)
         summary["alone"] = alone
@@ -968,10 +1060,18 @@ def report(args: argparse.Namespace, summary: dict) -> None:
                               f"{d.rate:,.0f}",
                               f"{d.rate / yard:.3f}", f">= {TARGET_RATE:,}/s, >= {TARGET_RATIO}", verdict(ok),
                               f"{(d.last_tx or math.nan) - d.started:.2f} s: {d.handled_rate:,.0f}/s")
+        for name, c in summary.get("ceilings", {}).items():
+            mine = next(d for d in summary["alone"] if d.name == name)
+            table.add_row(f"{name}'s write set by COPY alone", f"{c.records:,}", f"{c.seconds:.2f}", f"{c.rate:,.0f}",
+                          f"{c.rate / yard:.3f}", "", "", f"{name} alone / it: {mine.rate / c.rate:.3f}")
         console.print(table)
         console.print("s: from when the consumer could work (dunning, notifier: ready; risk: its first"
                       " inbox transaction) until its group's committed offsets covered every record; the last"
-                      " column ends at the start of the last batch's transaction instead.")
+                      " column ends at the start of the last batch's transaction instead. Write set by COPY alone:"
+                      " the rows the consumer left in its database, COPYed into a fresh copy of it, one transaction"
+                      f" per {CEILING_BATCH:,} records, with no reads, checks or triggers and no topic to read: a"
+                      " ceiling for any consumer that writes that set here (its ratio to the yardstick is the"
+                      " most a consumer writing it could reach).")
     if "latency" in summary:
         lat = summary["latency"]
         table = Table(title=f"latency: {lat['sent']:,} invoices in {lat['seconds']:.1f} s ({lat['rate']:,.0f}/s"
@@ -1020,6 +1120,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-together", dest="together", action="store_false",
                         help="throughput: skip the run of all three consumers together (and its second ingest)")
     parser.add_argument("--only", choices=("throughput", "latency"))
+    parser.add_argument("--no-ceiling", dest="ceiling", action="store_false",
+                        help="throughput: skip each consumer's write-set ceiling")
     args = parser.parse_args(argv)
     configure_logging("bench", "warning", "console")
     with tempfile.TemporaryDirectory(prefix="tahsilat-pipeline-") as tmp:

@@ -9,6 +9,7 @@ import re
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal, InvalidOperation
+from functools import lru_cache
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
@@ -248,6 +249,7 @@ class PlannedStep:
     due_at: datetime
 
 
+@lru_cache(maxsize=1 << 16)  # a batch's invoices share a few due dates and timezones: 6 steps each
 def step_due_at(due_date: date, offset_days: int, timezone: str, hour: int) -> datetime:
     local = datetime.combine(due_date + timedelta(days=offset_days), time(hour), ZoneInfo(timezone))
     return local.astimezone(ZoneInfo("UTC"))
