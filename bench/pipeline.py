@@ -45,6 +45,10 @@ Quick check: `--invoices 20000 --customers 2000 --seconds 10`.
        moment, which is when the notice's lead invoice (whose step it is) joined its case (the step is
        due as it joins). Invoices that join before the step runs share its notice, so there are
        fewer emails than overdue invoices: the emails expected are dunning's email notices.
+   Yardstick for (a), in the same run: a raw aiokafka + asyncpg loop on the invoicing topic with
+   the services' fetch settings (one row per record, a transaction per poll), timed the same way
+   from the bulk reply to its commit: the relay, broker and PostgreSQL on the same loaded machine,
+   without a service's work.
    FileClock times are real time plus a fixed offset, subtracted before comparing with the
    wall-clock times of the replies and the sinks. Goals: p99 < 150 ms and < 500 ms.
 
@@ -83,6 +87,7 @@ from services.notifier.bootstrap import MIGRATIONS as NOTIFIER_MIGRATIONS
 from services.risk.bootstrap import MIGRATIONS as RISK_MIGRATIONS
 from shared.clock import FileClock
 from shared.db import drop_database, ensure_database, migrate, with_database
+from shared.kafka import ConsumerConfig
 from shared.logging import configure_logging
 from tahsilat.keys import create_key
 from tahsilat.platform import Platform, PlatformOptions
@@ -811,6 +816,62 @@ def ms(seconds: float) -> str:
     return "-" if math.isnan(seconds) else f"{seconds * 1000:,.0f}"
 
 
+class LatencyYardstick:
+    """The latency phase's yardstick, in the same run on the same loaded machine: a raw loop with
+    its own group, from the end of the invoicing topic, with the services' fetch settings,
+    inserting one row per record in one transaction per poll, then committing offsets. For each
+    InvoiceIssued, the moment its transaction had committed, so it compares with (a): the same
+    relay, broker and PostgreSQL, without a service's work."""
+
+    def __init__(self, bootstrap: str, topic: str, pool: asyncpg.Pool) -> None:
+        self.bootstrap, self.topic, self.pool = bootstrap, topic, pool
+        self.committed: dict[str, float] = {}
+        self._task: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        await self.pool.execute(_YARD_TABLE.format(t="latency_raw"))
+        self.consumer = AIOKafkaConsumer(
+            self.topic, bootstrap_servers=self.bootstrap, group_id=f"latency-raw-{uuid.uuid4().hex[:6]}",
+            enable_auto_commit=False, auto_offset_reset="latest", session_timeout_ms=10_000,
+            heartbeat_interval_ms=1_000, fetch_max_wait_ms=ConsumerConfig.fetch_max_wait_ms,
+            max_partition_fetch_bytes=8 * 1024 * 1024)
+        await self.consumer.start()
+        deadline = time.monotonic() + 60
+        while not self.consumer.assignment():  # joined, and at the end of every partition
+            if time.monotonic() > deadline:
+                raise TimeoutError("the latency yardstick got no partitions")
+            await self.consumer.getmany(timeout_ms=100)
+        for tp in self.consumer.assignment():
+            await self.consumer.position(tp)
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        insert = _YARD_INSERT.format(t="latency_raw")
+        while True:
+            batches = await self.consumer.getmany(timeout_ms=500, max_records=5000)
+            records = [r for rs in batches.values() for r in rs]
+            if not records:
+                continue
+            async with self.pool.acquire() as conn, conn.transaction():
+                await conn.execute(insert, [r.partition for r in records], [r.offset for r in records],
+                                   [r.key.decode() for r in records], [r.value.decode() for r in records])
+            done = time.time()
+            await self.consumer.commit({tp: rs[-1].offset + 1 for tp, rs in batches.items()})
+            for r in records:
+                envelope = json.loads(r.value)
+                if envelope.get("type") == "InvoiceIssued":
+                    self.committed[envelope["data"]["invoice_id"]] = done
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            if not self._task.cancelled() and self._task.exception() is not None:
+                raise self._task.exception()
+        await self.consumer.stop()
+
+
 async def latency(args: argparse.Namespace, work: Path, summary: dict) -> None:
     (work / "latency").mkdir(parents=True, exist_ok=True)
     clock_file = work / "latency" / "clock.json"
@@ -834,6 +895,7 @@ async def latency(args: argparse.Namespace, work: Path, summary: dict) -> None:
                                  limits=httpx.Limits(max_connections=MAX_IN_FLIGHT + 2))
         sinks = httpx.AsyncClient(base_url=platform.sinks_url, timeout=60)
         analyze: AutovacuumStandIn | None = None
+        yardstick: LatencyYardstick | None = None
         try:
             with progress_display() as progress:
                 task = progress.add_task("customers registered", total=customers)
@@ -881,8 +943,16 @@ async def latency(args: argparse.Namespace, work: Path, summary: dict) -> None:
                 finally:
                     slots.release()
 
+            yard_db = f"{platform.options.db_prefix}_yardstick"
+            await ensure_database(platform.server_url, yard_db)
+            pools["yardstick"] = await asyncpg.create_pool(with_database(platform.server_url, yard_db), min_size=1,
+                                                           max_size=2)
+            yardstick = LatencyYardstick(platform.bootstrap, platform.topics.invoicing, pools["yardstick"])
+            await yardstick.start()
+            console.print("    yardstick: a raw aiokafka + asyncpg loop on the invoicing topic runs alongside,"
+                          " one row per record, a transaction per poll")
             meter.start()
-            analyze = await AutovacuumStandIn(pools, ("dunning", "risk", "notifier")).__aenter__()
+            analyze = await AutovacuumStandIn(pools, ("invoicing", "dunning", "risk", "notifier")).__aenter__()
             with progress_display() as progress:
                 sending = progress.add_task("invoices sent (paced)", total=total)
                 requests = []
@@ -949,6 +1019,8 @@ async def latency(args: argparse.Namespace, work: Path, summary: dict) -> None:
         finally:
             if analyze is not None:
                 await analyze.__aexit__(None, None, None)
+            if yardstick is not None:
+                await yardstick.stop()
             await http.aclose()
             await sinks.aclose()
 
@@ -986,6 +1058,7 @@ async def latency(args: argparse.Namespace, work: Path, summary: dict) -> None:
             "SELECT event_id, processed_at FROM inbox WHERE event_type = 'NotificationRequested'")}
 
         case_lat = [opened[i] - reply for i, (_, reply) in replies.items() if i in opened]
+        raw_lat = [yardstick.committed[i] - reply for i, (_, reply) in replies.items() if i in yardstick.committed]
         case_upper = [opened[i] - issued[i] for i in replies if i in opened and i in issued]
         email_lat, sms_lat = [], []
         stages: dict[str, list[float]] = {"opened": [], "stored": [], "dispatched": [], "sink": []}
@@ -1013,6 +1086,7 @@ async def latency(args: argparse.Namespace, work: Path, summary: dict) -> None:
         rows = {
             "(a) InvoiceIssued committed -> case committed": (summarize(case_lat, len(replies)), TARGET_P99["case"]),
             "    same, from invoicing's transaction start": (summarize(case_upper, len(replies)), None),
+            "    yardstick: raw loop, its row committed": (summarize(raw_lat, len(replies)), None),
             "(b) step due -> email accepted by the SMTP sink": (summarize(email_lat, expected["email"]),
                                                                 TARGET_P99["email"]),
             "    1. case opened -> step executed (dunning timer)": (summarize(stages["opened"]), None),
@@ -1029,7 +1103,7 @@ async def latency(args: argparse.Namespace, work: Path, summary: dict) -> None:
     finally:
         for pool in pools.values():
             await pool.close()
-        await shut_down(platform, [])
+        await shut_down(platform, [f"{platform.options.db_prefix}_yardstick"])
 
 
 # -- the report -----------------------------------------------------------------------------------
