@@ -52,20 +52,29 @@ async def assign_sort_times(conn: asyncpg.Connection) -> None:
         "INSERT INTO risk_stream_partitions (topic, partition)"
         " SELECT DISTINCT topic, partition FROM risk_pending_events WHERE sort_time IS NULL"
         " ON CONFLICT DO NOTHING")
-    await conn.execute(
+    # Each partition moves by what was just assigned (the partition row already holds the rest):
+    # taking it from every staged event read the whole staging table once a batch.
+    moved = await conn.fetch(
         "WITH ordered AS ("
         '  SELECT e.topic, e.partition, e."offset", GREATEST(p.max_time, max(e.event_time) OVER ('
         '    PARTITION BY e.topic, e.partition ORDER BY e."offset")) AS sort_time'
         "  FROM risk_pending_events e JOIN risk_stream_partitions p USING (topic, partition)"
-        "  WHERE e.sort_time IS NULL)"
-        " UPDATE risk_pending_events e SET sort_time = o.sort_time FROM ordered o"
-        ' WHERE e.topic = o.topic AND e.partition = o.partition AND e."offset" = o."offset"')
-    await conn.execute(
-        "UPDATE risk_stream_partitions p SET max_time = GREATEST(p.max_time, s.max_time),"
-        "   next_offset = GREATEST(p.next_offset, s.next_offset)"
-        ' FROM (SELECT topic, partition, max(sort_time) AS max_time, max("offset") + 1 AS next_offset'
-        "       FROM risk_pending_events GROUP BY topic, partition) s"
-        " WHERE p.topic = s.topic AND p.partition = s.partition")
+        "  WHERE e.sort_time IS NULL),"
+        " assigned AS ("
+        "  UPDATE risk_pending_events e SET sort_time = o.sort_time FROM ordered o"
+        '  WHERE e.topic = o.topic AND e.partition = o.partition AND e."offset" = o."offset"'
+        '  RETURNING e.topic, e.partition, e."offset", e.sort_time)'
+        ' SELECT topic, partition, max(sort_time) AS max_time, max("offset") + 1 AS next_offset'
+        " FROM assigned GROUP BY topic, partition")
+    if moved:
+        await conn.execute(
+            "UPDATE risk_stream_partitions p SET max_time = GREATEST(p.max_time, s.max_time),"
+            "   next_offset = GREATEST(p.next_offset, s.next_offset)"
+            " FROM unnest($1::text[], $2::int[], $3::timestamptz[], $4::bigint[]) AS s(topic, partition, max_time,"
+            "   next_offset)"
+            " WHERE p.topic = s.topic AND p.partition = s.partition",
+            [r["topic"] for r in moved], [r["partition"] for r in moved], [r["max_time"] for r in moved],
+            [r["next_offset"] for r in moved])
 
 
 async def note_positions(conn: asyncpg.Connection, positions: Mapping[Partition, tuple[int | None, int | None]]) -> None:

@@ -110,21 +110,27 @@ class OrderedRisk:
         total, first = 0, True
         while True:
             noted = consumed if first else None
-            n = await retry_transient(lambda: self._advance_once(noted, retry_failed), what="folding staged risk events")
+            stage = first  # the events staged before this call get their sort times once, in the first round
+            n = await retry_transient(lambda: self._advance_once(noted, retry_failed, stage),
+                                      what="folding staged risk events")
             first, total = False, total + n
             if n < self.fold_limit:
                 return total
 
-    async def _advance_once(self, consumed: Mapping[Partition, int] | None, retry_failed: bool) -> int:
+    async def _advance_once(self, consumed: Mapping[Partition, int] | None, retry_failed: bool, stage: bool) -> int:
+        """One transaction: with `stage`, note the partitions' positions and give the staged events
+        their sort times (each a read of the events without one: not again for every round of a
+        long fold); then fold up to `fold_limit` of those whose turn has come."""
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", _ADVANCE_LOCK)
-            if self.positions is not None:
+            if stage and self.positions is not None:
                 noted = dict(self.positions())
                 for tp, next_offset in (consumed or {}).items():
                     highwater, committed = noted.get(tp, (None, None))
                     noted[tp] = (highwater, max(committed or 0, next_offset))
                 await pending.note_positions(conn, noted)
-            await pending.assign_sort_times(conn)
+            if stage:
+                await pending.assign_sort_times(conn)
             rows = await pending.due(conn, self.fold_limit, everything_staged=self.positions is None,
                                      retry_failed=retry_failed)
             folded = await self._fold(conn, rows) if rows else []
