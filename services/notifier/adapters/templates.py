@@ -216,10 +216,12 @@ def _as_date(value: Any) -> date:
     return value if isinstance(value, date) else date.fromisoformat(str(value)[:10])
 
 
+@lru_cache(maxsize=65_536)  # a notice's dates and counts repeat, and each is written for text and HTML
 def _date(value: Any, language: str) -> str:
     return native_digits(format_date(_as_date(value), format="medium", locale=language), language)
 
 
+@lru_cache(maxsize=65_536)
 def _integer(n: int, language: str) -> str:
     return native_digits(format_decimal(n, locale=language, numbering_system=numbering_system(language)), language)
 
@@ -274,7 +276,12 @@ def _list(values: list[Any], language: str, mode: _Mode) -> Any:
 
 
 def _plural(forms: dict[str, str], n: int, language: str) -> str:
-    return forms.get(Locale.parse(language).plural_form(n), forms["other"])
+    return forms.get(_locale(language).plural_form(n), forms["other"])
+
+
+@cache
+def _locale(language: str) -> Locale:
+    return Locale.parse(language)
 
 
 def _variables(notice: Notice, language: str, mode: _Mode) -> dict[str, Any]:
