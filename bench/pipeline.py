@@ -1171,7 +1171,8 @@ def report(args: argparse.Namespace, summary: dict) -> None:
         console.print("(a) ends at dunning's clock in its handler, just before its commit, and starts at the bulk"
                       " reply's arrival, after invoicing's commit; (b) starts when the notice's lead invoice joined its"
                       " case, the moment its step fell due; 2 ends when the notifier's consumer batch began its"
-                      " transaction; 3 ends at the notifier's clock as its dispatch batch began. \"never\": not there when the run stopped"
+                      " transaction; 3 ends at the notifier's clock as its dispatch batch began. \"never\": not there"
+                      " when the run stopped"
                       f" waiting (cases missing: {lat['missing cases']:,}, emails missing: {lat['missing emails']:,}),"
                       " counted as infinitely late.")
 
