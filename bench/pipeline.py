@@ -434,6 +434,7 @@ class Drain:
     first_tx: float | None = None
     last_tx: float | None = None
     handled: dict[str, int] = field(default_factory=dict)  # inbox rows by event type
+    workers: int = 1  # processes in its consumer group
 
     @property
     def finished(self) -> bool:
@@ -454,9 +455,11 @@ class Drain:
 
 
 async def drain(platform: Platform, pools: dict[str, asyncpg.Pool], consumers: list[Consumer],
-                ends: dict[TopicPartition, int], label: str, timeout: float) -> list[Drain]:
+                ends: dict[TopicPartition, int], label: str, timeout: float, workers: int = 1) -> list[Drain]:
     """Start `consumers` together and time each until its group's committed offsets on the
-    invoicing topic reach `ends` (the high watermarks), or `timeout` seconds have passed."""
+    invoicing topic reach `ends` (the high watermarks), or `timeout` seconds have passed. With
+    `workers` > 1, each runs that many processes in its group (the others as replicas, as more
+    Kubernetes pods would), stopped again at the end."""
     target = sum(ends.values())
     tps = list(ends)
     prefix = platform.options.topic_prefix
@@ -465,12 +468,15 @@ async def drain(platform: Platform, pools: dict[str, asyncpg.Pool], consumers: l
         await r.__aenter__()
     analyze = AutovacuumStandIn(pools, tuple(sorted({c.service for c in consumers})))
     await analyze.__aenter__()
+    replicas: list[str] = []
     try:
         baseline = {c.process: await readers[c.process].total() for c in consumers}
         launched = time.time()
         since = datetime.fromtimestamp(launched - 1, timezone.utc)
         await asyncio.gather(*(asyncio.to_thread(platform.restart, c.process) for c in consumers))
-        state = {c.process: Drain(c.process, target - baseline[c.process], launched) for c in consumers}
+        replicas += [platform.add_replica(c.process) for c in consumers for _ in range(workers - 1)]
+        state = {c.process: Drain(c.process, target - baseline[c.process], launched, workers=workers)
+                 for c in consumers}
         pending = set(state)
         deadline = time.monotonic() + timeout
         async with httpx.AsyncClient(timeout=1) as http:
@@ -518,6 +524,7 @@ async def drain(platform: Platform, pools: dict[str, asyncpg.Pool], consumers: l
                 " GROUP BY event_type ORDER BY event_type", c.inbox, since)}
         return [state[c.process] for c in consumers]
     finally:
+        await stop_processes(platform, replicas)
         await analyze.__aexit__(None, None, None)
         for r in readers.values():
             await r.__aexit__(None, None, None)
@@ -622,6 +629,7 @@ async def yardstick_once(bootstrap: str, topic: str, pool: asyncpg.Pool, table: 
 
 # -- the write-set ceiling ---------------------------------------------------------------------------
 
+SCALED = ("dunning", "risk")  # what --workers runs more processes of
 MIGRATIONS = {"dunning": DUNNING_MIGRATIONS, "risk": RISK_MIGRATIONS, "notifier": NOTIFIER_MIGRATIONS}
 CEILING_BATCH = 5000  # records a transaction: the yardstick's poll batch
 
@@ -748,10 +756,12 @@ async def throughput(args: argparse.Namespace, work: Path, summary: dict) -> Non
         alone = []
         chosen = [c for c in CONSUMERS if c.process in args.consumers]
         for c in chosen:
-            console.print(f"    {c.process}: {c.handles} …")
+            console.print(f"    {c.process}: {c.handles}"
+                          f"{f' ({args.workers} workers)' if args.workers > 1 and c.process in SCALED else ''} …")
             before = await row_counts(pools[c.service])
             meter.start()
-            [d] = await drain(platform, pools, [c], ends, "alone", args.drain_timeout)
+            [d] = await drain(platform, pools, [c], ends, "alone", args.drain_timeout,
+                              args.workers if c.process in SCALED else 1)
             console.print(describe_drain(d, yard_rate) + f"; {load()}")
             console.print(f"    {meter.stop()}")
             console.print(f"    {await table_reads(pools, (c.service,))}")
@@ -1140,7 +1150,8 @@ def report(args: argparse.Namespace, summary: dict) -> None:
                 ok = d.finished and d.rate >= TARGET_RATE and d.rate / yard >= TARGET_RATIO
                 records = f"{d.records:,}" if d.finished else f"{d.committed:,} of {d.records:,}"
                 seconds = f"{d.seconds:.2f}" + ("" if d.finished else " (out of time)")
-                table.add_row(f"{d.name} ({label})", records, seconds,
+                workers = f", {d.workers} workers" if d.workers > 1 else ""
+                table.add_row(f"{d.name} ({label}{workers})", records, seconds,
                               f"{d.rate:,.0f}",
                               f"{d.rate / yard:.3f}", f">= {TARGET_RATE:,}/s, >= {TARGET_RATIO}", verdict(ok),
                               f"{(d.last_tx or math.nan) - d.started:.2f} s: {d.handled_rate:,.0f}/s")
@@ -1207,6 +1218,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", choices=("throughput", "latency"))
     parser.add_argument("--consumers", type=lambda v: v.split(","), default=[c.process for c in CONSUMERS],
                         help="throughput: which to time, comma-separated (default: dunning,risk,notifier)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="throughput, each alone: processes in dunning's and risk's consumer group (replicas)")
     parser.add_argument("--no-ceiling", dest="ceiling", action="store_false",
                         help="throughput: skip each consumer's write-set ceiling")
     args = parser.parse_args(argv)
