@@ -109,9 +109,8 @@ class OrderedRisk:
     async def _advance(self, consumed: Mapping[Partition, int] | None, retry_failed: bool) -> int:
         total, first = 0, True
         while True:
-            noted = consumed if first else None
             stage = first  # the events staged before this call get their sort times once, in the first round
-            n = await retry_transient(lambda: self._advance_once(noted, retry_failed, stage),
+            n = await retry_transient(lambda: self._advance_once(consumed if stage else None, retry_failed, stage),
                                       what="folding staged risk events")
             first, total = False, total + n
             if n < self.fold_limit:
