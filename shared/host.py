@@ -16,7 +16,9 @@ from shared.auth import RateLimiter
 from shared.clock import Clock, clock_from
 from shared.contract import Topics
 from shared.db import create_pool, migrate
-from shared.http import OpsGuard, SecurityHeaders, install_error_handlers, install_health, install_outbox_admin
+from shared.http import (
+    KEEP_ALIVE_SECONDS, OpsGuard, SecurityHeaders, install_error_handlers, install_health, install_outbox_admin,
+)
 from shared.inbox import prune_inbox
 from shared.kafka import BatchProcessor, ConsumerConfig, DeadLetters, EventConsumer, ensure_topics, start_producer
 from shared.logging import configure_logging, get_logger
@@ -280,7 +282,8 @@ def serve(app: FastAPI, settings: ServiceSettings) -> None:
     """Run one service process until SIGINT/SIGTERM."""
     configure_logging(settings.service_name, settings.log_level, settings.log_format)
     config = uvicorn.Config(
-        app, host=settings.http_host, port=settings.http_port, log_config=None, access_log=False, lifespan="on"
+        app, host=settings.http_host, port=settings.http_port, log_config=None, access_log=False, lifespan="on",
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
     )
     uvicorn.Server(config).run()
 
@@ -297,7 +300,7 @@ async def serve_in_process(app: FastAPI, host: str = "127.0.0.1", port: int = 0,
             s.bind((host, 0))
             port = s.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False,
-                                           lifespan="on"))
+                                           lifespan="on", timeout_keep_alive=KEEP_ALIVE_SECONDS))
     task = asyncio.create_task(server.serve())
     deadline = asyncio.get_running_loop().time() + timeout
     while not server.started:

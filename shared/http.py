@@ -20,6 +20,11 @@ from shared.db import is_transient
 from shared.logging import get_logger
 from shared.outbox import discard_held, held_events, retry_held
 
+# Longer than any client's or load balancer's idle timeout (httpx 5 s, cloud load balancers 60 s),
+# so the client closes an idle keep-alive connection first. With uvicorn's 5 s, a client reusing a
+# connection just as the server closed it got a ReadError (a 502 behind a load balancer).
+KEEP_ALIVE_SECONDS = 75
+
 log = get_logger(__name__)
 
 

@@ -48,6 +48,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field
 
 from services.notifier.domain.signatures import TWILIO_SIGNATURE_HEADER, twilio_signature
+from shared.http import KEEP_ALIVE_SECONDS
 
 E164 = r"^\+[1-9][0-9]{1,14}$"
 TWILIO_ACCOUNT_SID = "ACsink"
@@ -406,7 +407,8 @@ async def run_sinks(host: str, smtp_port: int, http_port: int, directory: Path |
         raise
     app = create_app(store, twilio_account_sid=twilio_account_sid, twilio_auth_token=twilio_auth_token)
     config = uvicorn.Config(
-        app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=2
+        app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=2,
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
     )
     server = _Server(config)
     print(f"sinks: SMTP on {host}:{smtp_port}, HTTP on http://{host}:{http_port}", flush=True)
