@@ -3,12 +3,14 @@ server (DATABASE_URL, else the local one on 127.0.0.1:5432, else embedded-postgr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import signal
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from contextlib import closing
 from pathlib import Path
 
@@ -59,14 +61,24 @@ def require_free(port: int, what: str) -> None:
 
 def stop_process(proc: subprocess.Popen, grace: float = 5.0) -> None:
     """SIGTERM, then SIGKILL after `grace` seconds (a process stuck in a join may ignore SIGTERM)."""
-    if proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(grace)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
+    stop_processes([proc], grace)
+
+
+def stop_processes(procs: Sequence[subprocess.Popen], grace: float = 5.0) -> None:
+    """SIGTERM to every one at once, then SIGKILL to those still running `grace` seconds later:
+    stopping them one after another took up to `grace` each."""
+    running = [p for p in procs if p.poll() is None]
+    for p in running:
+        p.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for p in running:
+        try:
+            p.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+    for p in running:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            p.wait(5)
 
 
 class Broker:

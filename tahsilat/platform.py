@@ -23,7 +23,9 @@ import httpx
 from shared.contract import Topics
 from shared.db import database_name, drop_database, ensure_database, migrate, redact_url, with_database
 from shared.kafka import BrokerUnavailable, ensure_topics
-from tahsilat.embedded import Broker, StartupError, free_port, require_free, resolve_postgres, stop_process
+from tahsilat.embedded import (
+    Broker, StartupError, free_port, require_free, resolve_postgres, stop_processes,
+)
 from tahsilat.sinks import TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN
 
 SERVICES = ("invoicing", "dunning", "risk", "notifier")
@@ -351,8 +353,7 @@ class Platform:
                     p.restart_at = None
                     if p.proc is not None:
                         procs.append(p.proc)
-        for proc in procs:
-            stop_process(proc, grace=8)
+        stop_processes(procs, grace=8)
 
     async def drop_databases(self) -> None:
         for url in self.database_urls.values():
@@ -383,10 +384,8 @@ class Platform:
             for p in processes:
                 p.stopping = True
             self.processes.clear()
-        # Services first, the broker last, so no client is left looping on a dead broker.
-        for p in processes:
-            if p.proc is not None:
-                stop_process(p.proc, grace=8)
+        # Services first (together), the broker last, so no client is left looping on a dead broker.
+        stop_processes([p.proc for p in processes if p.proc is not None], grace=8)
         if self.broker is not None:
             self.broker.stop()
             self.broker = None

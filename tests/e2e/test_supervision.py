@@ -82,7 +82,12 @@ async def test_up_restarts_a_service_killed_with_kill_9(tmp_path, kafka_bootstra
 
         # Ctrl-C still stops everything, and nothing is restarted on the way out.
         proc.send_signal(signal.SIGINT)
-        assert await asyncio.to_thread(proc.wait, 60) == 0
+        try:
+            code = await asyncio.to_thread(proc.wait, 60)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("tahsilat up did not stop within 60 s of Ctrl-C; it said:\n"
+                                 + "".join(lines)) from None
+        assert code == 0, "".join(lines)
         reader.join(10)
         output = "".join(lines)
         assert len(re.findall(r"dunning restarted", output)) == 1, output
