@@ -588,6 +588,13 @@ _YARD_INSERT = ("INSERT INTO {t} (event_id, partition, \"offset\", key, value)"
                 " FROM unnest($1::int[], $2::bigint[], $3::text[], $4::text[]) AS u(p, o, k, v)) AS s")
 
 
+async def insert_records(pool: asyncpg.Pool, insert: str, records: list) -> None:
+    """The yardsticks' write: one row per record (_YARD_INSERT), the batch in one transaction."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(insert, [r.partition for r in records], [r.offset for r in records],
+                           [r.key.decode() for r in records], [r.value.decode() for r in records])
+
+
 async def yardstick_once(bootstrap: str, topic: str, pool: asyncpg.Pool, table: str, total: int,
                          progress: Progress, label: str) -> float:
     """The raw loop: consume every record of `topic` with a new group, insert one row per record,
@@ -613,9 +620,7 @@ async def yardstick_once(bootstrap: str, topic: str, pool: asyncpg.Pool, table: 
                 continue
             if started is None:
                 started = time.perf_counter()
-            async with pool.acquire() as conn, conn.transaction():
-                await conn.execute(insert, [r.partition for r in records], [r.offset for r in records],
-                                   [r.key.decode() for r in records], [r.value.decode() for r in records])
+            await insert_records(pool, insert, records)
             await consumer.commit({tp: rs[-1].offset + 1 for tp, rs in batches.items()})
             consumed += len(records)
             progress.advance(task, len(records))
@@ -872,9 +877,7 @@ class LatencyYardstick:
             records = [r for rs in batches.values() for r in rs]
             if not records:
                 continue
-            async with self.pool.acquire() as conn, conn.transaction():
-                await conn.execute(insert, [r.partition for r in records], [r.offset for r in records],
-                                   [r.key.decode() for r in records], [r.value.decode() for r in records])
+            await insert_records(self.pool, insert, records)
             done = time.time()
             await self.consumer.commit({tp: rs[-1].offset + 1 for tp, rs in batches.items()})
             for r in records:
