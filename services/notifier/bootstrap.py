@@ -24,9 +24,10 @@ def build(settings: NotifierSettings, clock: Clock | None = None) -> FastAPI:
     def wire(host: ServiceHost, app: FastAPI) -> None:
         http = httpx.AsyncClient()
         host.on_stop(http.aclose)
+        email = build_email_sender(settings)
+        host.on_stop(email.aclose)
         notifier = Notifier(
-            host.pool, host.clock, host.topics, settings,
-            build_email_sender(settings), build_sms_sender(settings, http),
+            host.pool, host.clock, host.topics, settings, email, build_sms_sender(settings, http),
             WebhookSender(http, allow_private_networks=settings.webhook_allow_private_networks),
         )
         app.state.notifier = notifier

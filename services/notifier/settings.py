@@ -23,6 +23,9 @@ class NotifierSettings(ServiceSettings):
     smtp_username: str | None = Field(default=None, min_length=1, description="with SMTP_PASSWORD: log in (over TLS)")
     smtp_password: SecretStr | None = Field(default=None, min_length=1)
     smtp_validate_certs: bool = Field(default=True, description="check the SMTP server's certificate and name")
+    smtp_max_connections: int = Field(default=10, ge=1, description="SMTP connections open at once")
+    smtp_messages_per_connection: int = Field(default=100, ge=1, description="messages sent over one SMTP connection")
+    smtp_idle_seconds: float = Field(default=30, gt=0, description="an unused SMTP connection is closed after this long")
     smtp_ca_file: str | None = Field(default=None, description="CA bundle that signed the SMTP server's certificate")
     sms_provider: Literal["sink", "twilio"] = Field(default="sink", description=(
         "sink: JSON POST to SMS_URL; twilio: a Twilio-compatible Messages API at SMS_API_BASE"))
@@ -49,6 +52,7 @@ class NotifierSettings(ServiceSettings):
     webhook_tolerance_seconds: int = Field(default=300, ge=30, description="how old a signed webhook may be")
     max_send_attempts: int = Field(default=5, ge=1)
     send_batch_size: int = Field(default=50, ge=1)
+    send_batches_in_flight: int = Field(default=4, ge=1, description="dispatch batches claimed and sent at once")
     send_lease_seconds: float = Field(
         default=120, gt=0, description="a notification still 'sending' after this long was interrupted: send again")
 

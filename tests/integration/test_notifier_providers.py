@@ -55,6 +55,13 @@ class SmtpServer:
     ca_file: str
     messages: list[dict[str, Any]] = field(default_factory=list)
     logins: list[tuple[str, str, bool]] = field(default_factory=list)  # (user, password, accepted)
+    protocols: list[SMTP] = field(default_factory=list)  # one per connection the server accepted
+
+    def drop_connections(self) -> None:
+        """The server closes every connection (as an idle timeout or a restart does)."""
+        for proto in self.protocols:
+            if proto.transport is not None:
+                proto.transport.close()
 
 
 class _Recorder:
@@ -92,7 +99,7 @@ async def smtp_server(tmp_path: Path, *, implicit_tls: bool = False) -> AsyncIte
         return AuthResult(success=ok, handled=False, auth_data=auth_data if ok else None)
 
     loop = asyncio.get_running_loop()
-    protocols: list[SMTP] = []
+    protocols = server.protocols
 
     def factory() -> SMTP:
         proto = SMTP(handler, hostname="smtp.test", loop=loop, authenticator=authenticator, auth_required=True,
@@ -107,9 +114,7 @@ async def smtp_server(tmp_path: Path, *, implicit_tls: bool = False) -> AsyncIte
         yield server
     finally:
         listener.close()
-        for proto in protocols:
-            if proto.transport is not None:
-                proto.transport.close()
+        server.drop_connections()
         await listener.wait_closed()
 
 
@@ -221,6 +226,70 @@ async def test_email_sender_from_settings(tmp_path):
                                     smtp_password=PASSWORD, smtp_ca_file=server.ca_file)
         await _send(build_email_sender(settings))
         assert len(server.messages) == 1 and server.logins == [(USER, PASSWORD, True)]
+
+
+async def test_a_connection_carries_several_messages_and_logs_in_once(tmp_path):
+    async with smtp_server(tmp_path) as server:
+        sender = _sender(server.port, tls="starttls", username=USER, password=PASSWORD, ca_file=server.ca_file,
+                         messages_per_connection=2)
+        for i in range(5):
+            await _send(sender, key=f"case-{i}:reminder:email")
+        # 2 + 2 + 1 messages: three connections, three logins, every message once
+        assert (len(server.protocols), sender.connections_opened) == (3, 3)
+        assert server.logins == [(USER, PASSWORD, True)] * 3
+        keys = [email.message_from_bytes(m["raw"], policy=email.policy.default)["X-Tahsilat-Notification-Key"]
+                for m in server.messages]
+        assert keys == [f"case-{i}:reminder:email" for i in range(5)]
+        assert all(m["tls"] and m["authenticated"] for m in server.messages)
+        await sender.aclose()
+
+
+async def test_at_most_max_connections_at_once(tmp_path):
+    async with smtp_server(tmp_path) as server:
+        sender = _sender(server.port, tls="starttls", username=USER, password=PASSWORD, ca_file=server.ca_file,
+                         max_connections=3)
+        await asyncio.gather(*(_send(sender, key=f"k{i}") for i in range(30)))
+        assert len(server.messages) == 30 and len({m["raw"] for m in server.messages}) == 30
+        assert len(server.protocols) == 3 and sender.connections_opened == 3
+        await sender.aclose()
+        async def all_closed() -> bool:
+            return all(p.transport is None or p.transport.is_closing() for p in server.protocols)
+        await wait_for(all_closed, message="the idle connections quit")
+
+
+async def test_a_connection_the_server_dropped_is_replaced_and_the_message_goes_once(tmp_path):
+    async with smtp_server(tmp_path) as server:
+        sender = _sender(server.port, tls="starttls", username=USER, password=PASSWORD, ca_file=server.ca_file)
+        await _send(sender, key="first")
+        # dropped while idle, noticed before reuse
+        server.drop_connections()
+        async def client_saw_it() -> bool:
+            return not sender._idle[0].client.is_connected
+        await wait_for(client_saw_it, message="the client sees the close")
+        await _send(sender, key="second")
+        # dropped at the moment of reuse: the client still believes it open, and its MAIL fails
+        server.drop_connections()
+        await _send(sender, key="third")
+        keys = [email.message_from_bytes(m["raw"], policy=email.policy.default)["X-Tahsilat-Notification-Key"]
+                for m in server.messages]
+        assert keys == ["first", "second", "third"]
+        assert sender.connections_opened == 3
+
+
+async def test_a_failed_connection_is_not_reused_nor_an_old_idle_one(sinks: Sinks):  # noqa: F811
+    sender = _sender(sinks.smtp_port)
+    await _refused(_send(sender, to="nobody@bounce.example.com"))  # 550: that connection is quit
+    await _send(sender, to="ok@example.com.tr")
+    assert sender.connections_opened == 2
+    await _send(sender, to="ok@example.com.tr", key="again")  # reused
+    assert sender.connections_opened == 2
+    stale = _sender(sinks.smtp_port, idle_seconds=0)  # every idle connection is too old to reuse
+    await _send(stale, to="ok@example.com.tr", key="a")
+    await _send(stale, to="ok@example.com.tr", key="b")
+    assert stale.connections_opened == 2
+    assert [m["rcpt_tos"] for m in await sinks.emails()] == [["ok@example.com.tr"]] * 4
+    await sender.aclose()
+    await stale.aclose()
 
 
 # -- SMS --------------------------------------------------------------------------------------------

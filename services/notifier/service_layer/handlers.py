@@ -139,9 +139,21 @@ class Notifier:
             "SELECT min(send_after) FROM notifications WHERE status = 'pending' AND send_after > $1", self.clock.now())
 
     async def dispatch_due(self) -> int:
-        """Send what is due now, at most once per notification key:
-        1. claim the due rows ('sending') in a short transaction of their own, so no other replica
-           takes them, and no transaction is open while the providers are called;
+        """Send what is due now, at most once per notification key, in `send_batches_in_flight`
+        batches at once (each claimed, sent and recorded on its own; a batch waits for its slowest
+        send, and the others keep the providers busy meanwhile). Returns how many were claimed."""
+        await self._recover_interrupted()
+        results = await asyncio.gather(*(self._dispatch_batch() for _ in range(self.settings.send_batches_in_flight)),
+                                       return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            raise errors[0]
+        return sum(results)  # type: ignore[arg-type]
+
+    async def _dispatch_batch(self) -> int:
+        """One batch:
+        1. claim due rows ('sending') in a short transaction of their own, so no other batch or
+           replica takes them, and no transaction is open while the providers are called;
         2. decide each (contact rules, opt-outs, suppressions, the contact cap), then send the ones
            that may go, each on its own: one that fails, whatever the error, affects no other;
         3. record every outcome, its history and its event in one transaction (retried while the
@@ -149,7 +161,6 @@ class Notifier:
         A crash between 2 and 3 leaves rows 'sending': after the lease they are sent again (with the
         same key, which providers can deduplicate on) and counted as interrupted."""
         now = self.clock.now()
-        await self._recover_interrupted()
         rows = await retry_transient(lambda: self.pool.fetch(
             """WITH due AS (
                    SELECT tenant_id, notification_key, customer_id FROM notifications
