@@ -288,6 +288,18 @@ def serve(app: FastAPI, settings: ServiceSettings) -> None:
     uvicorn.Server(config).run()
 
 
+def _in_flight(server: uvicorn.Server) -> str:
+    """What keeps a stopping server's connections open: the requests still being answered."""
+    requests, idle = [], 0
+    for connection in list(server.server_state.connections):
+        cycle = getattr(connection, "cycle", None)
+        if cycle is None or cycle.response_complete:
+            idle += 1
+        else:
+            requests.append(f"{cycle.scope.get('method')} {cycle.scope.get('path')}")
+    return f"requests still in flight: {requests or 'none'}; other connections open: {idle}"
+
+
 @contextlib.asynccontextmanager
 async def serve_in_process(app: FastAPI, host: str = "127.0.0.1", port: int = 0,
                            timeout: float = 30.0) -> AsyncIterator[str]:
@@ -314,4 +326,8 @@ async def serve_in_process(app: FastAPI, host: str = "127.0.0.1", port: int = 0,
         yield f"http://{host}:{port}"
     finally:
         server.should_exit = True
-        await asyncio.wait_for(task, 60)
+        try:
+            await asyncio.wait_for(asyncio.shield(task), 60)
+        except TimeoutError:
+            task.cancel()
+            raise TimeoutError(f"the service did not stop within 60 s: {_in_flight(server)}") from None

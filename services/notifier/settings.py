@@ -52,6 +52,8 @@ class NotifierSettings(ServiceSettings):
     webhook_tolerance_seconds: int = Field(default=300, ge=30, description="how old a signed webhook may be")
     max_send_attempts: int = Field(default=5, ge=1)
     send_batch_size: int = Field(default=50, ge=1)
+    sms_max_in_flight: int = Field(default=10, ge=1, description="SMS provider requests at once")
+    webhook_max_in_flight: int = Field(default=10, ge=1, description="webhook requests at once")
     send_batches_in_flight: int = Field(default=4, ge=1, description="dispatch batches claimed and sent at once")
     send_lease_seconds: float = Field(
         default=120, gt=0, description="a notification still 'sending' after this long was interrupted: send again")

@@ -71,6 +71,10 @@ class Notifier:
                  email: EmailSender, sms: Any, webhook: WebhookSender | None = None) -> None:
         self.pool, self.clock, self.topics, self.settings = pool, clock, topics, settings
         self.email, self.sms, self.webhook = email, sms, webhook
+        # HTTP requests in flight at once per channel (the SMTP sender keeps its own connection
+        # limit): httpx's pool does work per queued request, and the providers rate-limit anyway
+        self._http_slots = {"sms": asyncio.Semaphore(settings.sms_max_in_flight),
+                            "webhook": asyncio.Semaphore(settings.webhook_max_in_flight)}
         self.sms_auth_token = settings.sms_auth_token.get_secret_value() if settings.sms_auth_token else None
         self._link_key: bytes | None = (settings.link_signing_key.get_secret_value().encode()
                                         if settings.link_signing_key else None)
@@ -336,13 +340,15 @@ class Notifier:
             elif channel == "sms":
                 sms = render_sms(notice, r["contact_language"], **options)
                 language, fallback_from, segments = sms.language, sms.fallback_from, sms.segments
-                provider_id = await self.sms.send(to=r["phone"], text=sms.text, key=key,
-                                                  status_callback=self.settings.sms_status_callback_url)
+                async with self._http_slots["sms"]:
+                    provider_id = await self.sms.send(to=r["phone"], text=sms.text, key=key,
+                                                      status_callback=self.settings.sms_status_callback_url)
             else:
                 rendered = render_email(notice, r["contact_language"], **options)
                 language, fallback_from = rendered.language, rendered.fallback_from
-                provider_id = await self.webhook.send(r["webhook_url"], r["webhook_secret"],
-                                                      webhook_payload(r, rendered, now), key)
+                async with self._http_slots["webhook"]:
+                    provider_id = await self.webhook.send(r["webhook_url"], r["webhook_secret"],
+                                                          webhook_payload(r, rendered, now), key)
         except DeliveryError as exc:
             return self._failure(r, now, str(exc), permanent=getattr(exc, "permanent", False),
                                  code=getattr(exc, "code", None))
