@@ -94,3 +94,45 @@ async def _attempts(n, key, count):
 async def _status(n, key, status):
     row = await n.notification(key)
     return row if row is not None and row["status"] == status else None
+
+
+async def test_batches_in_flight_and_pooled_connections_send_each_notice_once(
+        database, kafka_bootstrap, topic_prefix, sinks):  # noqa: F811
+    """Many due at once, in batches of 3 with 4 in flight over 2 SMTP connections and 2 SMS requests at
+    a time: every notice goes exactly once, and a busy mailbox (451) is retried on its own."""
+    night = datetime(2026, 3, 10, 22, 0, tzinfo=timezone.utc)  # all wait for 08:00 in Istanbul, then go at once
+    async with notifier_running(database, kafka_bootstrap, topic_prefix, sinks, start=night, send_batch_size=3,
+                                send_batches_in_flight=4, smtp_max_connections=2, smtp_messages_per_connection=5,
+                                sms_max_in_flight=2) as n:
+        emails = [f"e{i}" for i in range(24)]
+        texts = [f"s{i}" for i in range(8)]
+        for c in emails:
+            await n.upsert_customer(c, email=f"{c}@example.com.tr")
+        for c in texts:
+            await n.upsert_customer(c, phone=f"+9053200001{int(c[1:]):02d}")
+        await n.upsert_customer("busy", email="someone@busy.example.com")
+        for c in emails:
+            await n.request(c, f"k-{c}")
+        for c in texts:
+            await n.request(c, f"k-{c}", channel="sms")
+        await n.request("busy", "k-busy")
+        keys = [f"k-{c}" for c in emails + texts + ["busy"]]
+        await wait_for(lambda: _deferred(n, keys), timeout=30, message="all deferred to the morning")
+        n.clock.set(datetime(2026, 3, 11, 5, 5, tzinfo=timezone.utc))
+        await wait_for(lambda: _all_attempted(n, keys), timeout=30, message="every notice tried")
+
+        got = [m["headers"].get("X-Tahsilat-Notification-Key") for m in await sinks.emails()]
+        assert sorted(got) == sorted(f"k-{c}" for c in emails)  # each once, the busy one not at all
+        assert sorted(s["message_id"] for s in await sinks.sms()) == sorted(f"k-{c}" for c in texts)
+        for key in keys[:-1]:
+            row = await n.notification(key)
+            assert (row["status"], row["attempts"]) == ("sent", 1), key
+        busy = await n.notification("k-busy")
+        assert (busy["status"], busy["attempts"]) == ("pending", 1) and "451" in busy["last_error"]
+        sent = await wait_for(lambda: _sent_events(n, len(keys) - 1), message="a NotificationSent per notice")
+        assert sorted(e.data["notification_key"] for e in sent) == sorted(keys[:-1])
+
+
+async def _sent_events(n, count):
+    sent = await n.events("NotificationSent")
+    return sent if len(sent) >= count else None
