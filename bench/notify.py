@@ -11,6 +11,8 @@ each kept for many messages (the notifier's sender keeps 100 per connection).
 
 1. Yardstick: one prepared message (the size of a rendered notice) sent `--notices` times over
    `--connections` aiosmtplib connections: the least sending that many emails can cost here.
+   Also printed, for comparison with earlier runs: the yardstick of before the notifier kept
+   its connections, `aiosmtplib.send` with a new connection per message, `--batch` at once.
 2. The notifier: `--notices` pending notifications in a migrated notifier database (one per
    customer, `--items` invoices each, in EUR and TRY, with fees and interest; contacts in four
    languages), dispatched by `Notifier.dispatch_due()` until none is left: claim, contact rules
@@ -145,6 +147,26 @@ def sample_message() -> EmailMessage:
     return msg
 
 
+async def raw_loop_new_connections(smtp_port: int, count: int, in_flight: int) -> float:
+    """The yardstick before the notifier kept its connections: `aiosmtplib.send`, a connection
+    per message, `in_flight` at once."""
+    msg = sample_message()
+    left = count
+    started = time.perf_counter()
+    with _progress() as progress:
+        task = progress.add_task("raw loop, a connection per message", total=count)
+
+        async def sender() -> None:
+            nonlocal left
+            while left > 0:
+                left -= 1
+                await aiosmtplib.send(msg, hostname="127.0.0.1", port=smtp_port, timeout=30)
+                progress.advance(task)
+
+        await asyncio.gather(*(sender() for _ in range(in_flight)))
+    return count / (time.perf_counter() - started)
+
+
 async def raw_loop(smtp_port: int, count: int, connections: int) -> float:
     """`connections` SMTP connections, each sending the one message over and over until `count` are sent."""
     msg = sample_message()
@@ -219,12 +241,18 @@ async def main() -> None:
         if delivered(directory) != args.notices:
             raise AssertionError(f"the sink holds {delivered(directory)} of {args.notices} raw messages")
         await clear(http_port, directory)
+        raw_new = await raw_loop_new_connections(smtp_port, args.notices, args.batch)
+        if delivered(directory) != args.notices:
+            raise AssertionError(f"the sink holds {delivered(directory)} of {args.notices} raw messages")
+        await clear(http_port, directory)
 
         rate, opened = await notifier_run(url, smtp_port, args.notices, args.batch, args.connections)
         if delivered(directory) != args.notices:
             raise AssertionError(f"the sink holds {delivered(directory)} of {args.notices} notices")
         ratio = rate / raw
-        console.print(f"yardstick (raw aiosmtplib loop): {raw:,.0f} emails/s")
+        console.print(f"yardstick (raw aiosmtplib loop, {args.connections} connections kept): {raw:,.0f} emails/s")
+        console.print(f"earlier yardstick (a connection per message, {args.batch} at once): {raw_new:,.0f} emails/s;"
+                      f" the notifier's ratio to it: {rate / raw_new:.2f}")
         console.print(f"notifier (claim, rules, render, send, record): {rate:,.0f} emails/s"
                       f" over {opened:,} SMTP connections")
         console.print(f"ratio: {ratio:.2f} (goal >= 0.5): {'PASS' if ratio >= 0.5 else 'BELOW TARGET'}")
