@@ -480,6 +480,20 @@ class TestParseRefuses:
 
 
 class TestPlanItem:
+    def test_plans_are_kept_per_policy_object_never_mixed(self, shipped):
+        """Plans are cached by the policy's identity: a second policy of other steps and send hour,
+        planned for the same day and timezone, gets its own plan, and a policy equal in content
+        but another object is planned afresh, alike."""
+        standard, strict = shipped["standard"], shipped["strict"]
+        a = plan_item(standard, date(2026, 3, 20), "Europe/Istanbul")
+        b = plan_item(strict, date(2026, 3, 20), "Europe/Istanbul")
+        assert plan_item(standard, date(2026, 3, 20), "Europe/Istanbul") is a  # kept
+        assert [p.name for p in a] == [s.name for s in standard.steps]
+        assert [p.name for p in b] == [s.name for s in strict.steps]
+        copy = standard.model_copy(update={"send_hour_local": 14})
+        later = plan_item(copy, date(2026, 3, 20), "Europe/Istanbul")
+        assert all(p.due_at.hour == 11 for p in later) and all(p.due_at.hour == 6 for p in a)
+
     def test_istanbul_is_utc_plus_three(self, shipped):
         """09:00 in Istanbul is 06:00 UTC, all year (no DST)."""
         planned = plan_item(shipped["standard"], date(2026, 3, 20), "Europe/Istanbul")
