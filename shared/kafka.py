@@ -3,6 +3,7 @@ hands each poll batch to a processor (shared/processing.py) and commits offsets 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -145,6 +146,15 @@ class BatchProcessor(Protocol):
     async def process_batch(self, records: Sequence[Any]) -> None: ...
 
 
+class PreparingProcessor(BatchProcessor, Protocol):
+    """A processor whose CPU-only first step (decoding the records) can run ahead, on the next
+    batch, while the current one waits for its database."""
+
+    def prepare(self, records: Sequence[Any]) -> Any: ...
+
+    async def process_prepared(self, records: Sequence[Any], prepared: Any) -> None: ...
+
+
 Partition = tuple[str, int]  # (topic, partition)
 
 
@@ -155,8 +165,10 @@ class _CommittedOffsets(ConsumerRebalanceListener):
     def __init__(self) -> None:
         self.consumer: AIOKafkaConsumer | None = None
         self.offsets: dict[TopicPartition, int | None] = {}
+        self.rebalances = 0  # records fetched before a rebalance are fetched again after it
 
     async def on_partitions_revoked(self, revoked) -> None:
+        self.rebalances += 1
         for tp in revoked:
             self.offsets.pop(tp, None)
 
@@ -217,23 +229,50 @@ class EventConsumer:
         consumer.subscribe(self.topics, listener=self._committed)
         await consumer.start()
         self._consumer = consumer
+        read_ahead = hasattr(self.processor, "prepare")
+        ahead: asyncio.Task | None = None
         try:
             while True:
-                batches = await consumer.getmany(timeout_ms=cfg.poll_timeout_ms, max_records=self.sizer.size)
-                if consumer.assignment():
-                    self.ready.set()
-                records = [r for rs in batches.values() for r in rs]
+                if ahead is None:
+                    fetched = await self._fetch(consumer, read_ahead)
+                else:
+                    fetched, ahead = await ahead, None
+                batches, records, prepared, rebalances = fetched
                 if not records:
                     continue
+                if rebalances != self._committed.rebalances:
+                    # fetched before a rebalance: the positions went back to the committed offsets,
+                    # so these records come again (and are not read ahead of a batch still unapplied)
+                    continue
+                if read_ahead:  # decode the next batch while this one waits for its database
+                    ahead = asyncio.create_task(self._fetch(consumer, read_ahead))
                 started = time.perf_counter()
-                await self.processor.process_batch(records)
+                if read_ahead:
+                    await self.processor.process_prepared(records, prepared)  # type: ignore[attr-defined]
+                else:
+                    await self.processor.process_batch(records)
                 self.sizer.observe(len(records), time.perf_counter() - started)
                 CONSUMER_BATCH_RECORDS.labels(self.service, self.name).observe(len(records))
                 await self._commit(consumer, {tp: rs[-1].offset + 1 for tp, rs in batches.items()})
         finally:
+            if ahead is not None:
+                ahead.cancel()
+                with contextlib.suppress(BaseException):
+                    await ahead
             self.ready.clear()
             self._consumer = None
             await finish_within(consumer.stop(), 10, f"consumer {self.name} stop")
+
+    async def _fetch(self, consumer: AIOKafkaConsumer, prepare: bool) -> tuple[dict, list, Any, int]:
+        """The next poll batch: (records by partition, all records, what the processor prepared of
+        them, the rebalance count when they were fetched)."""
+        rebalances = self._committed.rebalances
+        batches = await consumer.getmany(timeout_ms=self.config.poll_timeout_ms, max_records=self.sizer.size)
+        if consumer.assignment():
+            self.ready.set()
+        records = [r for rs in batches.values() for r in rs]
+        prepared = self.processor.prepare(records) if prepare and records else None  # type: ignore[attr-defined]
+        return batches, records, prepared, rebalances
 
     async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
         assigned = consumer.assignment()
@@ -255,5 +294,6 @@ class EventConsumer:
 
 __all__ = [
     "BatchProcessor", "BatchSizer", "BrokerUnavailable", "ConsumerConfig", "DeadLetters", "EventConsumer", "Partition",
+    "PreparingProcessor",
     "TopicPartition", "create_producer", "ensure_topics", "start_producer",
 ]

@@ -157,9 +157,16 @@ class EventProcessor:
                                    record_of=lambda e: e.record, max_attempts=max_attempts)
 
     async def process_batch(self, records: Sequence[Any]) -> None:
+        await self.process_prepared(records, self.prepare(records))
+
+    def prepare(self, records: Sequence[Any]) -> list[Event | str | None]:
+        """Each record decoded (no I/O): the consumer does it for the next batch while this one's
+        transaction runs."""
+        return [self._parse(record) for record in records]
+
+    async def process_prepared(self, records: Sequence[Any], prepared: list[Event | str | None]) -> None:
         events: list[Event] = []
-        for record in records:
-            parsed = self._parse(record)
+        for record, parsed in zip(records, prepared):
             if isinstance(parsed, Event):
                 events.append(parsed)
             elif parsed is not None:

@@ -195,6 +195,54 @@ async def test_offsets_are_committed_only_after_the_transaction_so_a_stop_mid_tr
         assert sum(committed.values()) == 1
 
 
+async def test_the_next_batch_is_decoded_while_one_waits_for_its_database_and_a_rebalance_drops_it(
+        database, kafka_bootstrap, topic_prefix, migrations):
+    """Read-ahead: while a batch's transaction waits, the consumer fetches and decodes the next
+    batch, but applies it only after. A rebalance in between drops what was read ahead (the
+    positions go back to the committed offsets): those records come again, none is lost, and
+    each is applied once."""
+    control = Control()
+    control.block = {"I0"}
+    topics = Topics(topic_prefix)
+    await publish(kafka_bootstrap, topics.invoicing, [invoice(0, customer="C0")])
+    app, host = build(database, kafka_bootstrap, topic_prefix, migrations, control)
+    async with running(app):
+        await asyncio.wait_for(control.blocked.wait(), 30)  # I0's transaction is open and waiting
+        consumer = host.consumers[0]
+        prepared: list[str] = []
+        prepare = consumer.processor.prepare
+
+        def watching(records):
+            out = prepare(records)
+            prepared.extend(e.payload.invoice_id for e in out if isinstance(e, Event))
+            return out
+
+        consumer.processor.prepare = watching
+        await publish(kafka_bootstrap, topics.invoicing, [invoice(n) for n in range(1, 40)])
+
+        async def read_ahead() -> bool:
+            return len(prepared) > 0
+
+        await wait_for(read_ahead, message="the next batch decoded while I0 waits")
+        assert await applied(app.state.pool) == {}  # read ahead, not applied: I0 is not committed yet
+        # a second member joins the group: the partitions are revoked and assigned again
+        before = consumer._committed.rebalances
+        intruder = AIOKafkaConsumer(topics.invoicing, bootstrap_servers=kafka_bootstrap,
+                                    group_id=f"{topic_prefix}plumbing.test", enable_auto_commit=False,
+                                    session_timeout_ms=2000, heartbeat_interval_ms=500)
+        await intruder.start()
+        try:
+            async def rebalanced() -> bool:
+                return consumer._committed.rebalances > before
+
+            await wait_for(rebalanced, timeout=30, message="the rebalance")
+        finally:
+            await intruder.stop()  # it leaves without reading: its partitions come back
+        control.release.set()
+        got = await wait_for(lambda: all_applied(app.state.pool, 40), timeout=60, message="all 40 applied")
+        assert got == {f"I{n}": 1 for n in range(40)}
+
+
 async def _ready(consumer) -> bool:
     return consumer.ready.is_set()
 
