@@ -7,6 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import uvicorn
@@ -115,32 +116,42 @@ class ServiceHost:
             self._spawn("outbox-relay", self.relay.run)
         if s.has_role("worker"):
             for name, topics, handlers, group, around in self._consumer_specs:
-                consumer_name = f"{self.name}.{name}"
-                processor = (self.processor(name, handlers) if isinstance(handlers, Mapping) else RawBatchProcessor(
-                    service=self.name, name=consumer_name, handler=handlers,
-                    dead_letter=self.dead_letters(consumer_name)))
-                consumer = EventConsumer(
-                    topics=topics, processor=processor, service=self.name,
-                    config=ConsumerConfig(
-                        bootstrap=s.kafka_bootstrap_servers,
-                        group_id=group or f"{s.topic_prefix}{self.name}.{name}",
-                        session_timeout_ms=s.kafka_session_timeout_ms,
-                        heartbeat_interval_ms=s.kafka_heartbeat_interval_ms,
-                        fetch_max_wait_ms=s.kafka_fetch_max_wait_ms,
-                        max_batch=s.consumer_max_batch,
-                        security=s.kafka,
-                    ),
-                )
-                if around is not None:
-                    consumer.processor = around(processor, consumer)
-                self.consumers.append(consumer)
-                self._spawn(f"consumer:{name}", consumer.run)
+                # several members of the group in this process: while one waits for PostgreSQL
+                # another works; each partition has one member, so per-key order holds (a consumer
+                # wrapped to order across partitions keeps one)
+                members = 1 if around is not None else s.consumer_members
+                for member in range(members):
+                    self._add_consumer(name, topics, handlers, group, around,
+                                       f"consumer:{name}" + (f"#{member + 1}" if members > 1 else ""))
             for name, interval, fn, wake_on, next_due in self._timers:
                 self._spawn(f"timer:{name}", lambda name=name, interval=interval, fn=fn, wake_on=wake_on,
                             next_due=next_due: self._loop(name, interval, fn, wake_on, next_due))
             if self._consumer_specs:
                 self._spawn("timer:inbox-prune", lambda: self._loop("inbox-prune", 3600.0, self._prune_inbox))
         log.info("service started", roles=s.roles, consumers=len(self.consumers), timers=len(self._timers))
+
+    def _add_consumer(self, name: str, topics: list[str], handlers: Any, group: str | None, around: Any,
+                      task: str) -> None:
+        s = self.settings
+        consumer_name = f"{self.name}.{name}"
+        processor = (self.processor(name, handlers) if isinstance(handlers, Mapping) else RawBatchProcessor(
+            service=self.name, name=consumer_name, handler=handlers, dead_letter=self.dead_letters(consumer_name)))
+        consumer = EventConsumer(
+            topics=topics, processor=processor, service=self.name,
+            config=ConsumerConfig(
+                bootstrap=s.kafka_bootstrap_servers,
+                group_id=group or f"{s.topic_prefix}{self.name}.{name}",
+                session_timeout_ms=s.kafka_session_timeout_ms,
+                heartbeat_interval_ms=s.kafka_heartbeat_interval_ms,
+                fetch_max_wait_ms=s.kafka_fetch_max_wait_ms,
+                max_batch=s.consumer_max_batch,
+                security=s.kafka,
+            ),
+        )
+        if around is not None:
+            consumer.processor = around(processor, consumer)
+        self.consumers.append(consumer)
+        self._spawn(task, consumer.run)
 
     def _spawn(self, name: str, start: Callable[[], Awaitable[None]]) -> None:
         self._tasks.append(asyncio.create_task(self._supervise(name, start), name=name))
@@ -235,8 +246,8 @@ class ServiceHost:
             checks["database"] = False
         checks["producer"] = self.producer is not None
         checks["tasks"] = not self._down
-        for c in self.consumers:
-            checks[f"consumer:{c.name}"] = c.ready.is_set()
+        for c in self.consumers:  # a consumer with several members is ready when one holds partitions
+            checks[f"consumer:{c.name}"] = checks.get(f"consumer:{c.name}", False) or c.ready.is_set()
         for name, fn in self._checks.items():
             try:
                 checks[name] = await fn()

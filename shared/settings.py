@@ -44,6 +44,8 @@ class ServiceSettings(BaseSettings):
     kafka_heartbeat_interval_ms: int = 3_000
     kafka_fetch_max_wait_ms: int = 50
     consumer_max_batch: int = Field(default=5_000, ge=1, description="most records a consumer takes per poll batch")
+    consumer_members: int = Field(default=1, ge=1, le=8, description=(
+        "members of each consumer group in one process: while one waits for PostgreSQL another works"))
     inbox_retention_days: int = Field(
         default=30, ge=1, description="handled event ids kept for deduplication; outlast the broker's offset retention")
     rate_limit_per_minute: int = Field(default=3000, ge=0,

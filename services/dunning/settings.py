@@ -14,6 +14,8 @@ class DunningSettings(ServiceSettings):
     step_concurrency: int = Field(default=2, ge=1, le=8,
                                   description="claim loops of the step timer per process: while one waits for"
                                               " PostgreSQL the other decides (they share the cases, SKIP LOCKED)")
+    consumer_members: int = Field(default=2, ge=1, le=8, description=(
+        "members of each consumer group in one process: while one waits for PostgreSQL the other works"))
     dispute_pause_days: int = Field(default=30, ge=1, le=365,
                                     description="longest a dispute pauses dunning when nobody resolves it")
     dispute_alert_days: int = Field(default=14, ge=1, le=365,
