@@ -243,6 +243,27 @@ async def test_the_next_batch_is_decoded_while_one_waits_for_its_database_and_a_
         assert got == {f"I{n}": 1 for n in range(40)}
 
 
+async def test_two_members_in_one_process_share_the_partitions_and_apply_each_event_once(
+        database, kafka_bootstrap, topic_prefix, migrations):
+    control = Control()
+    await publish(kafka_bootstrap, Topics(topic_prefix).invoicing, [invoice(n) for n in range(1000)])
+    app, host = build(database, kafka_bootstrap, topic_prefix, migrations, control, consumer_members=2)
+    async with running(app) as url:
+        assert len(host.consumers) == 2
+        got = await wait_for(lambda: all_applied(app.state.pool, 1000), timeout=60, message="1,000 events applied")
+        assert set(got.values()) == {1}
+
+        async def both_hold_partitions() -> bool:
+            return all(c.positions() for c in host.consumers)
+
+        await wait_for(both_hold_partitions, message="each member holds partitions")
+        mine = [set(c.positions()) for c in host.consumers]
+        assert mine[0] and mine[1] and not mine[0] & mine[1]  # one member per partition
+        async with httpx.AsyncClient(base_url=url) as http:
+            ready = (await http.get("/health/ready")).json()
+        assert ready["checks"]["consumer:plumbing.test"] is True, ready
+
+
 async def _ready(consumer) -> bool:
     return consumer.ready.is_set()
 
