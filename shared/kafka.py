@@ -165,7 +165,7 @@ class _CommittedOffsets(ConsumerRebalanceListener):
     def __init__(self) -> None:
         self.consumer: AIOKafkaConsumer | None = None
         self.offsets: dict[TopicPartition, int | None] = {}
-        self.rebalances = 0  # records fetched before a rebalance are fetched again after it
+        self.rebalances = 0  # a batch fetched across a rebalance keeps only the partitions still held
 
     async def on_partitions_revoked(self, revoked) -> None:
         self.rebalances += 1
@@ -238,11 +238,9 @@ class EventConsumer:
                 else:
                     fetched, ahead = await ahead, None
                 batches, records, prepared, rebalances = fetched
+                if records and rebalances != self._committed.rebalances:
+                    batches, records, prepared = self._still_mine(consumer, batches, records, prepared)
                 if not records:
-                    continue
-                if rebalances != self._committed.rebalances:
-                    # fetched before a rebalance: the positions went back to the committed offsets,
-                    # so these records come again (and are not read ahead of a batch still unapplied)
                     continue
                 if read_ahead:  # decode the next batch while this one waits for its database
                     ahead = asyncio.create_task(self._fetch(consumer, read_ahead))
@@ -262,6 +260,21 @@ class EventConsumer:
             self.ready.clear()
             self._consumer = None
             await finish_within(consumer.stop(), 10, f"consumer {self.name} stop")
+
+    @staticmethod
+    def _still_mine(consumer: AIOKafkaConsumer, batches: dict, records: list, prepared: Any) -> tuple[dict, list, Any]:
+        """A batch fetched across a rebalance: only the records of partitions this member still
+        holds. The others are neither applied nor committed: their owner reads them from the
+        committed offset. (Those kept may come again, from the offset the rebalance reset the
+        position to: the inbox makes that harmless. Dropping them too would lose them, when the
+        fetch returned them from the reset position.)"""
+        assigned = consumer.assignment()
+        kept = {tp: rs for tp, rs in batches.items() if tp in assigned}
+        if len(kept) == len(batches):
+            return batches, records, prepared
+        mine = {id(r) for rs in kept.values() for r in rs}
+        pairs = [(r, p) for r, p in zip(records, prepared or [None] * len(records)) if id(r) in mine]
+        return kept, [r for r, _ in pairs], (None if prepared is None else [p for _, p in pairs])
 
     async def _fetch(self, consumer: AIOKafkaConsumer, prepare: bool) -> tuple[dict, list, Any, int]:
         """The next poll batch: (records by partition, all records, what the processor prepared of

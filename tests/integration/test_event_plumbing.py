@@ -195,12 +195,11 @@ async def test_offsets_are_committed_only_after_the_transaction_so_a_stop_mid_tr
         assert sum(committed.values()) == 1
 
 
-async def test_the_next_batch_is_decoded_while_one_waits_for_its_database_and_a_rebalance_drops_it(
+async def test_the_next_batch_is_decoded_while_one_waits_for_its_database_and_survives_a_rebalance(
         database, kafka_bootstrap, topic_prefix, migrations):
     """Read-ahead: while a batch's transaction waits, the consumer fetches and decodes the next
-    batch, but applies it only after. A rebalance in between drops what was read ahead (the
-    positions go back to the committed offsets): those records come again, none is lost, and
-    each is applied once."""
+    batch, but applies it only after. Across a rebalance it keeps only the partitions it still
+    holds: none is lost, and each event is applied once."""
     control = Control()
     control.block = {"I0"}
     topics = Topics(topic_prefix)
