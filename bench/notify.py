@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -147,43 +148,32 @@ def sample_message() -> EmailMessage:
     return msg
 
 
-async def raw_loop_new_connections(smtp_port: int, count: int, in_flight: int) -> float:
-    """The yardstick before the notifier kept its connections: `aiosmtplib.send`, a connection
-    per message, `in_flight` at once."""
+async def raw_loop(smtp_port: int, count: int, senders: int, *, keep_connections: bool = True) -> float:
+    """`senders` loops sending the one message until `count` are sent: each over its own SMTP
+    connection, kept; or, the yardstick of before the notifier kept its connections, with
+    `aiosmtplib.send` (a new connection per message)."""
     msg = sample_message()
     left = count
     started = time.perf_counter()
     with _progress() as progress:
-        task = progress.add_task("raw loop, a connection per message", total=count)
+        task = progress.add_task("raw aiosmtplib loop" + ("" if keep_connections else ", a connection per message"),
+                                 total=count)
 
         async def sender() -> None:
             nonlocal left
-            while left > 0:
-                left -= 1
-                await aiosmtplib.send(msg, hostname="127.0.0.1", port=smtp_port, timeout=30)
-                progress.advance(task)
-
-        await asyncio.gather(*(sender() for _ in range(in_flight)))
-    return count / (time.perf_counter() - started)
-
-
-async def raw_loop(smtp_port: int, count: int, connections: int) -> float:
-    """`connections` SMTP connections, each sending the one message over and over until `count` are sent."""
-    msg = sample_message()
-    left = count
-    started = time.perf_counter()
-    with _progress() as progress:
-        task = progress.add_task("raw aiosmtplib loop", total=count)
-
-        async def sender() -> None:
-            nonlocal left
-            async with aiosmtplib.SMTP(hostname="127.0.0.1", port=smtp_port, timeout=30) as client:
+            client = aiosmtplib.SMTP(hostname="127.0.0.1", port=smtp_port, timeout=30)
+            async with contextlib.AsyncExitStack() as stack:
+                if keep_connections:
+                    await stack.enter_async_context(client)
                 while left > 0:
                     left -= 1
-                    await client.send_message(msg)
+                    if keep_connections:
+                        await client.send_message(msg)
+                    else:
+                        await aiosmtplib.send(msg, hostname="127.0.0.1", port=smtp_port, timeout=30)
                     progress.advance(task)
 
-        await asyncio.gather(*(sender() for _ in range(connections)))
+        await asyncio.gather(*(sender() for _ in range(senders)))
     return count / (time.perf_counter() - started)
 
 
@@ -241,7 +231,7 @@ async def main() -> None:
         if delivered(directory) != args.notices:
             raise AssertionError(f"the sink holds {delivered(directory)} of {args.notices} raw messages")
         await clear(http_port, directory)
-        raw_new = await raw_loop_new_connections(smtp_port, args.notices, args.batch)
+        raw_new = await raw_loop(smtp_port, args.notices, args.batch, keep_connections=False)
         if delivered(directory) != args.notices:
             raise AssertionError(f"the sink holds {delivered(directory)} of {args.notices} raw messages")
         await clear(http_port, directory)
