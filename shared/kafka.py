@@ -7,7 +7,7 @@ import contextlib
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
@@ -146,6 +146,7 @@ class BatchProcessor(Protocol):
     async def process_batch(self, records: Sequence[Any]) -> None: ...
 
 
+@runtime_checkable
 class PreparingProcessor(BatchProcessor, Protocol):
     """A processor whose CPU-only first step (decoding the records) can run ahead, on the next
     batch, while the current one waits for its database."""
@@ -165,10 +166,8 @@ class _CommittedOffsets(ConsumerRebalanceListener):
     def __init__(self) -> None:
         self.consumer: AIOKafkaConsumer | None = None
         self.offsets: dict[TopicPartition, int | None] = {}
-        self.rebalances = 0  # a batch fetched across a rebalance keeps only the partitions still held
 
     async def on_partitions_revoked(self, revoked) -> None:
-        self.rebalances += 1
         for tp in revoked:
             self.offsets.pop(tp, None)
 
@@ -229,7 +228,7 @@ class EventConsumer:
         consumer.subscribe(self.topics, listener=self._committed)
         await consumer.start()
         self._consumer = consumer
-        read_ahead = hasattr(self.processor, "prepare")
+        read_ahead = isinstance(self.processor, PreparingProcessor)
         ahead: asyncio.Task | None = None
         try:
             while True:
@@ -237,21 +236,25 @@ class EventConsumer:
                     fetched = await self._fetch(consumer, read_ahead)
                 else:
                     fetched, ahead = await ahead, None
-                batches, records, prepared, rebalances = fetched
-                if records and rebalances != self._committed.rebalances:
-                    batches, records, prepared = self._still_mine(consumer, batches, records, prepared)
-                if not records:
+                # Only the partitions still held: a batch fetched (or read ahead) across a
+                # rebalance may hold records of a partition another member owns now; they are
+                # neither applied nor committed here, the owner reads them from the committed offset.
+                assigned = consumer.assignment()
+                fetched = [(tp, rs, prepared) for tp, rs, prepared in fetched if tp in assigned]
+                if not fetched:
                     continue
                 if read_ahead:  # decode the next batch while this one waits for its database
                     ahead = asyncio.create_task(self._fetch(consumer, read_ahead))
+                records = [r for _, rs, _ in fetched for r in rs]
                 started = time.perf_counter()
                 if read_ahead:
-                    await self.processor.process_prepared(records, prepared)  # type: ignore[attr-defined]
+                    await self.processor.process_prepared(  # type: ignore[attr-defined]
+                        records, [p for _, _, prepared in fetched for p in prepared])
                 else:
                     await self.processor.process_batch(records)
                 self.sizer.observe(len(records), time.perf_counter() - started)
                 CONSUMER_BATCH_RECORDS.labels(self.service, self.name).observe(len(records))
-                await self._commit(consumer, {tp: rs[-1].offset + 1 for tp, rs in batches.items()})
+                await self._commit(consumer, {tp: rs[-1].offset + 1 for tp, rs, _ in fetched})
         finally:
             if ahead is not None:
                 ahead.cancel()
@@ -261,31 +264,13 @@ class EventConsumer:
             self._consumer = None
             await finish_within(consumer.stop(), 10, f"consumer {self.name} stop")
 
-    @staticmethod
-    def _still_mine(consumer: AIOKafkaConsumer, batches: dict, records: list, prepared: Any) -> tuple[dict, list, Any]:
-        """A batch fetched across a rebalance: only the records of partitions this member still
-        holds. The others are neither applied nor committed: their owner reads them from the
-        committed offset. (Those kept may come again, from the offset the rebalance reset the
-        position to: the inbox makes that harmless. Dropping them too would lose them, when the
-        fetch returned them from the reset position.)"""
-        assigned = consumer.assignment()
-        kept = {tp: rs for tp, rs in batches.items() if tp in assigned}
-        if len(kept) == len(batches):
-            return batches, records, prepared
-        mine = {id(r) for rs in kept.values() for r in rs}
-        pairs = [(r, p) for r, p in zip(records, prepared or [None] * len(records)) if id(r) in mine]
-        return kept, [r for r, _ in pairs], (None if prepared is None else [p for _, p in pairs])
-
-    async def _fetch(self, consumer: AIOKafkaConsumer, prepare: bool) -> tuple[dict, list, Any, int]:
-        """The next poll batch: (records by partition, all records, what the processor prepared of
-        them, the rebalance count when they were fetched)."""
-        rebalances = self._committed.rebalances
+    async def _fetch(self, consumer: AIOKafkaConsumer, prepare: bool) -> list[tuple[TopicPartition, list, Any]]:
+        """The next poll batch: (partition, its records, what the processor prepared of them)."""
         batches = await consumer.getmany(timeout_ms=self.config.poll_timeout_ms, max_records=self.sizer.size)
         if consumer.assignment():
             self.ready.set()
-        records = [r for rs in batches.values() for r in rs]
-        prepared = self.processor.prepare(records) if prepare and records else None  # type: ignore[attr-defined]
-        return batches, records, prepared, rebalances
+        return [(tp, rs, self.processor.prepare(rs) if prepare else None)  # type: ignore[attr-defined]
+                for tp, rs in batches.items() if rs]
 
     async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
         assigned = consumer.assignment()
